@@ -1,0 +1,5 @@
+import sys
+
+from softpick.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""``softpick <command> [args]``: one entry point that hands the rest of the line to each command.
+
+Commands are looked up lazily so ``softpick -h`` stays fast and a command's heavy imports load only
+when it runs. Each target is a ``main(argv: list[str]) -> int | None`` function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("softpick.demo:main", "train a tiny softpick model on the embedded corpus, offline, on CPU"),
+    "train": ("softpick.train.trainer:main", "train with flame-compatible flags (torchrun for several GPUs)"),
+    "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp"),
+    "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),
+    "compare": ("softpick.analysis.cli:compare_main", "put two or more analysis reports side by side"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: softpick <command> [options]   (softpick <command> -h for its options)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"softpick: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Public attention ops: ``softpick_attention`` and ``softmax_attention``, layout [B, T, H, D].
+
+Each dispatches to an implementation chosen by ``impl``:
+
+- ``"naive"``: plain PyTorch (:mod:`softpick.ops.attention.naive`), works everywhere, the reference.
+- ``"triton"``: the fused FlashAttention-style kernels (:mod:`softpick.ops.attention.parallel`).
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (softmax only).
+- ``None``: the fastest one that supports the inputs (Triton on CUDA, else naive).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from softpick.ops.attention.checks import check_attention_inputs
+from softpick.ops.attention.naive import naive_attention, visible_keys
+from softpick.ops.softpick.naive import DEFAULT_EPS
+
+IMPLS = ("naive", "triton", "sdpa")
+
+
+def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
+    """Softmax attention through torch SDPA; rows that see no key give 0, like the other impls."""
+    B, Tq, HQ, _ = q.shape
+    Tk, H = k.shape[1], k.shape[2]
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    if attention_mask is None and (not causal or Tq == Tk):
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=causal, scale=scale, enable_gqa=HQ != H
+        )
+        return o.transpose(1, 2)
+    mask = visible_keys(
+        B, Tq, Tk, causal=causal, cu_seqlens=None, attention_mask=attention_mask, device=q.device
+    )  # [B, 1, Tq, Tk]
+    o = torch.nn.functional.scaled_dot_product_attention(
+        qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=HQ != H
+    )
+    o = o.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # SDPA gives NaN for such rows
+    return o.transpose(1, 2)
+
+
+def _resolve_impl(impl: str | None, variant: str, q: torch.Tensor, attention_mask, cu_seqlens) -> str:
+    if impl is not None:
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}.")
+        if impl == "sdpa" and variant != "softmax":
+            raise ValueError(f"impl 'sdpa' computes softmax only; it cannot run {variant} attention.")
+        if impl == "sdpa" and cu_seqlens is not None:
+            raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
+        return impl
+    if q.is_cuda:
+        from softpick.ops.attention import parallel
+
+        if parallel.supports(q, attention_mask=attention_mask) is None:
+            return "triton"
+        if variant == "softmax" and cu_seqlens is None:
+            return "sdpa"
+    return "naive"
+
+
+def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl):
+    check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
+    which = _resolve_impl(impl, variant, q, attention_mask, cu_seqlens)
+    if which == "naive":
+        return naive_attention(
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens,
+            attention_mask=attention_mask, eps=eps,
+        )
+    if which == "sdpa":
+        return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
+    from softpick.ops.attention import parallel
+
+    reason = parallel.supports(q, attention_mask=attention_mask)
+    if reason is not None:
+        raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
+    return parallel.parallel_attention(
+        q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps
+    )
+
+
+def softpick_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    eps: float = DEFAULT_EPS,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Softpick attention: ``o_i = sum_j w_ij v_j`` with
+    ``w_ij = relu(exp(s_ij) - 1) / (sum_j' |exp(s_ij') - 1| + eps)``, ``s = scale * q.k``, masked j excluded.
+
+    Args:
+        q: [B, T_q, HQ, K] queries; k: [B, T_k, H, K] keys; v: [B, T_k, H, V] values. HQ must be a
+            multiple of H (grouped-query attention). T_q <= T_k: queries are the last T_q positions.
+        scale: score scale, default K ** -0.5.
+        causal: query i sees keys j <= i + T_k - T_q.
+        cu_seqlens: [N + 1] int32/int64 offsets of N documents packed in one row (B must be 1).
+        attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys.
+        eps: constant added to the unscaled denominator (default 1e-6).
+        impl: "naive", "triton" or None (fastest that supports the inputs).
+
+    Returns:
+        [B, T_q, HQ, V] in q.dtype. Rows need not sum to 1; a query whose scores are all <= 0, or that
+        sees no key, gets 0.
+    """
+    return _attention(
+        q, k, v, variant="softpick", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
+        attention_mask=attention_mask, eps=eps, impl=impl,
+    )
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    eps: float = DEFAULT_EPS,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Softmax attention with the same signature as :func:`softpick_attention` (``eps`` is unused).
+
+    ``impl`` may also be "sdpa" (torch's fused softmax attention). A query that sees no key gets 0.
+    """
+    return _attention(
+        q, k, v, variant="softmax", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
+        attention_mask=attention_mask, eps=eps, impl=impl,
+    )
+
+
+__all__ = ["IMPLS", "naive_attention", "softmax_attention", "softpick_attention"]
