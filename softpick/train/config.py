@@ -1,0 +1,481 @@
+"""Job configuration with flame's flag names: ``--section.key value`` over a toml file over defaults.
+
+Precedence: command line > ``--job.config_file`` toml > the defaults below. Every field carries its
+help text, and ``softpick train -h`` prints all of them.
+
+Booleans follow torchtitan: ``--training.compile`` alone sets True (like ``store_true``). To switch
+off a flag that a toml file turned on, give a value: ``--training.compile false`` (true/false, 1/0,
+yes/no). List fields take comma-separated strings (``--model.converters float8``) or toml arrays.
+
+Flags that flame has but this trainer does not implement (pipeline and context parallel, compiled
+autograd, ...) are accepted, and setting them to anything but their default fails at start-up.
+Unknown keys, bad types and inconsistent values raise :class:`ConfigError` with one line naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad flag, toml key or value; the message is one line that names it."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its help text (shown by ``-h``) and optional allowed values."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Job:
+    config_file: str | None = opt(None, "Job config file (toml) giving defaults for every section")
+    dump_folder: str = opt("./outputs", "Folder to dump job outputs (checkpoints, metrics, hf export)")
+    description: str = opt("default job", "Description of the job")
+    use_for_integration_test: bool = opt(False, "Add this config to the integration test suite (unused)")
+    print_args: bool = opt(False, "Print the args to terminal")
+
+
+@dataclass
+class Model:
+    config: str | None = opt(
+        None,
+        "Path to the model config: a json file or a folder with config.json (ours, e.g. "
+        "configs/softpick_transformer_340M.json, or any HF causal-LM config). Default: a tiny softpick model",
+    )
+    tokenizer_path: str | None = opt(
+        None, "Tokenizer path (an HF tokenizer folder). Default: the embedded tokenizer (offline)"
+    )
+    name: str = opt("fla", "Which model to train (kept for flame compatibility; the config decides)")
+    norm_type: str | None = opt(None, "Not supported: the model config decides the norm; must stay unset")
+    converters: list[str] = opt([], "Comma separated list of converters to apply to the model: float8")
+    print_after_conversion: bool = opt(False, "Print the model after all converters and parallelisms")
+
+
+@dataclass
+class Profiling:
+    enable_profiling: bool = opt(False, "Whether to enable pytorch profiler")
+    save_traces_folder: str = opt("profile_traces", "Trace files location, under job.dump_folder")
+    profile_freq: int = opt(10, "How often to collect profiler traces, in iterations")
+    enable_memory_snapshot: bool = opt(False, "Whether to dump a CUDA memory snapshot")
+    save_memory_snapshot_folder: str = opt("memory_snapshot", "Memory snapshot files location")
+
+
+@dataclass
+class Optimizer:
+    name: str = opt("AdamW", "Optimizer to use", ("AdamW", "Adam"))
+    lr: float = opt(8e-4, "Peak learning rate")
+    eps: float = opt(1e-8, "Epsilon value for the optimizer")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    weight_decay: float = opt(0.1, "Weight decay (decoupled, AdamW)")
+    implementation: str = opt(
+        "fused",
+        "fused (CUDA only; falls back to foreach on CPU), foreach, or for-loop",
+        ("fused", "foreach", "for-loop"),
+    )
+    early_step_in_backward: bool = opt(False, "Not supported: apply the optimizer in the backward")
+    fused: bool | None = opt(None, "Deprecated alias: true means implementation=fused, false foreach")
+    scheduler: str | None = opt(
+        None, "Deprecated alias of lr_scheduler.decay_type (wsd needs lr_scheduler.decay_ratio)",
+        ("wsd", "cosine", "linear"),
+    )
+    min_lr_ratio: float | None = opt(None, "Deprecated alias of lr_scheduler.lr_min")
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = opt(200, "Steps of linear warmup from lr/(warmup_steps+1) to lr")
+    decay_ratio: float | None = opt(
+        None,
+        "Share of the steps spent decaying; the lr stays at its peak between warmup and decay "
+        "(Warmup-Stable-Decay, arXiv 2404.06395). None: decay right after warmup",
+    )
+    decay_type: str = opt("linear", "Shape of the decay to lr_min", ("linear", "sqrt", "cosine"))
+    lr_min: float = opt(0.0, "Final learning rate as a ratio of optimizer.lr (0.1 means lr/10)")
+
+
+@dataclass
+class Training:
+    batch_size: int = opt(8, "Batch size per data-parallel rank (must be 1 with --training.varlen)")
+    seq_len: int = opt(2048, "Tokens per row; documents are concatenated and cut into windows")
+    context_len: int = opt(2048, "Max length of one document piece in varlen mode; = seq_len otherwise")
+    varlen: bool = opt(False, "Pack documents into one row with cu_seqlens (softpick models only)")
+    warmup_steps: int | None = opt(None, "Deprecated alias of lr_scheduler.warmup_steps")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step")
+    steps: int = opt(10000, "How many train steps (optimizer updates) to run")
+    max_norm: float = opt(1.0, "Max norm for gradient clipping (<= 0 disables clipping)")
+    skip_nan_inf: bool = opt(False, "Skip the update when the loss or grad norm is NaN/Inf (counted)")
+    dataset: str | None = opt(
+        None, "Dataset(s), comma separated: hub names, local folders or data-file types. Default: embedded"
+    )
+    dataset_name: str | None = opt(None, "Dataset config name(s), comma separated")
+    dataset_split: str | None = opt(None, "Dataset split(s), comma separated (default train)")
+    data_dir: str | None = opt(None, "Data dir(s), comma separated")
+    data_files: str | None = opt(None, "Data file(s) or globs, comma separated (one entry per dataset)")
+    data_probs: str | None = opt(None, "Sampling probabilities per dataset, comma separated, sum 1")
+    streaming: bool = opt(False, "Load datasets in streaming mode (for huge datasets)")
+    num_workers: int = opt(0, "Data loader worker processes; 0 loads in the main process")
+    prefetch_factor: int = opt(2, "Batches loaded in advance by each worker")
+    pin_memory: bool = opt(False, "Pin host memory of batches")
+    persistent_workers: bool = opt(False, "Keep workers alive between epochs (accepted; workers live for the run)")
+    data_parallel_replicate_degree: int = opt(
+        1, "Ranks over which weights are replicated; with shard degree > 1 this is HSDP, else DDP. 1: off"
+    )
+    data_parallel_shard_degree: int = opt(
+        -1, "Ranks over which weights are sharded (FSDP2). -1: the ranks left over after the other degrees"
+    )
+    enable_cpu_offload: bool = opt(False, "Offload FSDP parameters, gradients and optimizer state to CPU")
+    tensor_parallel_degree: int = opt(1, "Tensor parallelism degree. 1 means disabled")
+    disable_loss_parallel: bool = opt(False, "Accepted for compatibility (loss parallel is not used)")
+    fsdp_reshard_after_forward: str = opt(
+        "default", "FSDP reshard_after_forward policy", ("default", "always", "never")
+    )
+    mixed_precision_param: str = opt(
+        "bfloat16", "Parameter dtype in forward/backward on CUDA (FSDP policy or autocast)",
+        ("bfloat16", "float32"),
+    )
+    mixed_precision_reduce: str = opt("float32", "Gradient reduction dtype under FSDP", ("float32",))
+    compile: bool = opt(False, "torch.compile each transformer block (and the loss)")
+    gc_freq: int = opt(50, "Python garbage collection interval, in steps")
+    seed: int | None = opt(None, "Base RNG seed (None: 42 for the data order, random for init)")
+    deterministic: bool = opt(False, "Use deterministic algorithms wherever possible, may be slower")
+
+
+@dataclass
+class Metrics:
+    log_freq: int = opt(10, "How often to log metrics, in steps")
+    enable_tensorboard: bool = opt(False, "Whether to log metrics to TensorBoard")
+    disable_color_printing: bool = opt(False, "Whether to disable color printing in logs")
+    save_tb_folder: str = opt("tb", "Folder for TensorBoard files, under job.dump_folder")
+    rank_0_only: bool = opt(True, "Log only on rank 0 (else every rank writes its own TensorBoard folder)")
+    enable_wandb: bool = opt(False, "Log to Weights & Biases (WANDB_MODE=offline works without network)")
+    peak_flops: float | None = opt(
+        None, "Peak bf16 dense FLOP/s of one device for MFU; default from a table by GPU name"
+    )
+
+
+@dataclass
+class Checkpoint:
+    enable_checkpoint: bool = opt(False, "Whether to save (and resume from) checkpoints")
+    folder: str = opt("checkpoint", "Checkpoints go to {job.dump_folder}/{checkpoint.folder}/step-N")
+    interval_type: str = opt("steps", "Checkpointing interval unit", ("steps",))
+    interval: int = opt(500, "Checkpointing interval, in steps")
+    model_weights_only: bool = opt(
+        False, "At the end save model weights only (in export_dtype); during training full checkpoints"
+    )
+    export_dtype: str = opt(
+        "float32", "Dtype of the final weights-only checkpoint", ("float16", "bfloat16", "float32")
+    )
+    create_seed_checkpoint: bool = opt(False, "Save step-0 after init and exit (needs 1 process)")
+    async_mode: str = opt(
+        "disabled", "disabled | async (dcp.async_save) | async_with_pinned_mem (treated as async)",
+        ("disabled", "async", "async_with_pinned_mem"),
+    )
+    keep_latest_k: int = opt(0, "Keep only the latest k checkpoints; 0 keeps all")
+    load_step: int = opt(-1, "Load the checkpoint at this step; -1 loads the latest if any")
+    exclude_from_loading: list[str] = opt([], "State keys not loaded on resume, comma separated")
+    convert_to_hf_on_save: bool = opt(False, "Also write an HF export at every save")
+    hf_upload_enabled: bool = opt(False, "Not supported (no network): upload checkpoints to the HF hub")
+    hf_repo_base_name: str | None = opt(None, "Not supported: HF hub repo for uploads")
+    hf_upload_format: str = opt("dcp", "Not supported: upload format", ("dcp", "hf"))
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: str = opt("none", "Activation checkpointing: none, selective or full", ("none", "selective", "full"))
+    selective_ac_option: str = opt(
+        "2", "With mode selective: an integer N checkpoints every N-th block; 'op' saves matmul outputs"
+    )
+
+
+@dataclass
+class Float8:
+    enable_float8_linear: bool = opt(False, "Swap nn.Linear for torchao Float8Linear (needs torchao)")
+    enable_fsdp_float8_all_gather: bool = opt(False, "float8 all-gather in FSDP (needs torchao)")
+    precompute_float8_dynamic_scale_for_fsdp: bool = opt(False, "Precompute float8 scales for FSDP")
+    scaling_type_input: str = opt("dynamic", "float8 scaling for input", ("dynamic",))
+    scaling_type_weight: str = opt("dynamic", "float8 scaling for weight", ("dynamic",))
+    scaling_type_grad_output: str = opt("dynamic", "float8 scaling for grad output", ("dynamic",))
+
+
+@dataclass
+class Comm:
+    init_timeout_seconds: int = opt(300, "Timeout for collectives during initialization, seconds")
+    train_timeout_seconds: int = opt(100, "Timeout for collectives after the first step, seconds")
+    trace_buf_size: int = opt(20000, "Flight recorder ring buffer size (NCCL); 0 disables")
+
+
+@dataclass
+class MemoryEstimation:
+    enabled: bool = opt(False, "Not supported: estimate memory usage for FSDP")
+    disable_fake_mode: bool = opt(False, "Not supported: estimate memory without FakeTensorMode")
+
+
+@dataclass
+class Experimental:
+    enable_async_tensor_parallel: bool = opt(False, "Not supported: async tensor parallel")
+    pipeline_parallel_degree: int = opt(1, "Not supported: pipeline parallelism degree (must be 1)")
+    pipeline_parallel_split_points: list[str] = opt([], "Not supported: pipeline split points")
+    pipeline_parallel_schedule: str = opt("1F1B", "Not supported: pipeline schedule")
+    pipeline_parallel_schedule_csv: str = opt("", "Not supported: pipeline schedule csv")
+    pipeline_parallel_microbatches: int | None = opt(None, "Not supported: pipeline microbatches")
+    enable_compiled_autograd: bool = opt(False, "Not supported: compiled autograd")
+    context_parallel_degree: int = opt(1, "Not supported: context parallelism degree (must be 1)")
+    context_parallel_rotate_method: str = opt("allgather", "Not supported: context parallel kv exchange")
+    custom_model_path: str = opt("", "Not supported: import path of a custom model")
+
+
+@dataclass
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    profiling: Profiling = field(default_factory=Profiling)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    training: Training = field(default_factory=Training)
+    metrics: Metrics = field(default_factory=Metrics)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
+    float8: Float8 = field(default_factory=Float8)
+    comm: Comm = field(default_factory=Comm)
+    memory_estimation: MemoryEstimation = field(default_factory=MemoryEstimation)
+    experimental: Experimental = field(default_factory=Experimental)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+# flags accepted for compatibility whose non-default values this trainer cannot honour
+_UNSUPPORTED = (
+    "model.norm_type", "optimizer.early_step_in_backward", "memory_estimation.enabled",
+    "memory_estimation.disable_fake_mode", "experimental.enable_async_tensor_parallel",
+    "experimental.pipeline_parallel_degree", "experimental.pipeline_parallel_split_points",
+    "experimental.pipeline_parallel_schedule_csv", "experimental.pipeline_parallel_microbatches",
+    "experimental.enable_compiled_autograd", "experimental.context_parallel_degree",
+    "experimental.custom_model_path", "checkpoint.hf_upload_enabled", "checkpoint.create_seed_checkpoint",
+    "float8.precompute_float8_dynamic_scale_for_fsdp",
+)
+
+
+_HINTS = typing.get_type_hints(JobConfig)
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case) to bool."""
+    low = str(text).strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _convert(key: str, kind: Any, value: Any, choices: tuple | None) -> Any:
+    """Check and convert one value (from toml or the command line) to the field's type."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    optional = type(None) in typing.get_args(kind)
+    base = args[0] if optional else kind
+    try:
+        if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+            if not optional:
+                raise ValueError("None is not allowed")
+            return None
+        if base is bool:
+            out = value if isinstance(value, bool) else parse_bool(value)
+        elif base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            out = int(value)
+        elif base is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            out = float(value)
+        elif typing.get_origin(base) is list:
+            out = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else list(value)
+        else:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"expected a string, got {value!r}")
+            out = str(value)
+    except ValueError as err:
+        raise ConfigError(f"bad value for {key}: {err}.") from None
+    if choices is not None and out not in choices:
+        raise ConfigError(f"bad value for {key}: {out!r} is not one of {', '.join(map(str, choices))}.")
+    return out
+
+
+def _all_fields() -> dict[str, tuple[type, dataclasses.Field, Any]]:
+    """``"section.key" -> (section class, field, type)`` for every option."""
+    out = {}
+    for sec_name, sec_cls in _HINTS.items():
+        hints = typing.get_type_hints(sec_cls)
+        for f in dataclasses.fields(sec_cls):
+            out[f"{sec_name}.{f.name}"] = (sec_cls, f, hints[f.name])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser: one group per section, every option with its help; defaults suppressed."""
+    parser = _Parser(
+        prog="softpick train",
+        description="Train a causal LM with flame-compatible flags. Precedence: command line > "
+        "--job.config_file toml > defaults. Booleans: --flag sets true, --flag false sets false.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, (_, f, kind) in _all_fields().items():
+        section = key.split(".")[0]
+        group = groups.setdefault(section, parser.add_argument_group(section))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f"{f.metadata['help']} (default: {default!r})"
+        choices = f.metadata["choices"]
+        if kind is bool or typing.get_args(kind)[:1] == (bool,):
+            group.add_argument(f"--{key}", nargs="?", const="true", metavar="true|false", help=help_)
+        else:
+            metavar = "{" + ",".join(map(str, choices)) + "}" if choices else key.split(".")[1].upper()
+            group.add_argument(f"--{key}", metavar=metavar, help=help_)
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{message} (see softpick train -h).")
+
+
+def load_toml(path: str) -> dict[str, dict[str, Any]]:
+    """Read a job toml file; ConfigError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"job.config_file {path!r} does not exist.") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"job.config_file {path!r} is not valid toml: {err}.") from None
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    """Build a validated :class:`JobConfig` from ``argv`` (``--section.key value`` pairs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fields = _all_fields()
+    cli = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = cli.get("job.config_file")
+    if config_file:
+        for section, items in load_toml(config_file).items():
+            if not isinstance(items, dict):
+                raise ConfigError(f"unknown key {section!r} in {config_file}: expected [section] tables.")
+            for name, value in items.items():
+                key = f"{section}.{name}"
+                if key not in fields:
+                    raise ConfigError(f"unknown key {key!r} in {config_file}.")
+                values[key] = value
+    values.update(cli)
+    config = JobConfig()
+    for key, value in values.items():
+        _, f, kind = fields[key]
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, _convert(key, kind, value, f.metadata["choices"]))
+    _apply_aliases(config)
+    validate(config)
+    return config
+
+
+def _apply_aliases(config: JobConfig) -> None:
+    """Map flame's older flag names onto the current ones."""
+    opt_, sched = config.optimizer, config.lr_scheduler
+    if opt_.fused is not None:
+        opt_.implementation = "fused" if opt_.fused else "foreach"
+    if config.training.warmup_steps is not None:
+        sched.warmup_steps = config.training.warmup_steps
+    if opt_.min_lr_ratio is not None:
+        sched.lr_min = opt_.min_lr_ratio
+    if opt_.scheduler is not None:
+        if opt_.scheduler == "wsd":
+            if sched.decay_ratio is None:
+                raise ConfigError("optimizer.scheduler wsd needs --lr_scheduler.decay_ratio (e.g. 0.1).")
+        else:
+            sched.decay_type = opt_.scheduler
+
+
+def split_list(text: str | None) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; None or "" -> []."""
+    return [s.strip() for s in text.split(",")] if text else []
+
+
+def validate(config: JobConfig) -> None:
+    """Raise ConfigError (one line) for values that cannot work together."""
+    defaults = JobConfig()
+    for key in _UNSUPPORTED:
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) != getattr(getattr(defaults, section), name):
+            value = getattr(getattr(config, section), name)
+            raise ConfigError(f"{key}={value!r} is not supported by softpick train; leave it at its default.")
+    tr, sch = config.training, config.lr_scheduler
+    positive = {
+        "training.batch_size": tr.batch_size, "training.seq_len": tr.seq_len,
+        "training.context_len": tr.context_len, "training.steps": tr.steps,
+        "training.gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "metrics.log_freq": config.metrics.log_freq, "checkpoint.interval": config.checkpoint.interval,
+        "training.prefetch_factor": tr.prefetch_factor, "training.gc_freq": tr.gc_freq,
+        "profiling.profile_freq": config.profiling.profile_freq,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}.")
+    for key, value in {"training.num_workers": tr.num_workers, "lr_scheduler.warmup_steps": sch.warmup_steps,
+                       "checkpoint.keep_latest_k": config.checkpoint.keep_latest_k}.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}.")
+    if tr.varlen and tr.batch_size != 1:
+        raise ConfigError(f"training.batch_size must be 1 with training.varlen, got {tr.batch_size}.")
+    if sch.decay_ratio is not None and not 0.0 <= sch.decay_ratio <= 1.0:
+        raise ConfigError(f"lr_scheduler.decay_ratio must be in [0, 1], got {sch.decay_ratio}.")
+    if not 0.0 <= sch.lr_min <= 1.0:
+        raise ConfigError(f"lr_scheduler.lr_min is a ratio of optimizer.lr in [0, 1], got {sch.lr_min}.")
+    if config.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {config.optimizer.lr}.")
+    if config.activation_checkpoint.mode == "selective":
+        option = config.activation_checkpoint.selective_ac_option
+        if option != "op" and not (option.isdigit() and int(option) >= 1):
+            raise ConfigError(
+                f"activation_checkpoint.selective_ac_option must be 'op' or an integer >= 1, got {option!r}."
+            )
+    _validate_data(tr)
+
+
+def _validate_data(tr: Training) -> None:
+    datasets = split_list(tr.dataset)
+    n = len(datasets)
+    for key in ("dataset_name", "dataset_split", "data_dir", "data_files"):
+        items = split_list(getattr(tr, key))
+        if items and n and len(items) != n:
+            raise ConfigError(
+                f"training.{key} has {len(items)} entries but training.dataset has {n}; give one per dataset."
+            )
+    if tr.data_probs is None:
+        if n > 1:
+            raise ConfigError(f"training.data_probs is needed to mix the {n} datasets in training.dataset.")
+        return
+    try:
+        probs = [float(p) for p in split_list(tr.data_probs)]
+    except ValueError:
+        raise ConfigError(f"training.data_probs must be comma separated numbers, got {tr.data_probs!r}.") from None
+    if len(probs) != max(n, 1):
+        raise ConfigError(
+            f"training.data_probs has {len(probs)} entries but training.dataset has {max(n, 1)}."
+        )
+    if any(p < 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"training.data_probs must be >= 0 and sum to 1, got {tr.data_probs} (sum {sum(probs):g}).")
