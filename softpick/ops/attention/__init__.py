@@ -39,7 +39,7 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     return o.transpose(1, 2)
 
 
-def _resolve_impl(impl: str | None, variant: str, q: torch.Tensor, attention_mask, cu_seqlens) -> str:
+def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens) -> str:
     if impl is not None:
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}.")
@@ -51,7 +51,7 @@ def _resolve_impl(impl: str | None, variant: str, q: torch.Tensor, attention_mas
     if q.is_cuda:
         from softpick.ops.attention import parallel
 
-        if parallel.supports(q, attention_mask=attention_mask) is None:
+        if parallel.supports(q, k, v, attention_mask=attention_mask) is None:
             return "triton"
         if variant == "softmax" and cu_seqlens is None:
             return "sdpa"
@@ -60,7 +60,7 @@ def _resolve_impl(impl: str | None, variant: str, q: torch.Tensor, attention_mas
 
 def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl):
     check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
-    which = _resolve_impl(impl, variant, q, attention_mask, cu_seqlens)
+    which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens)
     if which == "naive":
         return naive_attention(
             q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens,
@@ -70,7 +70,7 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
     from softpick.ops.attention import parallel
 
-    reason = parallel.supports(q, attention_mask=attention_mask)
+    reason = parallel.supports(q, k, v, attention_mask=attention_mask)
     if reason is not None:
         raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
     return parallel.parallel_attention(

@@ -1,14 +1,217 @@
-"""Fused Triton attention kernels (softpick and softmax). Being written: see issue 4."""
+"""Fused Triton attention (softpick or softmax), FlashAttention-2 style, layout [B, T, H, D].
+
+Layers: kernels in :mod:`.triton_fwd` / :mod:`.triton_bwd`; host launchers ``_fwd`` / ``_bwd`` here
+(allocate, pick the grid); two ``torch.library`` custom ops with fake and autograd registrations, so
+``torch.compile`` traces through without a graph break; and the public :func:`parallel_attention`.
+
+Tile plan: forward programs own BM query rows of one head of one document and walk key blocks (an
+unmasked pass, then the causal diagonal / document end with a mask). Backward: a dk/dv kernel owns BN
+keys of one KV head and walks the queries of all G heads of its group; a dq kernel owns BM query rows.
+Tiles are autotuned over a few Hopper-chosen configs per head dim (seconds on the first call).
+
+Saved for backward: q, k, v, o and lse [B, T, HQ] (float32), i.e. O(T) extra memory; delta =
+rowsum(o * do) is recomputed at the start of backward.
+
+Numerics: fp32 accumulation; exp2 with log2(e) folded into the scale; the softpick running max is
+clamped at 0 so exp(-m) <= 1 never overflows; eps is the constant of the unscaled denominator, exactly
+as in :func:`softpick.ops.softpick.naive.naive_softpick`. Inputs must be bf16 or fp16 on CUDA (float32
+on CUDA is declined by :func:`supports`, so the default dispatch uses another implementation); the
+CPU interpreter (TRITON_INTERPRET=1, used by the tests) takes float32 and float16.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
-
-def supports(q: torch.Tensor, *, attention_mask: torch.Tensor | None) -> str | None:
-    """None when the Triton kernels can run these inputs, else the reason they cannot."""
-    return "the Triton kernels are not built yet"
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
 
 
-def parallel_attention(q, k, v, *, variant, scale, causal, cu_seqlens, eps):
-    raise NotImplementedError("the Triton kernels are not built yet")
+def supports(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_mask: torch.Tensor | None
+) -> str | None:
+    """None when the Triton kernels can run these inputs, else the reason they cannot (one phrase)."""
+    if attention_mask is not None:
+        return "padding masks (attention_mask) are not supported by the Triton kernels"
+    if q.shape[1] != k.shape[1]:
+        return f"q length {q.shape[1]} differs from k length {k.shape[1]} (KV cache / decoding)"
+    for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
+        if d % 16 != 0 or d > MAX_HEAD_DIM:
+            return f"{name} head dim {d} is not a multiple of 16 in [16, {MAX_HEAD_DIM}]"
+    if q.is_cuda:
+        if q.dtype not in (torch.bfloat16, torch.float16):
+            return f"dtype {q.dtype} on CUDA (the kernels take bfloat16 or float16)"
+        if torch.cuda.get_device_capability(q.device) < (8, 0):
+            return "a GPU older than compute capability 8.0"
+    elif q.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return "CPU tensors without TRITON_INTERPRET=1"
+        if q.dtype not in (torch.float32, torch.float16):
+            return f"dtype {q.dtype} in the Triton interpreter (it takes float32 or float16)"
+    else:
+        return f"device {q.device.type}"
+    return None
+
+
+def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
+    """(number of documents, longest document) of q [B, T, HQ, K]."""
+    if cu_seqlens is None:
+        return q.shape[0], q.shape[1]
+    return cu_seqlens.numel() - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
+    HQ, K = q.shape[2], q.shape[3]
+    H, V = k.shape[2], v.shape[3]
+    return dict(HQ=HQ, H=H, K=K, V=V, BK=max(16, 1 << (K - 1).bit_length()), BV=max(16, 1 << (V - 1).bit_length()))
+
+
+def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float):
+    """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
+    from softpick.ops.attention.triton_fwd import attention_fwd_kernel
+
+    B, T, HQ, _ = q.shape
+    o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, T, HQ, dtype=torch.float32, device=q.device)
+    n_docs, max_len = _docs(q, cu_seqlens)
+
+    def grid(meta):
+        return (math.ceil(max_len / meta["BM"]), n_docs, HQ)
+
+    attention_fwd_kernel[grid](
+        q, k, v, o, lse, cu_seqlens, T, scale * LOG2E, eps, **_dims(q, k, v),
+        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None,
+    )
+    return o, lse
+
+
+def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool):
+    """dq, dk, dv shaped and typed like q, k, v."""
+    from softpick.ops.attention.triton_bwd import (
+        attention_bwd_dkdv_kernel,
+        attention_bwd_dq_kernel,
+        attention_bwd_preprocess_kernel,
+    )
+
+    B, T, HQ, _ = q.shape
+    H, V = k.shape[2], v.shape[3]
+    dims = _dims(q, k, v)
+    n_docs, max_len = _docs(q, cu_seqlens)
+    delta = torch.empty_like(lse)  # [B, T, HQ] float32
+    n_rows = B * T * HQ
+    attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
+        o, do, delta, n_rows, V=V, BT=64, BV=dims["BV"]
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
+    attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags
+    )
+    attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags
+    )
+    return dq, dk, dv
+
+
+@torch.library.custom_op("softpick::attention_fwd", mutates_args=())
+def attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    softpick: bool,
+    scale: float,
+    causal: bool,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v."""
+    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps)
+
+
+@attention_fwd_op.register_fake
+def _(q, k, v, cu_seqlens, softpick, scale, causal, eps):
+    o = q.new_empty(*q.shape[:3], v.shape[-1])
+    return o, q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("softpick::attention_bwd", mutates_args=())
+def attention_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    softpick: bool,
+    scale: float,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused backward: (dq, dk, dv) from do and the forward's o and lse."""
+    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal)
+
+
+@attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, softpick, scale, causal, _ = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+    ctx.flags = (softpick, scale, causal)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    """Gradients for (q, k, v); lse is an auxiliary output and takes no gradient."""
+    q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+    softpick, scale, causal = ctx.flags
+    dq, dk, dv = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal)
+    no_grad_for = (None,) * 5  # cu_seqlens, softpick, scale, causal, eps
+    return (dq, dk, dv, *no_grad_for)
+
+
+attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def parallel_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    variant: str,
+    scale: float | None,
+    causal: bool,
+    cu_seqlens: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Fused attention; inputs as in :func:`softpick.ops.softpick_attention` with T_q == T_k.
+
+    Args:
+        q: [B, T, HQ, K]; k: [B, T, H, K]; v: [B, T, H, V] (bf16/fp16 on CUDA), HQ a multiple of H.
+        variant: "softpick" or "softmax".
+        scale: score scale, default K ** -0.5.
+        causal: query i sees keys j <= i.
+        cu_seqlens: [N + 1] offsets of N packed documents (B == 1), or None.
+        eps: softpick's constant added to the unscaled denominator (unused by softmax).
+
+    Returns:
+        o [B, T, HQ, V] in q.dtype.
+    """
+    if variant not in ("softpick", "softmax"):
+        raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+    o, _ = attention_fwd_op(
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, variant == "softpick", scale,
+        bool(causal), float(eps),
+    )
+    return o

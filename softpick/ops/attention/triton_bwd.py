@@ -1,0 +1,295 @@
+"""Triton backward kernels of fused attention, softpick or softmax, from o, lse and delta alone.
+
+FlashAttention-2 split: ``attention_bwd_dkdv_kernel`` owns a key block and walks the query blocks of
+every query head in its GQA group (so dk, dv are written once, no reduction); ``attention_bwd_dq_kernel``
+owns a query block and walks the key blocks. Both recompute the scores in log2 units.
+
+With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (softmax),
+``delta_i = sum_v o_iv do_iv`` and ``dP = do @ v^T``:
+
+    softpick: e = exp(s - lse);  P = relu(e - exp(-lse));  dS = e * ([s > 0] dP - sign(s) delta)
+    softmax:  P = exp(s - lse);                            dS = P * (dP - delta)
+
+then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from softpick.ops.attention.triton_fwd import INTERPRET
+
+LOG2E = 1.4426950408889634
+
+
+def _bwd_configs(small: dict) -> list[triton.Config]:
+    if INTERPRET:
+        return [triton.Config(small, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BM": 64, "BN": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BM": 64, "BN": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 32, "BN": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BM": 32, "BN": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BM": 128, "BN": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=3),
+    ]
+
+
+def _prune(keep_small, keep_mid, keep_big):
+    def prune(configs, nargs, **kwargs):
+        if INTERPRET:
+            return configs
+        args = {**nargs, **kwargs}
+        d = max(args["BK"], args["BV"])
+        keep = keep_small if d <= 64 else keep_mid if d <= 128 else keep_big
+        out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
+        return out or configs[:1]
+
+    return prune
+
+
+# dkdv: BN keys per program (the resident block), BM queries per step.
+_prune_dkdv = _prune(
+    keep_small=[(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3)],
+    keep_mid=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 2)],
+    keep_big=[(32, 64, 4, 2), (64, 64, 4, 2)],
+)
+# dq: BM queries per program (the resident block), BN keys per step.
+_prune_dq = _prune(
+    keep_small=[(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3)],
+    keep_mid=[(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 2)],
+    keep_big=[(64, 64, 4, 2), (32, 64, 4, 2)],
+)
+
+
+@triton.jit
+def _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, (eos - bos).to(tl.int32)
+
+
+@triton.jit
+def attention_bwd_preprocess_kernel(o, do, delta, N, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """delta[i] = sum_v o[i, v] * do[i, v] in float32, over the N = tokens * heads rows of o [N, V]."""
+    o_t = tl.program_id(0) * BT + tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    m = (o_t[:, None] < N) & (o_v[None, :] < V)
+    b_o = tl.load(o + o_t[:, None].to(tl.int64) * V + o_v[None, :], mask=m, other=0.0).to(tl.float32)
+    b_do = tl.load(do + o_t[:, None].to(tl.int64) * V + o_v[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(delta + o_t, tl.sum(b_o * b_do, 1), mask=o_t < N)
+
+
+@triton.jit
+def _dkdv_inner(
+    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
+    SQ: tl.constexpr, SO: tl.constexpr, SL: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+):
+    """Add the query blocks [lo, hi) to dk, dv [BN, *]; MASKED steps hide rows >= L and, if CAUSAL, j > i."""
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    for start_m in range(lo, hi, BM):
+        o_m = start_m + tl.arange(0, BM)
+        m_q = o_k[None, :] < K
+        m_o = o_v[None, :] < V
+        m_r = o_m < L
+        if MASKED:
+            m_q = m_q & m_r[:, None]
+            m_o = m_o & m_r[:, None]
+        b_q = tl.load(p_q + o_m[:, None] * SQ + o_k[None, :], mask=m_q, other=0.0)  # [BM, BK]
+        b_do = tl.load(p_do + o_m[:, None] * SO + o_v[None, :], mask=m_o, other=0.0)  # [BM, BV]
+        if MASKED:
+            b_lse = tl.load(p_lse + o_m * SL, mask=m_r, other=0.0) * LOG2E  # [BM]
+            b_delta = tl.load(p_delta + o_m * SL, mask=m_r, other=0.0)
+        else:
+            b_lse = tl.load(p_lse + o_m * SL) * LOG2E
+            b_delta = tl.load(p_delta + o_m * SL)
+        # [BN, BM] scores, transposed, in log2 units
+        b_sT = tl.dot(b_k, tl.trans(b_q)) * qk_scale
+        if MASKED:
+            if CAUSAL:
+                b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
+        b_eT = tl.math.exp2(b_sT - b_lse[None, :])
+        if SOFTPICK:
+            b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
+        else:
+            b_pT = b_eT
+        b_dv += tl.dot(b_pT.to(b_do.dtype), b_do)
+        # [BN, BM]
+        b_dpT = tl.dot(b_v, tl.trans(b_do))
+        if SOFTPICK:
+            b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
+        else:
+            b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dk += tl.dot(b_dsT.to(b_q.dtype), b_q)
+    return b_dk, b_dv
+
+
+@triton.autotune(
+    configs=_bwd_configs({"BM": 16, "BN": 32}),
+    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    prune_configs_by={"early_config_prune": _prune_dkdv},
+)
+@triton.jit
+def attention_bwd_dkdv_kernel(
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, qk_scale, scale,
+    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Grid (cdiv(max_len, BN), documents, H). dk [*, H, K] and dv [*, H, V] in k's dtype."""
+    tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
+    G: tl.constexpr = HQ // H
+    i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_n = tl.program_id(1)
+    i_h = tl.program_id(2)
+    bos, L = _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    start_n = i_blk * BN
+    if start_n >= L:
+        return
+
+    o_n = start_n + tl.arange(0, BN)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_n = o_n < L
+    m_k = m_n[:, None] & (o_k[None, :] < K)
+    m_v = m_n[:, None] & (o_v[None, :] < V)
+    # k and v stay resident; keys past L load as 0 and their rows are never stored. [BN, BK], [BN, BV]
+    b_k = tl.load(k + (bos + o_n[:, None]) * (H * K) + i_h * K + o_k[None, :], mask=m_k, other=0.0)
+    b_v = tl.load(v + (bos + o_n[:, None]) * (H * V) + i_h * V + o_v[None, :], mask=m_v, other=0.0)
+    b_dk = tl.zeros([BN, BK], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BV], dtype=tl.float32)
+
+    for i_g in range(G):
+        i_hq = i_h * G + i_g
+        p_q = q + bos * (HQ * K) + i_hq * K
+        p_do = do + bos * (HQ * V) + i_hq * V
+        p_lse = lse + bos * HQ + i_hq
+        p_delta = delta + bos * HQ + i_hq
+        if CAUSAL:
+            lo = start_n + BN  # query rows [start_n, start_n + BN) straddle the diagonal
+            b_dk, b_dv = _dkdv_inner(
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_n, tl.minimum(lo, L), L,
+                qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, True, True, SOFTPICK,
+            )
+        else:
+            lo = 0
+        full = tl.maximum(lo, lo + ((L - lo) // BM) * BM)
+        b_dk, b_dv = _dkdv_inner(
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, full, L,
+            qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, False, CAUSAL, SOFTPICK,
+        )
+        b_dk, b_dv = _dkdv_inner(
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, full, L, L,
+            qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, True, False, SOFTPICK,
+        )
+
+    b_dk = b_dk * scale
+    tl.store(dk + (bos + o_n[:, None]) * (H * K) + i_h * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_k)
+    tl.store(dv + (bos + o_n[:, None]) * (H * V) + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _dq_inner(
+    b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo, hi, L, qk_scale,
+    SK: tl.constexpr, SV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+):
+    """Add the key blocks [lo, hi) to dq [BM, BK]; MASKED steps hide keys >= L and, if CAUSAL, j > i."""
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    for start_n in range(lo, hi, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_k = o_k[:, None] < K
+        m_v = o_v[:, None] < V
+        if MASKED:
+            m_k = m_k & (o_n[None, :] < L)
+            m_v = m_v & (o_n[None, :] < L)
+        b_kT = tl.load(p_k + o_n[None, :] * SK + o_k[:, None], mask=m_k, other=0.0)  # [BK, BN]
+        b_vT = tl.load(p_v + o_n[None, :] * SV + o_v[:, None], mask=m_v, other=0.0)  # [BV, BN]
+        b_s = tl.dot(b_q, b_kT) * qk_scale  # [BM, BN]
+        if MASKED:
+            m_s = o_n[None, :] < L
+            if CAUSAL:
+                m_s = m_s & (o_m[:, None] >= o_n[None, :])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        b_e = tl.math.exp2(b_s - b_lse[:, None])
+        b_dp = tl.dot(b_do, b_vT)  # [BM, BN]
+        if SOFTPICK:
+            b_ds = b_e * tl.where(b_s > 0, b_dp - b_delta[:, None], tl.where(b_s < 0, b_delta[:, None], 0.0))
+        else:
+            b_ds = b_e * (b_dp - b_delta[:, None])
+        b_dq += tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT))
+    return b_dq
+
+
+@triton.autotune(
+    configs=_bwd_configs({"BM": 32, "BN": 16}),
+    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    prune_configs_by={"early_config_prune": _prune_dq},
+)
+@triton.jit
+def attention_bwd_dq_kernel(
+    q, k, v, do, lse, delta, dq, cu_seqlens, T, qk_scale, scale,
+    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Grid (cdiv(max_len, BM), documents, HQ). dq [*, HQ, K] in q's dtype."""
+    tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_n = tl.program_id(1)
+    i_hq = tl.program_id(2)
+    i_h = i_hq // (HQ // H)
+    bos, L = _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    start_m = i_m * BM
+    if start_m >= L:
+        return
+
+    o_m = start_m + tl.arange(0, BM)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_m = o_m < L
+    m_q = m_m[:, None] & (o_k[None, :] < K)
+    o_q = (bos + o_m[:, None]) * (HQ * K) + i_hq * K + o_k[None, :]
+    b_q = tl.load(q + o_q, mask=m_q, other=0.0)  # [BM, BK]
+    b_do = tl.load(
+        do + (bos + o_m[:, None]) * (HQ * V) + i_hq * V + o_v[None, :],
+        mask=m_m[:, None] & (o_v[None, :] < V), other=0.0,
+    )  # [BM, BV]
+    b_lse = tl.load(lse + (bos + o_m) * HQ + i_hq, mask=m_m, other=0.0) * LOG2E
+    b_delta = tl.load(delta + (bos + o_m) * HQ + i_hq, mask=m_m, other=0.0)
+    p_k = k + bos * (H * K) + i_h * K
+    p_v = v + bos * (H * V) + i_h * V
+    b_dq = tl.zeros([BM, BK], dtype=tl.float32)
+    if CAUSAL:
+        b_dq = _dq_inner(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, 0, start_m, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK,
+        )
+        b_dq = _dq_inner(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, start_m, tl.minimum(start_m + BM, L), L,
+            qk_scale, H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK,
+        )
+    else:
+        full = (L // BN) * BN
+        b_dq = _dq_inner(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, 0, full, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK,
+        )
+        b_dq = _dq_inner(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, full, L, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK,
+        )
+    b_dq = b_dq * scale
+    tl.store(dq + o_q, b_dq.to(dq.dtype.element_ty), mask=m_q)

@@ -1,0 +1,184 @@
+"""Triton forward kernel of fused attention, softpick or softmax (a compile-time switch).
+
+One program computes a [BM, V] block of outputs for one query head of one document. It walks the key
+blocks in two passes: blocks that every query row fully sees (no mask, the hot loop) and the blocks on
+the causal diagonal or at the end of the document (masked). Scores are kept in log2 units
+(``s2 = s * log2(e)``, folded into the scale) so every exponential is an ``exp2``.
+
+Softpick (running max clamped at 0, so ``exp2(-m)`` <= 1 never overflows):
+
+    m   = max(m_old, max_j s2_j, 0)
+    p_j = exp2(s2_j - m) - exp2(-m)                    # = exp(-m) (e^s_j - 1)
+    acc = acc * exp2(m_old - m) + sum_j |p_j|          # visible keys only
+    o   = o * exp2(m_old - m) + relu(p) @ v
+    end: den = acc + eps * exp2(-m);  o /= den;  lse = ln(2) * (m + log2(den)) = ln(sum_j |e^s_j - 1| + eps)
+
+Softmax is FlashAttention-2: ``lse = ln(sum_j e^s_j)``, and a row that sees no key gives o = 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LN2 = 0.6931471805599453
+NEG_BIG = -1.0e30  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
+
+
+def _fwd_configs() -> list[triton.Config]:
+    """Hopper-chosen tiles (BM query rows x BN keys); the interpreter gets one small tile."""
+    if INTERPRET:
+        return [triton.Config({"BM": 32, "BN": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BM": 128, "BN": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BM": 128, "BN": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
+    ]
+
+
+def _prune_fwd(configs, nargs, **kwargs):
+    """Keep the tiles that fit the head dim (shared memory grows with BN * (K + V))."""
+    args = {**nargs, **kwargs}
+    d = max(args["BK"], args["BV"])
+    if INTERPRET:
+        return configs
+    if d <= 64:
+        keep = [(128, 128, 8), (128, 64, 4), (128, 64, 8)]
+    elif d <= 128:
+        keep = [(128, 128, 8), (128, 64, 8), (128, 64, 4)]
+    else:
+        keep = [(128, 64, 8), (64, 64, 4), (128, 32, 4)]
+    out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps) in keep]
+    return out or configs[:1]
+
+
+@triton.jit
+def _fwd_inner(
+    b_o, b_acc, b_m, b_q, p_k, p_v, o_m, lo, hi, L, qk_scale,
+    SK: tl.constexpr, SV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+):
+    """Fold the key blocks [lo, hi) into (o, acc, m); MASKED blocks hide keys >= L and, if CAUSAL, j > i."""
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    for start_n in range(lo, hi, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_k = o_k[:, None] < K
+        m_v = o_v[None, :] < V
+        if MASKED:
+            m_k = m_k & (o_n[None, :] < L)
+            m_v = m_v & (o_n[:, None] < L)
+        # [BK, BN]
+        b_kT = tl.load(p_k + o_n[None, :] * SK + o_k[:, None], mask=m_k, other=0.0)
+        # [BN, BV]
+        b_v = tl.load(p_v + o_n[:, None] * SV + o_v[None, :], mask=m_v, other=0.0)
+        # -- scores in log2 units [BM, BN] --
+        b_s = tl.dot(b_q, b_kT) * qk_scale
+        if MASKED:
+            m_s = o_n[None, :] < L
+            if CAUSAL:
+                m_s = m_s & (o_m[:, None] >= o_n[None, :])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        # -- update the running max and rescale what came before --
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_r = tl.math.exp2(b_m - b_m_new)
+        if SOFTPICK:
+            # [BM, BN] exp(-m) (e^s - 1)
+            b_p = tl.math.exp2(b_s - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
+            if MASKED:
+                b_p = tl.where(m_s, b_p, 0.0)
+            b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
+            b_p = tl.maximum(b_p, 0.0)
+        else:
+            b_p = tl.math.exp2(b_s - b_m_new[:, None])
+            b_acc = b_acc * b_r + tl.sum(b_p, 1)
+        b_o = b_o * b_r[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_m = b_m_new
+    return b_o, b_acc, b_m
+
+
+@triton.autotune(
+    configs=_fwd_configs(),
+    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
+)
+@triton.jit
+def attention_fwd_kernel(
+    q, k, v, o, lse, cu_seqlens, T, qk_scale, eps,
+    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Grid (cdiv(max_len, BM), documents, HQ). q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ]."""
+    tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
+    # Largest query blocks first: under causal masking they carry the most work.
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_n = tl.program_id(1)
+    i_hq = tl.program_id(2)
+    i_h = i_hq // (HQ // H)
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    L = (eos - bos).to(tl.int32)
+    start_m = i_m * BM
+    if start_m >= L:
+        return
+
+    o_m = start_m + tl.arange(0, BM)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_m = o_m < L
+    # load q: it stays in registers/shared memory for the whole key loop. [BM, BK]
+    p_q = q + (bos + o_m[:, None]) * (HQ * K) + i_hq * K + o_k[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & (o_k[None, :] < K), other=0.0)
+    p_k = k + bos * (H * K) + i_h * K
+    p_v = v + bos * (H * V) + i_h * V
+
+    b_o = tl.zeros([BM, BV], dtype=tl.float32)
+    b_acc = tl.zeros([BM], dtype=tl.float32)
+    if SOFTPICK:
+        b_m = tl.zeros([BM], dtype=tl.float32)  # the clamp: m never drops below 0
+    else:
+        b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
+
+    if CAUSAL:
+        # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, start_m, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK,
+        )
+        hi = tl.minimum(start_m + BM, L)
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, start_m, hi, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK,
+        )
+    else:
+        full = (L // BN) * BN
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, full, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK,
+        )
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, full, L, L, qk_scale,
+            H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK,
+        )
+
+    # -- epilogue --
+    if SOFTPICK:
+        b_den = b_acc + eps * tl.math.exp2(-b_m)
+    else:
+        b_den = tl.where(b_acc > 0, b_acc, 1.0)  # a row that sees no key keeps o = 0
+    b_lse = (b_m + tl.math.log2(b_den)) * LN2
+    b_o = b_o / b_den[:, None]
+    p_o = o + (bos + o_m[:, None]) * (HQ * V) + i_hq * V + o_v[None, :]
+    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & (o_v[None, :] < V))
+    tl.store(lse + (bos + o_m) * HQ + i_hq, b_lse, mask=m_m)
