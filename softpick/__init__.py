@@ -13,5 +13,14 @@ from softpick._compat import check_versions
 check_versions()
 
 from softpick.ops import DEFAULT_EPS, softmax_attention, softpick, softpick_attention  # noqa: E402
+from softpick.models import SoftpickConfig, SoftpickForCausalLM  # noqa: E402
 
-__all__ = ["DEFAULT_EPS", "__version__", "softmax_attention", "softpick", "softpick_attention"]
+__all__ = [
+    "DEFAULT_EPS",
+    "SoftpickConfig",
+    "SoftpickForCausalLM",
+    "__version__",
+    "softmax_attention",
+    "softpick",
+    "softpick_attention",
+]

@@ -1,0 +1,443 @@
+"""A Llama-shaped decoder whose attention is softpick (or softmax), as a transformers model.
+
+Pre-norm blocks: RMSNorm -> attention (RoPE on q, k) -> residual -> RMSNorm -> SwiGLU MLP -> residual;
+no biases, untied embeddings, every Linear and Embedding weight initialised N(0, initializer_range).
+Parameter names and the module tree are exactly those of ``transformers.LlamaForCausalLM``
+(``model.layers.N.self_attn.q_proj`` ...), so Llama tooling and forward hooks work unchanged; with
+``attn_type="softmax"`` the state dict loads into a ``LlamaForCausalLM`` that gives the same logits.
+
+Layout inside attention is [B, T, H, D] (that of :mod:`softpick.ops`): HQ query heads, H key/value heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from softpick.models.configuration_softpick import SoftpickConfig
+from softpick.ops import softmax_attention, softpick_attention
+from softpick.ops.attention.naive import naive_attention
+
+ATTENTION_OPS = {"softpick": softpick_attention, "softmax": softmax_attention}
+"""attn_type -> op with the signature of :func:`softpick.ops.softpick_attention`."""
+
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""Name of the KV-cache field of model outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
+
+IGNORE_INDEX = -100
+"""Label value excluded from the loss."""
+
+
+def _take_cache(past_key_values: Cache | None, kwargs: dict) -> Cache | None:
+    """The KV cache, whichever name it came under (transformers >= 5.24 ``generate`` passes ``cache=``)."""
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache as past_key_values or as cache, not both.")
+    kwargs.pop("cache_position", None)  # older transformers bookkeeping; positions come from the cache length
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}.")
+    return past_key_values if past_key_values is not None else cache
+
+
+class SoftpickRMSNorm(nn.Module):
+    """y = weight * x / sqrt(mean(x^2) + eps), computed in float32, returned in x.dtype (as Llama)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class SoftpickRotaryEmbedding(nn.Module):
+    """RoPE tables: cos, sin [B, T, D] in float32 for integer positions [B, T] (Llama's rotate_half layout).
+
+    Holds no buffer: the D/2 frequencies theta ** (-2i / D) are recomputed each call (negligible), so
+    meta-device init, ``to()`` and checkpoints never have to care about them.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=position_ids.device) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponent)  # [D / 2]
+        freqs = position_ids[..., None].float() * inv_freq  # [B, T, D / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
+        return emb.cos(), emb.sin()
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, theta={self.theta}"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] on the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] by cos, sin [B, T, D] (float32 math, result in x.dtype)."""
+    cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+class SoftpickMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: SoftpickConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SoftpickAttention(nn.Module):
+    """Multi-head (grouped-query) attention with RoPE, normalised by softpick or softmax.
+
+    ``attn_type`` and ``attn_impl`` are copied from the config onto the module, so one layer can be switched
+    (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others.
+    """
+
+    def __init__(self, config: SoftpickConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_type = config.attn_type
+        self.attn_impl = config.attn_impl
+        self.eps = config.softpick_eps
+        q_width, kv_width = self.num_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, q_width, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
+        self.o_proj = nn.Linear(q_width, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend over the cache plus the new tokens.
+
+        Args:
+            hidden_states: [B, T, hidden] (normed) inputs of the T new tokens.
+            position_embeddings: (cos, sin), each [B, T, head_dim] float32, from SoftpickRotaryEmbedding.
+            attention_mask: [B, T_past + T], nonzero = real token, or None (no padding).
+            past_key_values: a transformers Cache (stores [B, H, T, D]); updated in place.
+            cu_seqlens: [N + 1] offsets of packed documents (B = 1, no cache).
+            output_attentions: also return the weights, computed by the naive reference.
+
+        Returns:
+            (output [B, T, hidden], weights [B, HQ, T, T_past + T] float32 or None).
+        """
+        B, T, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)  # [B, T, HQ, D]
+        k = self.k_proj(hidden_states).view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
+        v = self.v_proj(hidden_states).view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
+        cos, sin = position_embeddings
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, Tk, D]
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]
+        weights = None
+        if output_attentions:
+            o, weights = naive_attention(
+                q, k, v, variant=self.attn_type, scale=self.scale, cu_seqlens=cu_seqlens,
+                attention_mask=attention_mask, eps=self.eps, return_weights=True,
+            )  # weights [B, HQ, T, Tk]
+        else:
+            o = ATTENTION_OPS[self.attn_type](
+                q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
+                eps=self.eps, impl=self.attn_impl,
+            )  # [B, T, HQ, D]
+        return self.o_proj(o.reshape(B, T, -1)), weights
+
+
+class SoftpickDecoderLayer(GradientCheckpointingLayer):
+    """x + attn(norm(x)), then x + mlp(norm(x)). Returns (hidden [B, T, hidden], attention weights or None)."""
+
+    def __init__(self, config: SoftpickConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = SoftpickAttention(config, layer_idx)
+        self.mlp = SoftpickMLP(config)
+        self.input_layernorm = SoftpickRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = SoftpickRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask=attention_mask,
+            past_key_values=past_key_values, cu_seqlens=cu_seqlens, output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, weights
+
+
+class SoftpickPreTrainedModel(PreTrainedModel):
+    """Init and loading glue shared by SoftpickModel and SoftpickForCausalLM."""
+
+    config_class = SoftpickConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SoftpickDecoderLayer"]
+    # Init: transformers' generic ``_init_weights`` gives exactly the paper's recipe (Linear and Embedding
+    # weights ~ N(0, config.initializer_range), biases 0, *RMSNorm weights 1), so it is not overridden.
+
+
+def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Positions [1, total] restarting at 0 at each document start in cu_seqlens [N + 1]."""
+    starts = torch.zeros(total, dtype=torch.long, device=cu_seqlens.device)
+    starts[cu_seqlens[1:-1].long()] = 1
+    doc = starts.cumsum(0)  # document index of every token
+    return (torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[doc])[None]
+
+
+def _key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The 2D mask [B, T_total] to pass to the ops, or None when it hides nothing (fused kernels can run)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"attention_mask must be 2-D [batch, past + new tokens] (1 = token, 0 = padding), "
+            f"got shape {tuple(attention_mask.shape)}."
+        )
+    return None if bool(attention_mask.all()) else attention_mask
+
+
+class SoftpickModel(SoftpickPreTrainedModel):
+    """Embeddings, decoder layers and the final norm; returns hidden states (no LM head)."""
+
+    def __init__(self, config: SoftpickConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(SoftpickDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = SoftpickRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = SoftpickRotaryEmbedding(config.head_dim, config.rope_theta)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        """Hidden states of input_ids [B, T] (or inputs_embeds [B, T, hidden]); see SoftpickForCausalLM.forward."""
+        past_key_values = _take_cache(past_key_values, kwargs)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds.")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False  # the recomputed forward would append to the cache a second time
+        if cu_seqlens is not None:
+            if past_key_values is not None or attention_mask is not None:
+                raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache or attention_mask.")
+            use_cache = False
+
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, hidden]
+        T = hidden_states.shape[1]
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            if cu_seqlens is not None:
+                position_ids = packed_position_ids(cu_seqlens, T)
+            else:
+                past = past_key_values.get_seq_length() if past_key_values is not None else 0
+                position_ids = torch.arange(past, past + T, device=hidden_states.device)[None]
+        position_ids = position_ids.expand(hidden_states.shape[0], -1)  # [B, T]
+        position_embeddings = self.rotary_emb(position_ids)
+        mask = _key_padding_mask(attention_mask)
+
+        all_hidden = [] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states, weights = layer(
+                hidden_states, position_embeddings, attention_mask=mask, past_key_values=past_key_values,
+                cu_seqlens=cu_seqlens, output_attentions=output_attentions,
+            )
+            if all_attn is not None:
+                all_attn.append(weights)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)  # HF convention: the last entry is after the final norm
+
+        out = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if all_attn is not None else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
+    """SoftpickModel plus an untied LM head; shifted cross-entropy loss when labels are given."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # used only if tie_word_embeddings
+
+    def __init__(self, config: SoftpickConfig) -> None:
+        super().__init__(config)
+        self.model = SoftpickModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Next-token logits, and the loss when labels are given.
+
+        Args:
+            input_ids: [B, T] token ids (or inputs_embeds [B, T, hidden]).
+            attention_mask: [B, T_past + T], 1 = token, 0 = padding (HF convention); None = no padding.
+            position_ids: [B, T] RoPE positions. None -> T_past + arange(T), or restarting at 0 in each
+                document when cu_seqlens is given.
+            past_key_values: a transformers Cache (e.g. DynamicCache), updated in place. Also accepted as
+                ``cache=`` (the name transformers >= 5.24 uses). ``cache_position`` is accepted and ignored.
+            labels: [B, T] targets aligned with input_ids (shifted inside); IGNORE_INDEX (-100) is skipped.
+                Loss = mean cross-entropy over the counted tokens, in float32.
+            use_cache: return the cache. None -> config.use_cache in eval mode, False in train mode.
+            output_attentions: return per-layer weights [B, HQ, T, T_past + T] (float32, naive reference).
+            output_hidden_states: return num_hidden_layers + 1 hidden states [B, T, hidden] (embeddings, then
+                each layer's output; the last one after the final norm, as in transformers).
+            return_dict: False -> a tuple. None -> config.return_dict.
+            logits_to_keep: int n > 0 -> logits of the last n positions only; a 1-D tensor -> those positions.
+            cu_seqlens: [N + 1] int offsets of N documents packed in one row (B = 1); attention stays
+                inside each document. No cache, no attention_mask.
+
+        Returns:
+            CausalLMOutputWithPast(loss, logits [B, T', vocab], cache, hidden_states, attentions); the cache
+            field is named ``past_key_values`` (transformers < 5.24) or ``cache`` (see CACHE_FIELD).
+        """
+        past_key_values = _take_cache(past_key_values, kwargs)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True, cu_seqlens=cu_seqlens,
+        )
+        hidden_states = outputs.last_hidden_state  # [B, T, hidden]
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep > 0:
+                hidden_states = hidden_states[:, -logits_to_keep:]
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)  # [B, T', vocab]
+
+        loss = None
+        if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError(
+                    f"labels cover {labels.shape[1]} positions but logits {logits.shape[1]}; "
+                    "use logits_to_keep=0 when computing the loss."
+                )
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                ignore_index=IGNORE_INDEX,
+            )
+
+        out = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_FIELD: outputs[CACHE_FIELD] if CACHE_FIELD in outputs else None},
+        )
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = [
+    "ATTENTION_OPS",
+    "CACHE_FIELD",
+    "SoftpickAttention",
+    "SoftpickDecoderLayer",
+    "SoftpickForCausalLM",
+    "SoftpickMLP",
+    "SoftpickModel",
+    "SoftpickPreTrainedModel",
+    "SoftpickRMSNorm",
+    "SoftpickRotaryEmbedding",
+]
