@@ -1,0 +1,283 @@
+"""Training data: HF ``datasets`` -> online tokenization -> fixed windows or varlen rows, resumable.
+
+Pipeline, per data-parallel rank:
+
+1. :func:`load_documents` loads each ``--training.dataset`` entry (hub name, local folder, or a file
+   type json/jsonl/parquet/txt/csv with ``--training.data_files``), keeps its ``text`` (or
+   ``content``) column and mixes several with ``interleave_datasets(probabilities=data_probs)``.
+   With no dataset the embedded corpus (:mod:`softpick.corpus`) is used, so runs work offline.
+2. :class:`TokenWindows` shuffles documents with ``seed + epoch`` (an index permutation, or a buffer
+   shuffle when streaming) and gives document ``p`` of an epoch to shard ``p % num_shards``; shards are
+   (rank, loader worker) pairs. Each document is tokenized as ``[BOS] text [EOS]`` (the special tokens
+   the tokenizer has), the token stream is concatenated and cut into batches:
+   ``input_ids [B, seq_len]``; or with ``varlen`` one row ``[1, seq_len]`` plus ``cu_seqlens [N+1]``
+   (int32) marking document starts, every piece cut to at most ``context_len`` tokens. Documents run
+   across batch boundaries (nothing is dropped or padded); the stream repeats for ever, one epoch after
+   another. Labels are the inputs (the model shifts them).
+3. :class:`ResumableLoader` wraps a torch DataLoader. Every batch carries the position of the first
+   token not yet used by its worker (epoch, document, token offset); the loader keeps the latest one
+   per worker, and ``state_dict()`` is therefore exact: a resumed run continues on the next token.
+   Workers serve batches round-robin; on resume the workers' roles are rotated so that the worker due
+   next serves first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from softpick.train.config import ConfigError, Training, split_list
+
+FILE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text", "text": "text", "csv": "csv"}
+"""``--training.dataset`` values that mean "load ``data_files`` with this datasets builder"."""
+
+TOKENIZE_BATCH = 64
+"""Documents tokenized per call to the tokenizer."""
+
+
+def _text_column(ds: Any, name: str) -> Any:
+    columns = ds.column_names
+    if columns is None:  # streaming datasets may not know their columns before reading
+        columns = list(next(iter(ds)).keys())
+    for col in ("text", "content"):
+        if col in columns:
+            ds = ds.select_columns([col])
+            return ds.rename_column(col, "text") if col != "text" else ds
+    raise ConfigError(f"dataset {name!r} has no 'text' or 'content' column (columns: {columns}).")
+
+
+def load_documents(cfg: Training, seed: int) -> Any:
+    """The mixed document dataset (a ``datasets.Dataset``, or ``IterableDataset`` when streaming).
+
+    Each row is ``{"text": str}``. Mixing uses ``interleave_datasets`` with ``data_probs``, seeded, and
+    ``stopping_strategy="all_exhausted"``.
+    """
+    import datasets
+
+    names = split_list(cfg.dataset)
+    if not names:
+        from softpick.corpus import embedded_documents
+
+        docs = datasets.Dataset.from_dict({"text": embedded_documents("train")})
+        return docs.to_iterable_dataset(num_shards=1) if cfg.streaming else docs
+    n = len(names)
+
+    def per(key: str) -> list[str | None]:
+        items = split_list(getattr(cfg, key))
+        return [item or None for item in items] if items else [None] * n
+
+    configs, splits, dirs, files = per("dataset_name"), per("dataset_split"), per("data_dir"), per("data_files")
+    parts = []
+    for name, config, split, data_dir, data_files in zip(names, configs, splits, dirs, files):
+        builder = FILE_BUILDERS.get(name, name)
+        if name in FILE_BUILDERS and data_files is None:
+            raise ConfigError(f"training.dataset {name!r} reads files: give them with --training.data_files.")
+        try:
+            ds = datasets.load_dataset(
+                builder, name=config, data_dir=data_dir, data_files=data_files,
+                split=split or "train", streaming=cfg.streaming,
+            )
+        except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+            raise ConfigError(f"cannot load dataset {name!r}: {str(err).splitlines()[0]}") from None
+        parts.append(_text_column(ds, name))
+    if n == 1:
+        return parts[0]
+    if not cfg.streaming:
+        parts = [p.cast_column("text", datasets.Value("string")) for p in parts]
+    probs = [float(p) for p in split_list(cfg.data_probs)]
+    return datasets.interleave_datasets(
+        parts, probabilities=probs, seed=seed, stopping_strategy="all_exhausted"
+    )
+
+
+@dataclass
+class ShardPosition:
+    """Where a shard's next unused token is: document ``doc`` (index within the shard's share of
+    epoch ``epoch``), token ``offset`` of that document's token list."""
+
+    epoch: int = 0
+    doc: int = 0
+    offset: int = 0
+
+
+class TokenWindows(IterableDataset):
+    """Infinite stream of token batches from one data-parallel rank's share of the documents.
+
+    Args:
+        docs: output of :func:`load_documents`.
+        tokenizer: an HF tokenizer (its bos/eos ids are added around each document).
+        seq_len, batch_size: each batch is ``[batch_size, seq_len]`` (batch_size 1 with varlen).
+        varlen, context_len: pack into one row with ``cu_seqlens``; pieces at most context_len long.
+        rank, world: this rank's index among the data-parallel ranks.
+        seed: shuffling seed (epoch e uses seed + e).
+
+    Yields dicts: ``input_ids`` (int64 [B, T]), with varlen ``cu_seqlens`` (int32 [N+1]), and
+    ``position`` = (logical worker, :class:`ShardPosition` after this batch).
+    """
+
+    def __init__(
+        self, docs: Any, tokenizer: Any, *, seq_len: int, batch_size: int = 1, varlen: bool = False,
+        context_len: int | None = None, rank: int = 0, world: int = 1, seed: int = 42,
+    ):
+        self.docs, self.tokenizer = docs, tokenizer
+        self.seq_len, self.batch_size, self.varlen = seq_len, batch_size, varlen
+        self.context_len = context_len or seq_len
+        self.rank, self.world, self.seed = rank, world, seed
+        self.streaming = not hasattr(docs, "__len__")
+        self.num_workers = 1
+        self.positions: dict[int, ShardPosition] = {}
+        self.rotation = 0
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+
+    # -- documents -------------------------------------------------------------------------------
+    def _epoch_docs(self, epoch: int, shard: int, shards: int, start: int) -> Iterator[str]:
+        """Texts of the shard's documents of ``epoch`` from shard-local index ``start`` on."""
+        if self.streaming:
+            ds = self.docs.shuffle(seed=self.seed, buffer_size=10_000)
+            ds.set_epoch(epoch)
+            # .iter() reads every document in every worker (no datasets-side worker split), so
+            # the p % shards rule below is the only split and stays the same for any worker count
+            texts = (text for rows in ds.iter(batch_size=TOKENIZE_BATCH) for text in rows["text"])
+            yield from itertools.islice(texts, shard + start * shards, None, shards)
+            return
+        order = np.random.default_rng(self.seed + epoch).permutation(len(self.docs))[shard::shards]
+        for i in range(start, len(order), TOKENIZE_BATCH):
+            for row in self.docs[order[i:i + TOKENIZE_BATCH].tolist()]["text"]:
+                yield row
+
+    def _token_stream(self, shard: int, shards: int, pos: ShardPosition) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """(epoch, doc, offset, tokens from offset) for every document from ``pos`` on, for ever."""
+        epoch, start, offset = pos.epoch, pos.doc, pos.offset
+        while True:
+            texts = self._epoch_docs(epoch, shard, shards, start)
+            doc = start
+            for batch in iter(lambda: list(itertools.islice(texts, TOKENIZE_BATCH)), []):
+                encoded = self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+                for ids in encoded:
+                    ids = ([self.bos] if self.bos is not None else []) + ids
+                    ids = ids + ([self.eos] if self.eos is not None else [])
+                    yield epoch, doc, offset, np.asarray(ids[offset:], dtype=np.int64)
+                    doc, offset = doc + 1, 0
+            if doc == 0:
+                raise ValueError(
+                    f"data shard {shard} of {shards} got no documents: the dataset is smaller than the "
+                    "number of data-parallel ranks x loader workers."
+                )
+            epoch, start = epoch + 1, 0
+
+    # -- batches ---------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != self.num_workers:
+            raise RuntimeError(f"TokenWindows was set up for {self.num_workers} workers, runs with {workers}.")
+        logical = (physical + self.rotation) % workers
+        shards = self.world * workers
+        shard = self.rank * workers + logical
+        stream = self._token_stream(shard, shards, self.positions.get(logical, ShardPosition()))
+        need = self.batch_size * self.seq_len
+        # pending pieces: (epoch, doc, offset of piece start, tokens)
+        pending: list[tuple[int, int, int, np.ndarray]] = []
+        have = 0
+        while True:
+            while have < need:
+                piece = next(stream)
+                pending.append(piece)
+                have += len(piece[3])
+            taken: list[np.ndarray] = []
+            lengths: list[int] = []
+            left = need
+            while left:
+                epoch, doc, offset, toks = pending[0]
+                use = min(left, len(toks))
+                taken.append(toks[:use])
+                lengths.append(use)
+                if use == len(toks):
+                    pending.pop(0)
+                else:
+                    pending[0] = (epoch, doc, offset + use, toks[use:])
+                left -= use
+            have -= need
+            if not pending:  # the batch ended on a document boundary: its position is the next one
+                pending.append(next(stream))
+                have += len(pending[0][3])
+            epoch, doc, offset, _ = pending[0]
+            batch = {
+                "input_ids": torch.from_numpy(np.concatenate(taken)).view(self.batch_size, self.seq_len),
+                "position": (logical, ShardPosition(epoch, doc, offset)),
+            }
+            if self.varlen:
+                batch["cu_seqlens"] = cu_seqlens_from_lengths(lengths, self.context_len)
+            yield batch
+
+
+def cu_seqlens_from_lengths(lengths: list[int], context_len: int) -> torch.Tensor:
+    """Cumulative piece boundaries (int32 [N+1], starting at 0) after cutting each length to at most
+    ``context_len``: e.g. lengths [5, 3], context_len 4 -> pieces [4, 1, 3] -> [0, 4, 5, 8]."""
+    pieces = []
+    for n in lengths:
+        full, rest = divmod(n, context_len)
+        pieces += [context_len] * full + ([rest] if rest else [])
+    return torch.tensor(np.cumsum([0] + pieces), dtype=torch.int32)
+
+
+class ResumableLoader:
+    """A DataLoader over :class:`TokenWindows` whose position can be saved and restored exactly.
+
+    ``state_dict()`` -> ``{"positions": {worker: [epoch, doc, offset]}, "served": n, "num_workers": W}``.
+    Batches (without the ``position`` entry) come from ``iter(loader)``.
+    """
+
+    def __init__(self, dataset: TokenWindows, *, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False):
+        self.dataset = dataset
+        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.dataset.num_workers = max(num_workers, 1)
+        self.served = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        workers = self.dataset.num_workers
+        self.dataset.rotation = self.served % workers
+        if self.num_workers:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            persistent_workers=False,
+        )
+        for batch in loader:
+            logical, pos = batch.pop("position")
+            self.dataset.positions[logical] = pos
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        positions = {str(w): [p.epoch, p.doc, p.offset] for w, p in self.dataset.positions.items()}
+        return {"positions": positions, "served": self.served, "num_workers": self.dataset.num_workers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["num_workers"]) != self.dataset.num_workers:
+            raise ValueError(
+                f"the checkpoint's data loader used {int(state['num_workers'])} worker(s) but this run uses "
+                f"{self.dataset.num_workers}; resume with --training.num_workers {int(state['num_workers'])}."
+            )
+        self.served = int(state["served"])
+        self.dataset.positions = {int(w): ShardPosition(*map(int, p)) for w, p in state["positions"].items()}
+
+
+def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: int) -> ResumableLoader:
+    """The resumable loader for data-parallel rank ``rank`` of ``world``."""
+    docs = load_documents(cfg, seed)
+    dataset = TokenWindows(
+        docs, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, varlen=cfg.varlen,
+        context_len=cfg.context_len, rank=rank, world=world, seed=seed,
+    )
+    return ResumableLoader(
+        dataset, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory
+    )
