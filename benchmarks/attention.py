@@ -1,0 +1,163 @@
+"""Attention speed: our Triton softpick and softmax kernels vs torch SDPA (and flash-attn if present).
+
+Usage (on a CUDA machine, from the repository root):
+
+    python benchmarks/attention.py [--json out.json] [--shapes 4x4096x16x64 2x8192x8x128 ...]
+
+Prints one row per (shape, implementation): forward and forward+backward times in ms (medians of
+``triton.testing.do_bench``, after one untimed call that runs the autotuner), TFLOP/s and the peak
+memory that forward+backward allocates above the inputs. bf16, causal, layout [B, T, H, D].
+
+FLOPs (causal, counting the two matmuls QK^T and PV at 2 FLOPs per multiply-add, half the square):
+forward = 2 * B * H * T^2 * D; forward+backward = 3.5 x forward (backward = 2.5 x: four matmuls
+plus the recomputed QK^T). A varlen batch counts sum_i 2 * H * L_i^2 * D over its documents.
+The varlen row packs documents of the lengths in ``VARLEN_DOCS`` into one row; SDPA has no varlen
+form, so only our kernels (and flash-attn's varlen function, if installed) run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+
+import torch
+import triton
+
+from softpick.ops.attention import softmax_attention, softpick_attention
+
+SHAPES = ["4x4096x16x64", "2x8192x8x128", "1x16384x16x64", "varlen"]
+VARLEN_DOCS = [7000, 4096, 2048, 1500, 1024, 512, 204]  # sums to 16384 tokens
+VARLEN_H, VARLEN_D = 16, 64
+
+
+def _flash_attn():
+    try:
+        import flash_attn
+    except ImportError:
+        return None
+    return flash_attn
+
+
+def impls(varlen: bool) -> dict:
+    """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal."""
+    out = {
+        "softpick": lambda q, k, v, cu, n: softpick_attention(q, k, v, cu_seqlens=cu, impl="triton"),
+        "softmax": lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton"),
+    }
+    if not varlen:
+        out["sdpa"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, impl="sdpa")
+    fa = _flash_attn()
+    if fa is not None:
+        if varlen:
+            out["flash-attn"] = lambda q, k, v, cu, n: fa.flash_attn_varlen_func(
+                q[0], k[0], v[0], cu, cu, n, n, causal=True
+            )
+        else:
+            out["flash-attn"] = lambda q, k, v, cu, n: fa.flash_attn_func(q, k, v, causal=True)
+    return out
+
+
+def bench_shape(shape: str) -> list[dict]:
+    device = torch.device("cuda")
+    if shape == "varlen":
+        B, T, H, D = 1, sum(VARLEN_DOCS), VARLEN_H, VARLEN_D
+        lens = torch.tensor([0, *VARLEN_DOCS])
+        cu = lens.cumsum(0).to(device=device, dtype=torch.int32)
+        flops_fwd = sum(2 * H * L * L * D for L in VARLEN_DOCS)
+        max_len = max(VARLEN_DOCS)
+    else:
+        B, T, H, D = (int(x) for x in shape.split("x"))
+        cu, max_len = None, T
+        flops_fwd = 2 * B * H * T * T * D
+    q, k, v, do = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16) for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    rows = []
+    for name, fn in impls(cu is not None).items():
+
+        def fwd():
+            return fn(q, k, v, cu, max_len)
+
+        def fwd_bwd():
+            return torch.autograd.grad(fn(q, k, v, cu, max_len), (q, k, v), do)
+
+        fwd_bwd()  # autotune and compile outside the timing
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        with torch.no_grad():
+            ms_f = triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median")
+        ms_fb = triton.testing.do_bench(fwd_bwd, warmup=25, rep=200, return_mode="median")
+        rows.append({
+            "shape": shape if cu is None else f"varlen {B}x{T}x{H}x{D} docs={VARLEN_DOCS}",
+            "impl": name,
+            "fwd_ms": ms_f,
+            "fwd_tflops": flops_fwd / ms_f * 1e-9,
+            "fwdbwd_ms": ms_fb,
+            "fwdbwd_tflops": 3.5 * flops_fwd / ms_fb * 1e-9,
+            "peak_mib": peak / 2**20,
+        })
+        print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    return (
+        f"{r['shape'][:22]:<22} {r['impl']:<10} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
+        f"{r['fwdbwd_ms']:8.3f} {r['fwdbwd_tflops']:7.1f} {r['peak_mib']:9.1f}"
+    )
+
+
+def _header() -> str:
+    return f"{'shape':<22} {'impl':<10} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9}"
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    """softpick / SDPA and softpick / our softmax, by speed (higher is better for softpick)."""
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["shape"] == shape}
+        sp = by["softpick"]
+        for ref in ("sdpa", "softmax"):
+            if ref in by:
+                out.append(
+                    f"{shape[:22]:<22} softpick/{ref:<8} fwd {by[ref]['fwd_ms'] / sp['fwd_ms']:.2f}x "
+                    f"f+b {by[ref]['fwdbwd_ms'] / sp['fwdbwd_ms']:.2f}x"
+                )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BxTxHxD or 'varlen'")
+    parser.add_argument("--json", help="write rows and environment to this file")
+    args = parser.parse_args(argv)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = os.environ.get("SOFTPICK_COMMIT") or git.stdout.strip() or "unknown"
+    env = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "flash_attn": getattr(_flash_attn(), "__version__", None),
+        "commit": commit,
+        "dtype": "bfloat16",
+        "causal": True,
+    }
+    print(env, flush=True)
+    print(_header(), flush=True)
+    rows = [r for shape in args.shapes for r in bench_shape(shape)]
+    print("\n" + _header())
+    for r in rows:
+        print(_fmt(r))
+    print("\n".join(["", *_ratios(rows)]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
