@@ -20,7 +20,7 @@ import triton.language as tl
 
 from softpick.ops.attention.triton_fwd import INTERPRET
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 def _bwd_configs(small: dict) -> list[triton.Config]:

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-LN2 = 0.6931471805599453
-NEG_BIG = -1.0e30  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
+LN2 = tl.constexpr(0.6931471805599453)
+NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
 
 
 def _fwd_configs() -> list[triton.Config]:
