@@ -53,7 +53,7 @@ class Model:
     config: str | None = opt(
         None,
         "Path to the model config: a json file or a folder with config.json (ours, e.g. "
-        "configs/softpick_transformer_340M.json, or any HF causal-LM config). Default: a tiny softpick model",
+        "configs/softpick_transformer_340M.json, or any HF causal-LM config). Required",
     )
     tokenizer_path: str | None = opt(
         None, "Tokenizer path (an HF tokenizer folder). Default: the embedded tokenizer (offline)"
