@@ -97,7 +97,7 @@ class ActivationObserver:
             top = [dict(e) for e in st["top"]]
             if tokenizer is not None:
                 for e in top:
-                    e["token"] = tokenizer.convert_ids_to_tokens(e["token_id"])
+                    e["token"] = tokenizer.decode([e["token_id"]])
             per_layer.append(
                 {
                     "layer": l,

@@ -1,0 +1,224 @@
+"""``softpick analyze`` and ``softpick compare``: the paper's measurements in one command.
+
+    softpick analyze MODEL_DIR [--data FILE_OR_DATASET] --out DIR [options]
+    softpick compare DIR_A DIR_B [...] --out DIR
+
+``analyze`` loads any causal LM saved with ``save_pretrained`` (softpick's, Llama, GPT-2, ...) and
+its tokenizer, takes ``--num-samples`` documents of ``--data`` (default: the embedded validation
+split) cut at ``--seq-len`` tokens, and writes DIR/report.json, DIR/report.md and PNG plots:
+sink rate, attention sparsity, hidden-state kurtosis and massive activations, perplexity, a
+weight-only quantization study, and optionally lm-eval tasks and passkey retrieval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
+from softpick.analysis import evaluation, quantization
+from softpick.analysis.activations import ActivationObserver
+from softpick.analysis.collect import attn_implementation, decoder_layers, run_pass
+from softpick.analysis.data import load_documents, make_batches, tokenize_samples
+from softpick.analysis.passkey import compute_passkey
+from softpick.analysis.perplexity import PerplexityObserver
+from softpick.analysis.report import load_report, write_comparison, write_report
+from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
+from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _int_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [] if text.strip().lower() in ("", "none") else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="softpick analyze", description=__doc__.split("\n\n")[2],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model_dir", help="folder written by save_pretrained (config.json + weights + tokenizer)")
+    p.add_argument("--data", default=None, help="a .txt/.jsonl/.json/.parquet file, a folder, or a datasets name; "
+                   "default: the embedded corpus")
+    p.add_argument("--split", default="validation", help="split for datasets and the embedded corpus")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder if MODEL_DIR has none")
+    p.add_argument("--num-samples", type=int, default=64, help="documents to analyse")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sample (longer documents are cut)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--padding-side", choices=("right", "left"), default="right")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="low precision makes softmax underflow count as sparsity")
+    p.add_argument("--sink-eps", type=float, default=DEFAULT_SINK_EPS, help="first-token mass above which a head is a sink")
+    p.add_argument("--zero-threshold", type=float, default=DEFAULT_ZERO_THRESHOLD,
+                   help="attention weights <= this count as zero")
+    p.add_argument("--top-k", type=int, default=10, help="largest activations listed per layer")
+    p.add_argument("--quant-bits", type=_int_list, default=[8, 4, 3, 2], help="weight bits to study; 'none' skips")
+    p.add_argument("--quant-methods", type=_str_list, default=list(quantization.METHODS),
+                   help=f"any of {','.join(quantization.METHODS)}")
+    p.add_argument("--quant-group-size", type=int, default=quantization.DEFAULT_GROUP_SIZE)
+    p.add_argument("--tasks", type=_str_list, default=[],
+                   help="lm-eval tasks; 'local' = tasks built from --data (softpick_local_choice, softpick_local_ppl)")
+    p.add_argument("--tasks-dir", action="append", default=[], help="folder of lm-eval task YAML files (repeatable)")
+    p.add_argument("--eval-limit", type=int, default=None, help="at most this many documents per lm-eval task")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--passkey-lengths", type=_int_list, default=[], help="prompt lengths in tokens, e.g. 256,1024")
+    p.add_argument("--passkey-trials", type=int, default=5, help="prompts per length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: str, dtype: torch.dtype):
+    """from_pretrained of the model (eval mode, on ``device``) and of its tokenizer; clear errors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist.")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path / 'config.json'} does not exist: MODEL_DIR must be a save_pretrained folder.")
+    tok_path = Path(tokenizer_dir) if tokenizer_dir else path
+    if tokenizer_dir and not tok_path.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tok_path} does not exist.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
+    except (OSError, ValueError, TypeError) as error:
+        raise FileNotFoundError(f"no tokenizer could be loaded from {tok_path} ({error}); pass --tokenizer DIR.") from error
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def describe_model(model, model_dir: str) -> dict:
+    config = model.config
+    # softpick's config names its kernel in attn_impl; other models use transformers' implementation name
+    impl = getattr(config, "attn_impl", None) or attn_implementation(model)
+    attention = getattr(config, "attn_type", "softmax") + (f" ({impl})" if impl else "")
+    layers = decoder_layers(model)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    return {
+        "path": str(model_dir),
+        "class": type(model).__name__,
+        "model_type": config.model_type,
+        "num_layers": len(layers),
+        "num_heads": heads,
+        "hidden_size": getattr(config, "hidden_size", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attention": attention,
+    }
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "softpick": softpick.__version__}
+
+
+def analyze(args: argparse.Namespace) -> dict:
+    """Run every requested measurement and write the report; returns the report dict."""
+    torch.manual_seed(args.seed)
+    progress = not args.no_progress
+    notes = []
+    # Fail fast on missing inputs or packages, before any long computation.
+    if args.tasks:
+        evaluation.require_lm_eval()
+    for folder in args.tasks_dir:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
+    documents = load_documents(args.data, args.split)
+    model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
+    samples = tokenize_samples(tokenizer, documents, args.num_samples, args.seq_len)
+    batches = make_batches(samples, args.batch_size, padding_side=args.padding_side)
+
+    # One forward pass per batch feeds every per-layer measurement.
+    observers = [SinkObserver(args.sink_eps), SparsityObserver(args.zero_threshold), ActivationObserver(args.top_k),
+                 PerplexityObserver()]
+    run_pass(model, batches, observers, progress=progress, desc="attention, activations, perplexity")
+    sink, sparsity, activations, perplexity = observers
+    report = {
+        "model": describe_model(model, args.model_dir),
+        "settings": {
+            "data": args.data or f"embedded corpus ({args.split})",
+            "num_samples": len(samples), "seq_len": args.seq_len, "tokens": sum(len(s) for s in samples),
+            "batch_size": args.batch_size, "padding_side": args.padding_side, "device": str(args.device),
+            "dtype": args.dtype, "seed": args.seed, "versions": _versions(),
+        },
+        "perplexity": perplexity.result(),
+        "sink": sink.result(),
+        "sparsity": sparsity.result(),
+        "activations": activations.result(tokenizer),
+    }
+
+    if args.quant_bits and args.quant_methods:
+        report["quantization"] = quantization.compute_quantization_study(
+            model, batches, methods=tuple(args.quant_methods), bits=tuple(args.quant_bits),
+            group_size=args.quant_group_size, baseline=report["perplexity"], progress=progress,
+        )
+    if args.tasks:
+        tasks, tasks_dir = list(args.tasks), list(args.tasks_dir)
+        if "local" in tasks:
+            tasks.remove("local")
+            tasks += list(evaluation.LOCAL_TASKS)
+            tasks_dir.append(str(evaluation.write_local_tasks(documents, Path(args.out) / "lm_eval_tasks")))
+        report["lm_eval"] = evaluation.compute_lm_eval(
+            model, tokenizer, tasks, tasks_dir=tasks_dir or None, batch_size=args.eval_batch_size, limit=args.eval_limit
+        )
+    if args.passkey_lengths:
+        report["passkey"] = compute_passkey(model, tokenizer, args.passkey_lengths, trials=args.passkey_trials,
+                                            seed=args.seed, progress=progress)
+    if report["settings"]["dtype"] != "float32":
+        notes.append("Low-precision attention weights underflow: sparsity counts rounding zeros too.")
+    report["notes"] = notes
+    write_report(report, args.out)
+    return report
+
+
+def analyze_main(argv: list[str]) -> int:
+    parser = analyze_parser()
+    args = parser.parse_args(argv)
+    for name in ("num_samples", "seq_len", "batch_size", "passkey_trials", "top_k"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    try:
+        analyze(args)
+    except (FileNotFoundError, ImportError) as error:
+        print(f"softpick analyze: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="softpick compare",
+                                     description="Put two or more `softpick analyze` reports side by side.")
+    parser.add_argument("reports", nargs="+", help="folders holding report.json")
+    parser.add_argument("--out", required=True, help="output folder for comparison.md and plots")
+    parser.add_argument("--labels", type=_str_list, default=None, help="comma-separated names (default: folder names)")
+    args = parser.parse_args(argv)
+    if len(args.reports) < 2:
+        parser.error(f"compare needs at least two report folders, got {len(args.reports)}.")
+    labels = args.labels or [Path(r).name or str(r) for r in args.reports]
+    if len(labels) != len(args.reports) or len(set(labels)) != len(labels):
+        parser.error(f"--labels must give {len(args.reports)} distinct names, got {labels}.")
+    try:
+        reports = {label: load_report(folder) for label, folder in zip(labels, args.reports)}
+    except FileNotFoundError as error:
+        print(f"softpick compare: error: {error}", file=sys.stderr)
+        return 2
+    write_comparison(reports, args.out)
+    print(f"wrote {Path(args.out) / 'comparison.md'}")
+    return 0

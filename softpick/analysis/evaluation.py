@@ -1,0 +1,166 @@
+"""Downstream evaluation with lm-evaluation-harness, offline, on an already loaded model.
+
+lm-eval imports transformers but not softpick, so ``lm_eval --model hf --model_args pretrained=DIR``
+cannot build a softpick model by itself. Two ways around it:
+
+- ``softpick analyze DIR --tasks ...`` (this module): softpick is imported, the model is loaded, and
+  lm-eval gets the model object through ``HFLM(pretrained=model)`` and ``simple_evaluate``;
+- ``python -m softpick.analysis.lm_eval_cli --model hf --model_args pretrained=DIR ...``: lm-eval's
+  own command line after ``import softpick`` (see that module).
+
+Tasks must be available offline: lm-eval's built-in task names work when their data sets are in the
+local ``datasets`` cache; ``tasks_dir`` adds a folder of task YAML files (lm-eval's ``include_path``);
+and :func:`write_local_tasks` builds two small tasks from the analysed text itself:
+
+- ``softpick_local_choice``: multiple choice; the context is the start of a document, the right
+  answer its true continuation, the three wrong answers the same stretch of other documents
+  (metrics acc, acc_norm; chance = 25%);
+- ``softpick_local_ppl``: rolling log-likelihood of whole documents (word_perplexity,
+  byte_perplexity, bits_per_byte), as lm-eval's wikitext task.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+from torch import nn
+
+LOCAL_TASKS = ("softpick_local_choice", "softpick_local_ppl")
+
+CHOICE_YAML = """task: softpick_local_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+PPL_YAML = """task: softpick_local_ppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
+  - metric: byte_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
+  - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
+metadata:
+  version: 1.0
+"""
+
+
+def require_lm_eval() -> None:
+    """Raise ImportError naming the package when lm-evaluation-harness is missing."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ImportError(
+            "downstream tasks need lm-evaluation-harness: pip install 'softpick[eval]' (package 'lm-eval')."
+        )
+
+
+def write_local_tasks(
+    documents: list[str], out_dir: str | Path, *, num_docs: int = 100, context_words: int = 24,
+    answer_words: int = 8, seed: int = 0,
+) -> Path:
+    """Write the two local lm-eval tasks (YAML + JSON lines) built from ``documents`` into ``out_dir``.
+
+    Documents shorter than ``context_words + answer_words`` words are skipped; at least four must
+    remain. Returns ``out_dir`` (pass it as ``tasks_dir``).
+    """
+    words = [d.split() for d in documents]
+    usable = [w for w in words if len(w) >= context_words + answer_words][:num_docs]
+    if len(usable) < 4:
+        raise ValueError(
+            f"the local lm-eval tasks need 4 documents of >= {context_words + answer_words} words, found {len(usable)}."
+        )
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    answer = lambda w: " " + " ".join(w[context_words : context_words + answer_words])  # noqa: E731
+    with open(out / "softpick_local_choice.jsonl", "w", encoding="utf-8") as f:
+        for i, doc in enumerate(usable):
+            others = rng.sample([j for j in range(len(usable)) if answer(usable[j]) != answer(doc)], 3)
+            choices = [answer(doc)] + [answer(usable[j]) for j in others]
+            rng.shuffle(choices)
+            record = {"context": " ".join(doc[:context_words]), "choices": choices, "label": choices.index(answer(doc))}
+            f.write(json.dumps(record) + "\n")
+    with open(out / "softpick_local_ppl.jsonl", "w", encoding="utf-8") as f:
+        for doc in documents[:num_docs]:
+            f.write(json.dumps({"text": doc}) + "\n")
+    (out / "softpick_local_choice.yaml").write_text(CHOICE_YAML.format(data=(out / "softpick_local_choice.jsonl").resolve()))
+    (out / "softpick_local_ppl.yaml").write_text(PPL_YAML.format(data=(out / "softpick_local_ppl.jsonl").resolve()))
+    return out
+
+
+def compute_lm_eval(
+    model: nn.Module,
+    tokenizer,
+    tasks: list[str],
+    *,
+    tasks_dir: str | Path | list[str | Path] | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+) -> dict:
+    """Run lm-eval's ``simple_evaluate`` on a loaded model.
+
+    Args:
+        tasks: lm-eval task names (built-in ones need their data in the local datasets cache).
+        tasks_dir: folder(s) of extra task YAML files (lm-eval ``include_path``).
+        limit: at most this many documents per task.
+
+    Returns:
+        ``{task: {metric: value}}`` with lm-eval's metric names (e.g. ``"acc,none"``), plus
+        ``"lm_eval_version"``.
+    """
+    require_lm_eval()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    include = None
+    if tasks_dir is not None:
+        include = [str(p) for p in (tasks_dir if isinstance(tasks_dir, list) else [tasks_dir])]
+        for path in include:
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"--tasks-dir {path} is not a folder.")
+    manager = TaskManager(include_path=include)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s) {unknown}; add their YAML folder with --tasks-dir.")
+    device = next(model.parameters()).device
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+        log_samples=False, bootstrap_iters=0,
+    )
+    results = {
+        task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
+        for task, metrics in out["results"].items()
+    }
+    return {"lm_eval_version": lm_eval.__version__, "results": results}
