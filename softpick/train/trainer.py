@@ -1,0 +1,316 @@
+"""``softpick train``: the training loop (flame-compatible flags; one process or torchrun).
+
+Examples::
+
+    softpick train --job.config_file configs/tiny_cpu.toml                    # CPU, one process
+    softpick train --job.config_file configs/fla.toml --model.config configs/softpick_transformer_340M.json
+    NGPU=8 bash train.sh --job.config_file configs/fla.toml ...               # torchrun, NCCL
+
+``main`` parses the config, builds a :class:`Trainer` (each build step is one labelled method call),
+runs ``train()`` and closes. Under torchrun the process ends with ``os._exit`` after
+``destroy_process_group`` (see :func:`_exit_distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from softpick.train.checkpoint import CheckpointManager, export_hf, full_model_state
+from softpick.train.config import ConfigError, JobConfig, parse_args
+from softpick.train.data import build_loader
+from softpick.train.metrics import (
+    MetricsLogger, Throughput, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
+    peak_memory_gib, profiling,
+)
+from softpick.train.optim import build_lr_scheduler, build_optimizer
+from softpick.train.parallel import ParallelDims, parallelize
+
+logger = logging.getLogger("softpick.train")
+
+VARLEN_MODEL_TYPES = ("softpick_transformer",)
+"""Model types whose forward takes ``cu_seqlens=`` (packed documents, batch 1)."""
+
+
+def load_model_config(path: str | None) -> Any:
+    """AutoConfig from a json file or a folder with config.json (ours registered by ``softpick.models``)."""
+    import softpick.models  # noqa: F401  (registers model_type softpick_transformer)
+    from transformers import AutoConfig
+
+    if path is None:
+        raise ConfigError("model.config is required: a config json (e.g. configs/softpick_transformer_340M.json).")
+    if not os.path.exists(path):
+        raise ConfigError(f"model.config {path!r} does not exist.")
+    if os.path.isdir(path):
+        return AutoConfig.from_pretrained(path)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    model_type = data.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError(f"model.config {path!r} has no model_type.")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except ValueError as err:
+        raise ConfigError(f"model.config {path!r}: {str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer(path: str | None) -> Any:
+    """An HF tokenizer from a folder, or the embedded corpus tokenizer when ``path`` is None."""
+    if path is None:
+        from softpick.corpus import embedded_tokenizer
+
+        return embedded_tokenizer()
+    from transformers import AutoTokenizer
+
+    if not os.path.exists(path):
+        raise ConfigError(f"model.tokenizer_path {path!r} does not exist (no network: give a local folder).")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the global L2 norm of the gradients to ``max_norm`` (no clipping if <= 0); returns the norm.
+
+    Works when gradients mix plain tensors and DTensors on different meshes (TP without FSDP): norms
+    are taken per group with ``get_total_norm``, made global with ``full_tensor()`` and combined.
+    """
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            mesh = getattr(p.grad, "device_mesh", None)
+            groups.setdefault(id(mesh) if mesh is not None else None, []).append(p.grad)
+    norms = []
+    for grads in groups.values():
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    total = torch.stack([n.float() for n in norms]).norm() if norms else torch.zeros(())
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return total
+
+
+class Trainer:
+    """Holds everything one run needs; ``__init__`` is the list of build steps."""
+
+    def __init__(self, config: JobConfig):
+        self.config = config
+        tr = config.training
+        self.dump = Path(config.job.dump_folder)
+
+        # distributed: check degrees first, so a bad launch fails before any work
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.dims = ParallelDims(tr.data_parallel_replicate_degree, tr.data_parallel_shard_degree,
+                                 tr.tensor_parallel_degree, world)
+        self.device = self._init_distributed(world)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.mesh = self.dims.build_mesh(self.device.type)
+        self.seed = 42 if tr.seed is None else tr.seed
+        if tr.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+        # tokenizer and model config
+        self.tokenizer = load_tokenizer(config.model.tokenizer_path)
+        self.model_config = load_model_config(config.model.config)
+        self._check_model_config()
+
+        # build the model (same seeded init on every rank), count its FLOPs, then parallelize
+        self.model = self._build_model()
+        layers, heads, head_dim = model_flops_shape(self.model_config)
+        n_params = non_embedding_params(self.model)
+        self.flops_fn = lambda span: flops_per_token(n_params, layers, heads, head_dim, span)
+        self.model = parallelize(self.model.to(self.device), self.dims, self.mesh, config, self.device)
+        self.model.train()
+
+        # optimizer and lr schedule (after parallelizing: they see the sharded parameters)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, config.optimizer, self.device)
+        self.scheduler = build_lr_scheduler(self.optimizer, config.lr_scheduler, tr.steps)
+
+        # data: one stream per data-parallel rank
+        self.loader = build_loader(tr, self.tokenizer, rank=self.dims.dp_rank(self.rank),
+                                   world=self.dims.dp_degree, seed=self.seed)
+
+        # checkpoints: resume when one exists
+        self.state: dict[str, Any] = {"step": 0, "skipped": 0, "tokens": 0}
+        self.checkpointer = CheckpointManager(
+            config.checkpoint, self.dump / config.checkpoint.folder, model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, loader=self.loader, train_state=self.state,
+        )
+        if config.checkpoint.enable_checkpoint and self.checkpointer.load(config.checkpoint.load_step):
+            logger.info("resumed from step %d", self.state["step"])
+
+        # metrics
+        self.metrics = MetricsLogger(config.metrics, self.dump, rank=self.rank, total_steps=tr.steps,
+                                     start_step=self.state["step"], job_config=config)
+        self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops))
+
+    # -- build steps -----------------------------------------------------------------------------
+    def _init_distributed(self, world: int) -> torch.device:
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        if world > 1 and not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=self.config.comm.init_timeout_seconds)
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        return device
+
+    def _check_model_config(self) -> None:
+        vocab, model_type = len(self.tokenizer), self.model_config.model_type
+        if vocab > self.model_config.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {vocab} tokens but model.config vocab_size is {self.model_config.vocab_size}."
+            )
+        if self.config.training.varlen and model_type not in VARLEN_MODEL_TYPES:
+            raise ConfigError(
+                f"training.varlen needs a model whose forward takes cu_seqlens ({', '.join(VARLEN_MODEL_TYPES)}); "
+                f"model.config has model_type {model_type!r}."
+            )
+
+    def _build_model(self) -> nn.Module:
+        """The full model on CPU in float32, initialized from ``seed`` (identical on every rank)."""
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(self.seed)
+        model = AutoModelForCausalLM.from_config(self.model_config, dtype=torch.float32)
+        if self.config.model.print_after_conversion and self.rank == 0:
+            print(model)
+        return model
+
+    # -- training --------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when FSDP's mixed-precision policy does not already cast the params."""
+        tr = self.config.training
+        if self.device.type == "cuda" and tr.mixed_precision_param == "bfloat16" and not self.dims.fsdp_enabled:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward/backward over the micro-batches, clip, and step; returns (mean loss, grad norm)."""
+        accum = len(batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            if self.dims.fsdp_enabled:  # reduce-scatter gradients only after the last micro-batch
+                self.model.set_requires_gradient_sync(i == accum - 1)
+            input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+            kwargs = {"cu_seqlens": batch["cu_seqlens"].to(self.device)} if "cu_seqlens" in batch else {}
+            with self._autocast():
+                loss = self.model(input_ids=input_ids, labels=input_ids, **kwargs).loss / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = clip_grad_norm_(self.params, self.config.training.max_norm)
+        # skip_nan_inf needs the values on the host (a sync point); otherwise we never wait here
+        if self.config.training.skip_nan_inf and not (math.isfinite(grad_norm.item()) and math.isfinite(loss_sum.item())):
+            self.state["skipped"] += 1
+            logger.warning("step %d: loss %s, grad norm %s: update skipped", self.state["step"] + 1,
+                           loss_sum.item(), grad_norm.item())
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss_sum, grad_norm
+
+    def _global_mean(self, value: torch.Tensor) -> float:
+        if dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        return value.item()
+
+    def train(self) -> None:
+        tr, cfg = self.config.training, self.config
+        data = iter(self.loader)
+        gc.disable()
+        with profiling(cfg.profiling, self.dump, rank=self.rank, start_step=self.state["step"],
+                       device=self.device) as profiler:
+            while self.state["step"] < tr.steps:
+                step = self.state["step"] + 1
+                if step % tr.gc_freq == 0:
+                    gc.collect(1)
+                batches = [next(data) for _ in range(tr.gradient_accumulation_steps)]
+                lr = self.scheduler.get_last_lr()[0]
+                for batch in batches:
+                    self.throughput.add(batch)
+                loss, grad_norm = self.train_step(batches)
+                self.state["step"] = step
+                self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
+                self.metrics.step()
+                if step % cfg.metrics.log_freq == 0 or step == tr.steps:
+                    self.metrics.log(step, {
+                        "loss": self._global_mean(loss), "grad_norm": grad_norm.item(), "lr": lr,
+                        **self.throughput.report(), "memory_gib": peak_memory_gib(self.device),
+                        "tokens": self.state["tokens"], "skipped": self.state["skipped"],
+                    })
+                saved = self.checkpointer.maybe_save(step, last=step == tr.steps)
+                if saved is not None and cfg.checkpoint.convert_to_hf_on_save:
+                    self.export_hf(self.dump / "hf-checkpoints" / saved.name)
+                if profiler is not None:
+                    profiler.step()
+        gc.enable()
+        self.checkpointer.wait()
+        if cfg.checkpoint.enable_checkpoint:
+            self.export_hf(self.dump / "hf")
+
+    def export_hf(self, out_dir: Path) -> None:
+        """Gather the full weights and write an HF model folder (rank 0 writes)."""
+        state = full_model_state(self.model)
+        if self.rank == 0:
+            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.checkpoint.export_dtype,
+                                                                            torch.float32)
+            export_hf(self.model_config, state, out_dir, tokenizer=self.tokenizer, dtype=dtype)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def _exit_distributed(code: int) -> None:
+    """End a torchrun worker: destroy the process group, flush, and ``os._exit``.
+
+    With gloo, normal interpreter shutdown after ``destroy_process_group`` sometimes aborts with
+    "terminate called without an active exception" although all work is done; leaving through
+    ``os._exit`` skips the destructors that cause it.
+    """
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``softpick train [--section.key value ...]``; returns 0, or 2 for a configuration error."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_args(argv)
+        if config.job.print_args and int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(config.to_dict(), indent=2))
+        trainer = Trainer(config)
+    except ConfigError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"softpick train: error: {err}", file=sys.stderr)
+        if dist.is_initialized():
+            _exit_distributed(2)
+        return 2
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    if dist.is_initialized():
+        _exit_distributed(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
