@@ -1,7 +1,8 @@
 """The softpick transformer as a transformers model (model_type ``softpick_transformer``).
 
 Importing this package registers the config and models with ``AutoConfig``, ``AutoModel`` and
-``AutoModelForCausalLM``, so ``from_pretrained`` / ``save_pretrained`` (safetensors) work by name.
+``AutoModelForCausalLM``, so ``from_pretrained`` / ``save_pretrained`` (safetensors) work by name, and
+saved checkpoints also load with ``trust_remote_code=True`` in processes that did not import softpick.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from softpick.models.modeling_softpick import CACHE_FIELD, SoftpickForCausalLM, 
 AutoConfig.register(SoftpickConfig.model_type, SoftpickConfig, exist_ok=True)
 AutoModel.register(SoftpickConfig, SoftpickModel, exist_ok=True)
 AutoModelForCausalLM.register(SoftpickConfig, SoftpickForCausalLM, exist_ok=True)
+# save_pretrained also writes an auto_map and copies of configuration_softpick.py / modeling_softpick.py, so a
+# process that never imported softpick (lm-eval, say) loads checkpoints with trust_remote_code=True; the copies
+# import the installed softpick package for the attention ops.
+SoftpickConfig.register_for_auto_class()
+SoftpickModel.register_for_auto_class("AutoModel")
+SoftpickForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 
 def load_config(path: str | Path, **overrides) -> SoftpickConfig:

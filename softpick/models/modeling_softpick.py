@@ -332,6 +332,7 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
     """SoftpickModel plus an untied LM head; shifted cross-entropy loss when labels are given."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # used only if tie_word_embeddings
+    accepts_loss_kwargs = False  # the loss is a plain mean: transformers.Trainer must not pass num_items_in_batch
 
     def __init__(self, config: SoftpickConfig) -> None:
         super().__init__(config)

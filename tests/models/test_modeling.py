@@ -1,5 +1,8 @@
 """SoftpickForCausalLM: Llama parity, save/load, attention maps, packed documents, loss, argument errors."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +180,22 @@ def test_bad_arguments_raise():
         model()
     with pytest.raises(TypeError, match="attention_masks"):
         model(ids, attention_masks=torch.ones_like(ids))
+
+
+def test_checkpoint_loads_with_trust_remote_code_without_importing_softpick(tmp_path):
+    """The way lm-eval loads a model: a fresh process, only transformers imported."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    ids = torch.arange(3, 12)[None]
+    torch.save(model(ids).logits.detach(), tmp_path / "logits.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "assert 'softpick' not in sys.modules\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
+        f"expected = torch.load({str(tmp_path / 'logits.pt')!r})\n"
+        f"assert torch.equal(model(torch.arange(3, 12)[None]).logits, expected)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
