@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install softpick into ./.venv if needed, then train the tiny offline demo model from the repository
+# root. Extra flags go to `softpick demo`, e.g. `bash scripts/demo.sh --attn-type softmax --out outputs/demo-softmax`.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+softpick_venv
+exec softpick demo "$@"

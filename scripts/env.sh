@@ -1,0 +1,20 @@
+# Sourced by scripts/demo.sh and scripts/test.sh; defines softpick_venv.
+
+# softpick_venv [extras]: cd to the repository root, create or reuse ./.venv, activate it and install
+# softpick (editable, with the given extras such as "test") when pyproject.toml is newer than the last
+# install.
+softpick_venv() {
+  local extras="${1:-}"
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+  if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  . .venv/bin/activate
+  local stamp=".venv/.softpick-installed${extras:+-$extras}"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # torch first and pinned, so that installing softpick does not pull another (CUDA) build.
+    python -m pip install --quiet --progress-bar off "torch==2.13.0"
+    python -m pip install --quiet --progress-bar off -e ".${extras:+[$extras]}"
+    touch "$stamp"
+  fi
+}
