@@ -284,7 +284,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            use_cache = False  # the recomputed forward would append to the cache a second time
+            use_cache, past_key_values = False, None  # the recomputed forward would append to a cache twice
         if cu_seqlens is not None:
             if past_key_values is not None or attention_mask is not None:
                 raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache or attention_mask.")
@@ -323,7 +323,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             attentions=tuple(all_attn) if all_attn is not None else None,
-            **{CACHE_FIELD: past_key_values if use_cache else None},
+            **{CACHE_FIELD: past_key_values},
         )
         return out if return_dict else out.to_tuple()
 

@@ -199,3 +199,18 @@ def test_checkpoint_loads_with_trust_remote_code_without_importing_softpick(tmp_
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_meta_device_build_then_init_weights():
+    """The trainer's path for large models: build on meta, allocate with to_empty, then init_weights()."""
+    with torch.device("meta"):
+        model = SoftpickForCausalLM(tiny_config(initializer_range=0.006))
+    model.to_empty(device="cpu")
+    model.init_weights()
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert bool((p == 1).all()), name
+        else:
+            assert abs(p.std().item() - 0.006) < 0.001 and abs(p.mean().item()) < 0.001, name
+    ids = torch.randint(3, VOCAB, (1, 5))
+    assert torch.isfinite(model(ids).logits).all()
