@@ -14,15 +14,22 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: Optimizer, device: to
     """AdamW over ``params`` (weight decay on all of them, like torchtitan).
 
     ``implementation``: ``fused`` on CUDA uses the fused kernel and falls back to ``foreach`` elsewhere;
-    ``foreach`` batches the update over tensors; ``for-loop`` is the plain reference.
+    ``foreach`` batches the update over tensors; ``for-loop`` is the plain reference. Parameters are
+    put in one group per device mesh (plain tensors apart from DTensors, e.g. TP without FSDP), since
+    the fused and foreach kernels cannot mix them.
     """
+    groups: dict[int | None, list[torch.nn.Parameter]] = {}
+    for p in params:
+        mesh = getattr(p, "device_mesh", None)
+        groups.setdefault(id(mesh) if mesh is not None else None, []).append(p)
+    param_groups = [{"params": group} for group in groups.values()]
     kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     fused = cfg.implementation == "fused" and device.type == "cuda"
     kwargs["fused"] = fused
     kwargs["foreach"] = not fused and cfg.implementation != "for-loop"
     if cfg.name == "Adam":
-        return torch.optim.Adam(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+        return torch.optim.Adam(param_groups, **kwargs)
+    return torch.optim.AdamW(param_groups, **kwargs)
 
 
 def lr_factor(

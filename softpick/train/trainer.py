@@ -85,18 +85,19 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
     Works when gradients mix plain tensors and DTensors on different meshes (TP without FSDP): norms
     are taken per group with ``get_total_norm``, made global with ``full_tensor()`` and combined.
     """
-    groups: dict[Any, list[torch.Tensor]] = {}
+    groups: dict[Any, list[nn.Parameter]] = {}
     for p in params:
         if p.grad is not None:
             mesh = getattr(p.grad, "device_mesh", None)
-            groups.setdefault(id(mesh) if mesh is not None else None, []).append(p.grad)
+            groups.setdefault(id(mesh) if mesh is not None else None, []).append(p)
     norms = []
-    for grads in groups.values():
-        norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0, foreach=True)
         norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     total = torch.stack([n.float() for n in norms]).norm() if norms else torch.zeros(())
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+        for group in groups.values():  # one call per group: foreach ops cannot mix Tensor and DTensor
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
     return total
 
 
