@@ -1,0 +1,110 @@
+"""Convert between training checkpoints (DCP) and Hugging Face model folders.
+
+    python -m softpick.train.convert dcp-to-hf --path DUMP_FOLDER [--step N] [--out DIR] [--tokenizer DIR]
+    python -m softpick.train.convert hf-to-dcp --model HF_DIR --checkpoint DUMP_FOLDER/checkpoint/step-0
+
+``dcp-to-hf`` reads ``{path}/checkpoint/step-N`` (N = the latest by default; any number of ranks may
+have written it) and writes ``save_pretrained`` files to ``--out`` (default ``{path}/hf-checkpoints/step-N``). The
+model config comes from ``--config`` or from the ``hf`` export the trainer wrote beside it.
+``hf-to-dcp`` writes the weights of an HF model as a weights-only DCP checkpoint; put it at
+``step-0`` of a run's checkpoint folder and ``softpick train --checkpoint.enable_checkpoint`` starts
+from those weights (continual training). Both run in one process, on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from softpick.train.checkpoint import ModelState, export_hf, step_dirs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dcp_to_hf(path: str | Path, *, step: int = -1, config: str | None = None, tokenizer: str | None = None,
+              out: str | Path | None = None, dtype: str = "float32", folder: str = "checkpoint") -> Path:
+    """Write the model of checkpoint ``step`` under dump folder ``path`` as an HF folder; returns it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from softpick.train.trainer import load_model_config
+
+    path = Path(path)
+    done = step_dirs(path / folder)
+    if not done:
+        raise FileNotFoundError(f"no checkpoints in {path / folder}.")
+    if step == -1:
+        step = max(done)
+    if step not in done:
+        raise FileNotFoundError(f"no checkpoint step-{step} in {path / folder} (have {sorted(done)}).")
+    if config is None:
+        if not (path / "hf" / "config.json").is_file():
+            raise FileNotFoundError(f"give --config: {path / 'hf' / 'config.json'} does not exist.")
+        config = str(path / "hf")
+    model_config = load_model_config(config)
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    dcp.load({"model": ModelState(model)}, checkpoint_id=str(done[step]))
+    tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else None
+    if tok is None and (path / "hf" / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(str(path / "hf"))
+    out = Path(out) if out is not None else path / "hf-checkpoints" / f"step-{step}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return export_hf(model_config, model.state_dict(), out, tokenizer=tok, dtype=DTYPES[dtype])
+
+
+def hf_to_dcp(model_dir: str | Path, checkpoint: str | Path) -> Path:
+    """Save the weights of the HF model in ``model_dir`` as a DCP checkpoint folder ``checkpoint``."""
+    import softpick.models  # noqa: F401  (registers our model type)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    final = Path(checkpoint)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dcp.save({"model": ModelState(model)}, checkpoint_id=str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softpick convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("dcp-to-hf", help="a DCP checkpoint to a Hugging Face model folder")
+    a.add_argument("--path", required=True, help="the run's job.dump_folder")
+    a.add_argument("--step", type=int, default=-1, help="checkpoint step; -1 = latest")
+    a.add_argument("--config", default=None, help="model config json or folder (default: {path}/hf)")
+    a.add_argument("--tokenizer", default=None, help="tokenizer folder to save beside the model")
+    a.add_argument("--out", default=None, help="output folder (default: {path}/hf-checkpoints/step-N)")
+    a.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
+    a.add_argument("--folder", default="checkpoint", help="checkpoint.folder of the run")
+    b = sub.add_parser("hf-to-dcp", help="a Hugging Face model folder to a DCP checkpoint (continual training)")
+    b.add_argument("--model", required=True, help="HF model folder (from save_pretrained)")
+    b.add_argument("--checkpoint", required=True, help="output, e.g. DUMP_FOLDER/checkpoint/step-0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dcp-to-hf":
+            out = dcp_to_hf(args.path, step=args.step, config=args.config, tokenizer=args.tokenizer,
+                            out=args.out, dtype=args.dtype, folder=args.folder)
+        else:
+            out = hf_to_dcp(args.model, args.checkpoint)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"softpick convert: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
