@@ -1,0 +1,93 @@
+"""Job config: precedence toml < command line, booleans, help text, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from softpick.train.config import ConfigError, JobConfig, build_parser, parse_args
+from softpick.train.parallel import ParallelDims
+from softpick.train.trainer import main
+
+
+def test_toml_then_cli_precedence(tmp_path):
+    toml = tmp_path / "job.toml"
+    toml.write_text('[training]\nseq_len = 128\nbatch_size = 3\ncompile = true\n[optimizer]\nlr = 1e-3\n')
+    cfg = parse_args(["--job.config_file", str(toml), "--training.batch_size", "5"])
+    assert cfg.training.seq_len == 128  # from toml
+    assert cfg.training.batch_size == 5  # command line wins
+    assert cfg.optimizer.lr == 1e-3
+    assert cfg.training.compile is True
+    assert cfg.training.steps == JobConfig().training.steps  # default
+
+
+def test_booleans_like_torchtitan_and_explicit_false(tmp_path):
+    toml = tmp_path / "job.toml"
+    toml.write_text("[training]\ncompile = true\n")
+    assert parse_args(["--training.compile"]).training.compile is True
+    assert parse_args(["--job.config_file", str(toml), "--training.compile", "false"]).training.compile is False
+    assert parse_args(["--training.compile", "--training.seq_len", "64"]).training.seq_len == 64
+
+
+def test_lists_and_aliases():
+    cfg = parse_args(["--checkpoint.exclude_from_loading", "dataloader.rank_0, rng.rank_0",
+                      "--optimizer.min_lr_ratio", "0.1", "--training.warmup_steps", "7"])
+    assert cfg.checkpoint.exclude_from_loading == ["dataloader.rank_0", "rng.rank_0"]
+    assert cfg.lr_scheduler.lr_min == 0.1 and cfg.lr_scheduler.warmup_steps == 7
+
+
+def test_help_lists_every_option():
+    text = build_parser().format_help()
+    for section in dataclasses.fields(JobConfig):
+        for field in dataclasses.fields(getattr(JobConfig(), section.name)):
+            assert f"--{section.name}.{field.name}" in text
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--training.sequence_len", "3"], "--training.sequence_len"),
+        (["--training.seq_len", "many"], "training.seq_len"),
+        (["--training.dataset", "a,b", "--training.data_probs", "0.5,0.4"], "training.data_probs"),
+        (["--training.dataset", "a,b", "--training.data_probs", "1.0"], "training.data_probs"),
+        (["--training.dataset", "a,b", "--training.data_probs", "0.5,0.5", "--training.data_files", "x"],
+         "training.data_files"),
+        (["--training.varlen", "--training.batch_size", "2"], "training.batch_size"),
+        (["--experimental.pipeline_parallel_degree", "2"], "experimental.pipeline_parallel_degree"),
+        (["--experimental.context_parallel_degree", "2"], "experimental.context_parallel_degree"),
+        (["--lr_scheduler.decay_type", "exp"], "lr_scheduler.decay_type"),
+        (["--training.steps", "0"], "training.steps"),
+    ],
+)
+def test_bad_values_fail_with_one_line(argv, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")) as info:
+        parse_args(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_toml_key(tmp_path):
+    toml = tmp_path / "job.toml"
+    toml.write_text("[training]\nseq_length = 3\n")
+    with pytest.raises(ConfigError, match=r"training\.seq_length"):
+        parse_args(["--job.config_file", str(toml)])
+
+
+def test_main_prints_one_line_and_returns_2(capsys):
+    assert main(["--training.varlen", "--training.batch_size", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.batch_size" in err[0]
+
+
+@pytest.mark.parametrize("dims, world, ok", [
+    ((1, -1, 1), 8, (1, 8, 1)), ((2, -1, 2), 8, (2, 2, 2)), ((2, 1, 1), 2, (2, 1, 1)),
+    ((3, -1, 1), 8, None), ((1, 3, 1), 8, None), ((1, -1, 3), 8, None),
+])
+def test_parallel_degrees(dims, world, ok):
+    if ok is None:
+        with pytest.raises(ConfigError, match=f"WORLD_SIZE={world}"):
+            ParallelDims(*dims, world)
+    else:
+        d = ParallelDims(*dims, world)
+        assert (d.dp_replicate, d.dp_shard, d.tp) == ok
+        assert d.dp_degree * d.tp == world
