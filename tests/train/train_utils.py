@@ -31,14 +31,15 @@ def make_tokenizer(out_dir: Path) -> Path:
 
 
 def make_docs(path: Path, n: int, seed: int, words: range = range(VOCAB_WORDS)) -> Path:
-    """``n`` documents of DOC_WORDS words: a learnable pattern (counting up from a random start)."""
+    """``n`` distinct documents of DOC_WORDS words: two id words, then a learnable pattern (counting up
+    with a random start and stride)."""
     rng = random.Random(seed)
     lo, span = words.start, len(words)
     with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            start = rng.randrange(span)
-            text = " ".join(f"w{lo + (start + j) % span}" for j in range(DOC_WORDS))
-            f.write(json.dumps({"text": text}) + "\n")
+        for i in range(n):
+            start, stride = rng.randrange(span), rng.randrange(1, 4)
+            ids = [i // span % span, i % span] + [(start + stride * j) % span for j in range(DOC_WORDS - 2)]
+            f.write(json.dumps({"text": " ".join(f"w{lo + k}" for k in ids)}) + "\n")
     return path
 
 
