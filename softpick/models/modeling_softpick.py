@@ -35,11 +35,14 @@ IGNORE_INDEX = -100
 
 
 def _take_cache(past_key_values: Cache | None, kwargs: dict) -> Cache | None:
-    """The KV cache, whichever name it came under (transformers >= 5.24 ``generate`` passes ``cache=``)."""
+    """The KV cache, whichever name it came under (transformers >= 5.24 ``generate`` passes ``cache=``).
+
+    ``cache_position`` (older transformers bookkeeping) is dropped; any other leftover keyword is a TypeError.
+    """
     cache = kwargs.pop("cache", None)
     if cache is not None and past_key_values is not None:
         raise ValueError("pass the KV cache as past_key_values or as cache, not both.")
-    kwargs.pop("cache_position", None)  # older transformers bookkeeping; positions come from the cache length
+    kwargs.pop("cache_position", None)  # positions come from the cache length instead
     if kwargs:
         raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}.")
     return past_key_values if past_key_values is not None else cache
@@ -200,9 +203,11 @@ class SoftpickDecoderLayer(GradientCheckpointingLayer):
         cu_seqlens: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # keyword arguments only, as in transformers' Llama, so hooks written for Llama find the same kwargs
         attn_out, weights = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask=attention_mask,
-            past_key_values=past_key_values, cu_seqlens=cu_seqlens, output_attentions=output_attentions,
+            hidden_states=self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
+            attention_mask=attention_mask, past_key_values=past_key_values, cu_seqlens=cu_seqlens,
+            output_attentions=output_attentions,
         )
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))

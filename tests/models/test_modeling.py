@@ -83,7 +83,7 @@ def test_attention_maps_match_the_naive_reference(attn_type):
     seen = {}
 
     def keep(module, args, kwargs, output):
-        seen["input"], seen["pos"] = args[0], args[1]
+        seen["input"], seen["pos"] = kwargs["hidden_states"], kwargs["position_embeddings"]
         seen["weights"] = output[1]
 
     attn = model.model.layers[1].self_attn
