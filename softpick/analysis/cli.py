@@ -104,9 +104,10 @@ def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: 
 
 def describe_model(model, model_dir: str) -> dict:
     config = model.config
-    # softpick's config names its kernel in attn_impl; other models use transformers' implementation name
-    impl = getattr(config, "attn_impl", None) or attn_implementation(model)
-    attention = getattr(config, "attn_type", "softmax") + (f" ({impl})" if impl else "")
+    if hasattr(config, "attn_type"):  # softpick's config: attn_type, and attn_impl naming the kernel
+        attention = f"{config.attn_type} (attn_impl {getattr(config, 'attn_impl', None) or 'auto'})"
+    else:
+        attention = f"softmax ({attn_implementation(model)})"
     layers = decoder_layers(model)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     return {

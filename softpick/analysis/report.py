@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PER_LAYER_PLOTS = (
     # file name, section, key, title, y label, log scale
@@ -97,6 +98,7 @@ def plot_per_layer(series: dict[str, list], title: str, ylabel: str, path: Path,
     if log and any(v is not None and v > 0 for values in series.values() for v in values):
         ax.set_yscale("log")
     ax.set(title=title, xlabel="layer", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
@@ -123,6 +125,7 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
+        values, all_bits = [], set()
         for i, (label, report) in enumerate(reports.items()):
             rows = {b: p for (m, b), p in quantization_rows(report).items() if m == method and p is not None}
             color = f"C{i}"
@@ -131,8 +134,13 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
             base = (report.get("quantization") or {}).get("baseline", {}).get("perplexity")
             if base is not None:
                 ax.axhline(base, color=color, linestyle="--", linewidth=0.8)
+                values.append(base)
+            values += list(rows.values())
+            all_bits |= set(bits)
         ax.set(title=method, xlabel="weight bits", ylabel="perplexity")
-        ax.set_yscale("log")
+        ax.set_xticks(sorted(all_bits))
+        if values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
