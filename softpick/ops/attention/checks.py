@@ -57,14 +57,21 @@ def check_attention_inputs(
                 f"cu_seqlens must be a 1-D int32/int64 tensor, got shape {tuple(cu_seqlens.shape)} "
                 f"dtype {cu_seqlens.dtype}."
             )
-        if cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != Tk:
-            raise ValueError(
-                f"cu_seqlens must start at 0 and end at the packed length {Tk}, got {cu_seqlens.tolist()}."
-            )
-        if bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any()):
-            raise ValueError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}.")
+        # The value checks read the tensor, a graph break under torch.compile: eager calls run them.
+        if not torch.compiler.is_compiling():
+            _check_cu_seqlens_values(cu_seqlens, Tk)
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, Tk):
             raise ValueError(
                 f"attention_mask must have shape [batch, k_len] = [{B}, {Tk}], got {tuple(attention_mask.shape)}."
             )
+
+
+def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int) -> None:
+    """Raise ValueError unless cu_seqlens runs strictly upwards from 0 to ``total``."""
+    if cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != total:
+        raise ValueError(
+            f"cu_seqlens must start at 0 and end at the packed length {total}, got {cu_seqlens.tolist()}."
+        )
+    if bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}.")
