@@ -1,0 +1,116 @@
+"""End-to-end single-process CPU runs: loss falls, exact resume, checkpoint options, conversion."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from train_utils import read_metrics, train_args
+
+from softpick.train import convert
+from softpick.train.checkpoint import step_dirs
+from softpick.train.config import parse_args
+from softpick.train.data import build_loader
+from softpick.train.trainer import main
+
+
+def losses(dump):
+    return [row["loss"] for row in read_metrics(dump)]
+
+
+def test_loss_falls_and_metrics_are_written(assets, tmp_path):
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--metrics.enable_tensorboard", steps=30)) == 0
+    rows = read_metrics(dump)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.4, (rows[0]["loss"], rows[-1]["loss"])
+    for key in ("grad_norm", "tps", "memory_gib", "tokens"):
+        assert rows[-1][key] > 0
+    assert rows[0]["lr"] == pytest.approx(3e-3 / 3) and rows[-1]["lr"] == 0.0  # warmup 2, cosine to 0
+    assert rows[-1]["mfu"] is None  # no peak FLOP/s known on CPU
+    assert rows[-1]["tokens"] == 30 * 4 * 32
+    assert any((dump / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path):
+    full = tmp_path / "full"
+    args = ("--checkpoint.enable_checkpoint", "--checkpoint.interval", "3")
+    assert main(train_args(assets, full, *args, steps=7)) == 0
+    assert sorted(step_dirs(full / "checkpoint")) == [3, 6, 7]
+    # a run that stopped after saving step 3: its folder holds only that checkpoint
+    cut = tmp_path / "cut"
+    shutil.copytree(full / "checkpoint" / "step-3", cut / "checkpoint" / "step-3")
+    assert main(train_args(assets, cut, *args, steps=7)) == 0
+    resumed = read_metrics(cut)
+    assert [r["step"] for r in resumed] == [4, 5, 6, 7]
+    assert [r["loss"] for r in resumed] == losses(full)[3:]  # bitwise: exact float equality
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in read_metrics(full)[3:]]
+
+
+def test_keep_latest_k_async_and_weights_only(assets, tmp_path):
+    dump = tmp_path / "run"
+    args = ("--checkpoint.enable_checkpoint", "--checkpoint.interval", "1", "--checkpoint.keep_latest_k", "2",
+            "--checkpoint.async_mode", "async", "--checkpoint.model_weights_only",
+            "--checkpoint.export_dtype", "bfloat16")
+    assert main(train_args(assets, dump, *args, steps=4)) == 0
+    done = step_dirs(dump / "checkpoint")
+    assert sorted(done) == [3, 4]
+    assert not list((dump / "checkpoint").glob("*.tmp"))
+    import torch.distributed.checkpoint as dcp
+
+    meta = dcp.FileSystemReader(str(done[4])).read_metadata().state_dict_metadata
+    assert all(k.startswith("model.") for k in meta)  # weights only at the end
+    assert {m.properties.dtype for m in meta.values()} == {torch.bfloat16}
+    assert any(k.startswith("optimizer.") for k in dcp.FileSystemReader(str(done[3])).read_metadata().state_dict_metadata)
+
+
+def test_conversion_round_trip_gives_equal_logits(assets, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--checkpoint.enable_checkpoint", "--checkpoint.interval", "4",
+                           steps=4)) == 0
+    out = convert.dcp_to_hf(dump, step=4)
+    x = torch.randint(4, 64, (2, 16))
+    final = AutoModelForCausalLM.from_pretrained(str(dump / "hf"))
+    converted = AutoModelForCausalLM.from_pretrained(str(out))
+    assert torch.equal(final(x).logits, converted(x).logits)
+    # hf -> dcp step-0, then a new run starts from those weights: its first loss is the model's loss
+    cont = tmp_path / "continue"
+    assert convert.main(["hf-to-dcp", "--model", str(out), "--checkpoint", str(cont / "checkpoint" / "step-0")]) == 0
+    assert main(train_args(assets, cont, "--checkpoint.enable_checkpoint", steps=1)) == 0
+    cfg = parse_args(train_args(assets, cont, steps=1))
+    batch = next(iter(build_loader(cfg.training, AutoTokenizer.from_pretrained(str(assets["tokenizer"])),
+                                   rank=0, world=1, seed=7)))
+    with torch.no_grad():
+        expected = converted(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss.item()
+    assert losses(cont)[0] == pytest.approx(expected, rel=1e-5)  # started from the converted weights
+    reloaded = convert.dcp_to_hf(cont, step=0, config=str(dump / "hf"), out=tmp_path / "step0")
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(str(reloaded))(x).logits, converted(x).logits)
+
+
+def test_varlen_and_accumulation(assets, tmp_path):
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--training.varlen", "--training.batch_size", "1", "--training.seq_len",
+                           "96", "--training.context_len", "16", "--training.gradient_accumulation_steps", "2",
+                           "--activation_checkpoint.mode", "full", steps=3)) == 0
+    rows = read_metrics(dump)
+    assert len(rows) == 3 and rows[-1]["tokens"] == 3 * 2 * 96
+
+
+def test_varlen_needs_a_softpick_model(assets, tmp_path, capsys):
+    args = train_args(assets, tmp_path, "--training.varlen", "--training.batch_size", "1")
+    args[args.index("--model.config") + 1] = str(assets["llama"])
+    assert main(args) == 2
+    assert "cu_seqlens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["selective", "op"])
+def test_selective_activation_checkpointing_matches_plain(assets, tmp_path, mode):
+    plain, ac = tmp_path / "plain", tmp_path / "ac"
+    assert main(train_args(assets, plain, steps=2)) == 0
+    option = "op" if mode == "op" else "1"
+    assert main(train_args(assets, ac, "--activation_checkpoint.mode", "selective",
+                           "--activation_checkpoint.selective_ac_option", option, steps=2)) == 0
+    assert losses(ac) == pytest.approx(losses(plain), rel=1e-6)
