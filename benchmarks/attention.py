@@ -6,7 +6,8 @@ Usage (on a CUDA machine, from the repository root):
 
 Prints one row per (shape, implementation): forward and forward+backward times in ms (medians of
 ``triton.testing.do_bench``, after one untimed call that runs the autotuner), TFLOP/s and the peak
-memory that forward+backward allocates above the inputs. bf16, causal, layout [B, T, H, D].
+memory that forward+backward allocates above the inputs, and the seconds the first call took
+(compile + autotune; a warm Triton cache makes it shorter). bf16, causal, layout [B, T, H, D].
 
 FLOPs (causal, counting the two matmuls QK^T and PV at 2 FLOPs per multiply-add, half the square):
 forward = 2 * B * H * T^2 * D; forward+backward = 3.5 x forward (backward = 2.5 x: four matmuls
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 
 import torch
 import triton
@@ -82,8 +84,10 @@ def bench_shape(shape: str) -> list[dict]:
         def fwd_bwd():
             return torch.autograd.grad(fn(q, k, v, cu, max_len), (q, k, v), do)
 
+        t0 = time.perf_counter()
         fwd_bwd()  # autotune and compile outside the timing
         torch.cuda.synchronize()
+        first_s = time.perf_counter() - t0
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         fwd_bwd()
@@ -100,6 +104,7 @@ def bench_shape(shape: str) -> list[dict]:
             "fwdbwd_ms": ms_fb,
             "fwdbwd_tflops": 3.5 * flops_fwd / ms_fb * 1e-9,
             "peak_mib": peak / 2**20,
+            "first_call_s": first_s,
         })
         print(_fmt(rows[-1]), flush=True)
     return rows
@@ -108,12 +113,12 @@ def bench_shape(shape: str) -> list[dict]:
 def _fmt(r: dict) -> str:
     return (
         f"{r['shape'][:22]:<22} {r['impl']:<10} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
-        f"{r['fwdbwd_ms']:8.3f} {r['fwdbwd_tflops']:7.1f} {r['peak_mib']:9.1f}"
+        f"{r['fwdbwd_ms']:8.3f} {r['fwdbwd_tflops']:7.1f} {r['peak_mib']:9.1f} {r['first_call_s']:7.1f}"
     )
 
 
 def _header() -> str:
-    return f"{'shape':<22} {'impl':<10} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9}"
+    return f"{'shape':<22} {'impl':<10} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9} {'first s':>7}"
 
 
 def _ratios(rows: list[dict]) -> list[str]:

@@ -90,7 +90,7 @@ def attention_bwd_preprocess_kernel(o, do, delta, N, V: tl.constexpr, BT: tl.con
 @triton.jit
 def _dkdv_inner(
     b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
-    SQ: tl.constexpr, SO: tl.constexpr, SL: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    SQ, SO, SL, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
 ):
@@ -142,13 +142,13 @@ def _dkdv_inner(
 @triton.jit
 def attention_bwd_dkdv_kernel(
     q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, qk_scale, scale,
-    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BN), documents, H). dk [*, H, K] and dv [*, H, V] in k's dtype."""
     tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
-    G: tl.constexpr = HQ // H
+    G = HQ // H
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -201,7 +201,7 @@ def attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_inner(
     b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo, hi, L, qk_scale,
-    SK: tl.constexpr, SV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    SK, SV, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
 ):
@@ -241,7 +241,7 @@ def _dq_inner(
 @triton.jit
 def attention_bwd_dq_kernel(
     q, k, v, do, lse, delta, dq, cu_seqlens, T, qk_scale, scale,
-    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):

@@ -60,7 +60,7 @@ def _prune_fwd(configs, nargs, **kwargs):
 @triton.jit
 def _fwd_inner(
     b_o, b_acc, b_m, b_q, p_k, p_v, o_m, lo, hi, L, qk_scale,
-    SK: tl.constexpr, SV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    SK, SV, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
 ):
@@ -111,7 +111,7 @@ def _fwd_inner(
 @triton.jit
 def attention_fwd_kernel(
     q, k, v, o, lse, cu_seqlens, T, qk_scale, eps,
-    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
