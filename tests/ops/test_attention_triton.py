@@ -1,0 +1,131 @@
+"""Fused Triton attention against the naive op: forward and all gradients, softpick and softmax.
+
+Without a GPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+in float32 (the interpreter's bf16 dot is wrong). The interpreter uses one small tile (BM=32, BN=16
+forward), so T = 63 / 100 cross several key and query blocks and both the unmasked and masked passes.
+The bf16 grid of the same cases runs on the GPU in benchmarks/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from softpick.ops.attention import softmax_attention, softpick_attention
+from softpick.ops.attention.naive import naive_attention
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or the Triton interpreter", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+# fp32 in the interpreter is exact up to summation order; bf16 on a GPU is about 1e-2.
+RTOL, ATOL = (2e-2, 2e-2) if DTYPE == torch.bfloat16 else (1e-4, 1e-5)
+
+# (B, T, H, HQ, D, cu_seqlens, q multiplier, kind)
+CASES = [
+    (2, 63, 2, 4, 64, None, 1.0, "random"),  # GQA, T not a multiple of any tile
+    (1, 1, 1, 1, 32, None, 1.0, "random"),  # T = 1
+    (1, 100, 1, 1, 48, None, 1.0, "random"),  # head dim 48: padded to a 64-wide tile
+    (1, 50, 1, 2, 32, [0, 1, 18, 19, 50], 1.0, "random"),  # varlen with length-1 documents
+    (1, 40, 2, 2, 16, None, 1.0, "negative"),  # every score < 0
+    (1, 40, 1, 1, 32, None, 20.0, "random"),  # scores of a few hundred
+]
+
+
+def case_id(case) -> str:
+    B, T, H, HQ, D, cu, mult, kind = case
+    tag = "-varlen" if cu is not None else ""
+    tag += "" if kind == "random" else f"-{kind}"
+    tag += f"-x{mult:g}" if mult != 1.0 else ""
+    return f"B{B}-T{T}-H{H}-HQ{HQ}-D{D}{tag}"
+
+
+def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
+    """max |out - ref| <= atol + rtol * max |ref|, with both numbers in the message."""
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    err = (out.float() - ref.float()).abs().max().item()
+    scale = ref.float().abs().max().item()
+    assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e}, max |ref| {scale:.3e}"
+
+
+def run_case(case, variant: str, causal: bool):
+    B, T, H, HQ, D, cu, mult, kind = case
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(B, T, HQ, D, device=DEVICE) * mult
+    k = torch.randn(B, T, H, D, device=DEVICE)
+    if kind == "negative":
+        q, k = q.abs(), -k.abs()
+    v = torch.randn(B, T, H, D, device=DEVICE)
+    do = torch.randn(B, T, HQ, D, device=DEVICE)
+    q, k, v, do = (t.to(DTYPE) for t in (q, k, v, do))
+    fn = softpick_attention if variant == "softpick" else softmax_attention
+    outs = []
+    for impl in ("triton", "naive"):
+        qi, ki, vi = (t.clone().requires_grad_() for t in (q, k, v))
+        if impl == "naive":  # the reference always computes in float32
+            qi, ki, vi = (t.float() for t in (qi, ki, vi))
+        o = fn(qi, ki, vi, causal=causal, cu_seqlens=cu_t, impl=impl)
+        outs.append((o, *torch.autograd.grad(o, (qi, ki, vi), do.to(o.dtype))))
+    return outs
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_triton_matches_naive(case, variant, causal):
+    tri, ref = run_case(case, variant, causal)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), tri, ref):
+        assert_close(f"{variant} {name}", b, a)
+
+
+def test_all_negative_scores_give_exact_zeros():
+    """Softpick of a row whose scores are all < 0 is 0, and so are all its gradients."""
+    tri, _ = run_case(CASES[4], "softpick", causal=True)
+    assert all(t.abs().max().item() == 0.0 for t in tri)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's fp16 path is checked on CPU only")
+def test_float16_in_interpreter():
+    q, k, v = (torch.randn(1, 33, 2, 32) for _ in range(3))
+    o = softpick_attention(q.half(), k.half(), v.half(), impl="triton")
+    ref = naive_attention(q.half(), k.half(), v.half())
+    assert o.dtype == torch.float16
+    assert_close("fp16 o", ref, o, rtol=3e-3, atol=3e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(attention_mask=torch.ones(1, 8)), "attention_mask"),
+        (dict(tq=4), "differs from k length"),
+        (dict(d=20), "head dim 20"),
+        (dict(d=272), "head dim 272"),
+    ],
+    ids=["padding-mask", "kv-cache", "D20", "D272"],
+)
+def test_unsupported_inputs_raise(kwargs, reason):
+    d, tq = kwargs.pop("d", 32), kwargs.pop("tq", 8)
+    q = torch.randn(1, tq, 2, d, device=DEVICE, dtype=DTYPE)
+    k, v = (torch.randn(1, 8, 2, d, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    kwargs = {key: t.to(DEVICE) for key, t in kwargs.items()}
+    with pytest.raises(NotImplementedError, match=reason):
+        softpick_attention(q, k, v, impl="triton", **kwargs)
+    # the default dispatch falls back to an implementation that runs them
+    assert softpick_attention(q, k, v, **kwargs).shape == (1, tq, 2, d)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """The custom ops trace with no graph break (aot_eager backend: no C++ compiler needed)."""
+    q, k, v = (torch.randn(1, 20, 2, 16, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
+
+    def loss(q, k, v):
+        return (softpick_attention(q, k, v, impl="triton").float() ** 2).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    want = torch.autograd.grad(loss(q, k, v), (q, k, v))
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert_close(name, b, a)
