@@ -8,6 +8,7 @@ order of floating-point reductions.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ EXIT_NOISE = "terminate called without an active exception"
 STEPS = 4
 
 
-def torchrun(args: list[str], dump, nproc: int = 2) -> list[dict]:
+def torchrun(args: list[str], dump, nproc: int = 2, first_step: int = 1) -> list[dict]:
     """Run the trainer under torchrun; return its metrics. Fails on any error other than exit noise."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "softpick.train.trainer", *args]
@@ -32,7 +33,7 @@ def torchrun(args: list[str], dump, nproc: int = 2) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     output = proc.stdout + proc.stderr
     rows = read_metrics(dump)
-    complete = [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    complete = [r["step"] for r in rows] == list(range(first_step, STEPS + 1))
     if proc.returncode != 0:
         # tolerate only gloo's exit-time abort, and only after a complete, error-free run
         noise_only = EXIT_NOISE in output and "Traceback" not in output and "Error" not in output
@@ -63,6 +64,13 @@ def test_two_processes_match_one(assets, tmp_path, reference, name, flags):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4), (name, ref["step"])
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-3), (name, ref["step"])
     assert rows[-1]["tokens"] == reference[-1]["tokens"]
-    if name == "fsdp":  # the sharded checkpoint loads in one process and gives the same final weights
+    if name == "fsdp":
         assert sorted(p.name for p in (dump / "checkpoint").iterdir()) == ["step-2", "step-4"]
         assert (dump / "hf" / "model.safetensors").is_file()
+        # resume the sharded step-2 checkpoint in a fresh folder: steps 3 and 4 repeat exactly
+        resumed = tmp_path / "resumed"
+        shutil.copytree(dump / "checkpoint" / "step-2", resumed / "checkpoint" / "step-2")
+        torchrun(train_args(assets, resumed, steps=STEPS) + flags + ["--checkpoint.enable_checkpoint",
+                                                                     "--checkpoint.interval", "2"], resumed,
+                 first_step=3)
+        assert [r["loss"] for r in read_metrics(resumed)] == [r["loss"] for r in rows[2:]]
