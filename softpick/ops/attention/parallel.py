@@ -208,6 +208,8 @@ def parallel_attention(
     if variant not in ("softpick", "softmax"):
         raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0 for the Triton kernels, got {scale}; use impl='naive'.")
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, _ = attention_fwd_op(

@@ -123,14 +123,14 @@ def _dkdv_inner(
             b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
         else:
             b_pT = b_eT
-        b_dv += tl.dot(b_pT.to(b_do.dtype), b_do)
+        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
         # [BN, BM]
         b_dpT = tl.dot(b_v, tl.trans(b_do))
         if SOFTPICK:
             b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
         else:
             b_dsT = b_pT * (b_dpT - b_delta[None, :])
-        b_dk += tl.dot(b_dsT.to(b_q.dtype), b_q)
+        b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     return b_dk, b_dv
 
 
@@ -229,7 +229,7 @@ def _dq_inner(
             b_ds = b_e * tl.where(b_s > 0, b_dp - b_delta[:, None], tl.where(b_s < 0, b_delta[:, None], 0.0))
         else:
             b_ds = b_e * (b_dp - b_delta[:, None])
-        b_dq += tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT))
+        b_dq = tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT), b_dq)
     return b_dq
 
 

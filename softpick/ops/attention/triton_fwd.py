@@ -78,27 +78,27 @@ def _fwd_inner(
         b_kT = tl.load(p_k + o_n[None, :] * SK + o_k[:, None], mask=m_k, other=0.0)
         # [BN, BV]
         b_v = tl.load(p_v + o_n[:, None] * SV + o_v[None, :], mask=m_v, other=0.0)
-        # -- scores in log2 units [BM, BN] --
-        b_s = tl.dot(b_q, b_kT) * qk_scale
+        # -- raw scores q.k [BM, BN]; qk_scale (> 0, log2(e) folded in) is applied inside the exp2 --
+        b_s = tl.dot(b_q, b_kT)
         if MASKED:
             m_s = o_n[None, :] < L
             if CAUSAL:
                 m_s = m_s & (o_m[:, None] >= o_n[None, :])
             b_s = tl.where(m_s, b_s, float("-inf"))
-        # -- update the running max and rescale what came before --
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        # -- update the running max (log2 units) and rescale what came before --
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
         b_r = tl.math.exp2(b_m - b_m_new)
         if SOFTPICK:
             # [BM, BN] exp(-m) (e^s - 1)
-            b_p = tl.math.exp2(b_s - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
+            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
             if MASKED:
                 b_p = tl.where(m_s, b_p, 0.0)
             b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
             b_p = tl.maximum(b_p, 0.0)
         else:
-            b_p = tl.math.exp2(b_s - b_m_new[:, None])
+            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
             b_acc = b_acc * b_r + tl.sum(b_p, 1)
-        b_o = b_o * b_r[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_o = tl.dot(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None])
         b_m = b_m_new
     return b_o, b_acc, b_m
 
