@@ -160,10 +160,14 @@ class MetricsLogger:
 
 
 class Throughput:
-    """Tokens and model FLOPs since the last report -> tokens/s and MFU per device."""
+    """Tokens and model FLOPs since the last report -> tokens/s and MFU per device.
 
-    def __init__(self, flops_fn, peak: float | None):
-        self.flops_fn, self.peak = flops_fn, peak
+    ``split`` is the number of devices that share one batch's model work (the tensor-parallel degree):
+    per-device tokens/s and FLOP/s are divided by it, as torchtitan does.
+    """
+
+    def __init__(self, flops_fn, peak: float | None, split: int = 1):
+        self.flops_fn, self.peak, self.split = flops_fn, peak, split
         self.reset()
 
     def reset(self) -> None:
@@ -175,7 +179,7 @@ class Throughput:
         self.flops += n * self.flops_fn(attention_span(batch))
 
     def report(self) -> dict[str, float | None]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start, 1e-9) * self.split
         tps, achieved = self.tokens / elapsed, self.flops / elapsed
         out = {"tps": tps, "tflops": achieved / 1e12, "mfu": achieved / self.peak if self.peak else None}
         self.reset()

@@ -91,11 +91,19 @@ class ParallelDims:
         return init_device_mesh(device_type, tuple(shape), mesh_dim_names=tuple(names))
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The block inside activation-checkpoint and torch.compile wrappers."""
+    for attr in ("_checkpoint_wrapped_module", "_orig_mod"):
+        if hasattr(module, attr):
+            return unwrap(getattr(module, attr))
+    return module
+
+
 def transformer_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[int]]:
-    """The ModuleList holding the decoder blocks (classes in ``model._no_split_modules``)."""
+    """The ModuleList holding the decoder blocks (classes in ``model._no_split_modules``), wrapped or not."""
     names = set(getattr(model, "_no_split_modules", None) or [])
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and type(module[0]).__name__ in names:
+        if isinstance(module, nn.ModuleList) and len(module) and type(unwrap(module[0])).__name__ in names:
             return module, list(range(len(module)))
     raise ValueError(
         f"cannot find the transformer blocks of {type(model).__name__}: no ModuleList of {sorted(names)}."
@@ -161,10 +169,14 @@ def apply_ac(model: nn.Module, cfg: ActivationCheckpoint) -> None:
 
 
 def apply_compile(model: nn.Module) -> None:
-    """``torch.compile`` each block in place (``Module.compile`` keeps parameter names unchanged)."""
+    """``torch.compile`` each block and put the compiled module in its place.
+
+    FSDP is applied to the compiled wrapper afterwards, so its hooks run outside the compiled graph.
+    The wrapper adds ``_orig_mod`` to parameter names; DCP's state-dict helpers remove it.
+    """
     blocks, indices = transformer_blocks(model)
     for i in indices:
-        blocks[i].compile()
+        blocks[i] = torch.compile(blocks[i])
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,

@@ -155,7 +155,8 @@ class Trainer:
         # metrics
         self.metrics = MetricsLogger(config.metrics, self.dump, rank=self.rank, total_steps=tr.steps,
                                      start_step=self.state["step"], job_config=config)
-        self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops))
+        self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops),
+                                     split=self.dims.tp)
 
     # -- build steps -----------------------------------------------------------------------------
     def _init_distributed(self, world: int) -> torch.device:
