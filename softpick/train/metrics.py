@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from softpick.train.config import JobConfig, Metrics, Profiling
+from softpick.train.config import ConfigError, JobConfig, Metrics, Profiling
 
 logger = logging.getLogger("softpick.train")
 
@@ -115,7 +115,7 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError:
-                raise RuntimeError("metrics.enable_wandb needs wandb: pip install wandb.") from None
+                raise ConfigError("metrics.enable_wandb needs wandb: pip install wandb.") from None
             self.wandb = wandb.init(dir=str(dump_folder), config=job_config.to_dict(),
                                     name=job_config.job.description)
         if rank == 0:
@@ -194,8 +194,6 @@ def profiling(cfg: Profiling, dump_folder: Path, *, rank: int, start_step: int, 
     ``{dump_folder}/{save_traces_folder}/iteration_N/rank_k_trace.json``; ``enable_memory_snapshot``
     (CUDA only) dumps ``{save_memory_snapshot_folder}/iteration_N/rank_k_memory_snapshot.pickle``.
     """
-    if cfg.enable_memory_snapshot and device.type != "cuda":
-        raise RuntimeError("profiling.enable_memory_snapshot needs a CUDA device.")
     hooks: list[Any] = []
     prof = None
     if cfg.enable_profiling:

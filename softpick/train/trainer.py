@@ -116,6 +116,8 @@ class Trainer:
         self.device = self._init_distributed(world)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.mesh = self.dims.build_mesh(self.device.type)
+        if config.profiling.enable_memory_snapshot and self.device.type != "cuda":
+            raise ConfigError("profiling.enable_memory_snapshot needs a CUDA device.")
         self.seed = 42 if tr.seed is None else tr.seed
         if tr.deterministic:
             torch.use_deterministic_algorithms(True)

@@ -91,3 +91,15 @@ def test_parallel_degrees(dims, world, ok):
         d = ParallelDims(*dims, world)
         assert (d.dp_replicate, d.dp_shard, d.tp) == ok
         assert d.dp_degree * d.tp == world
+
+
+def test_launchers_print_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for cmd in (["bash", str(root / "train.sh"), "-h"], [sys.executable, "-m", "softpick.cli", "train", "-h"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "--training.data_parallel_shard_degree" in out.stdout and "--checkpoint.load_step" in out.stdout

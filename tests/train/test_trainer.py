@@ -114,3 +114,33 @@ def test_selective_activation_checkpointing_matches_plain(assets, tmp_path, mode
     assert main(train_args(assets, ac, "--activation_checkpoint.mode", "selective",
                            "--activation_checkpoint.selective_ac_option", option, steps=2)) == 0
     assert losses(ac) == pytest.approx(losses(plain), rel=1e-6)
+
+
+def test_skip_nan_inf_skips_and_counts(assets, tmp_path, monkeypatch):
+    import softpick.train.trainer as trainer_mod
+
+    real, calls = trainer_mod.clip_grad_norm_, []
+
+    def nan_on_second_step(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.full_like(norm, float("nan")) if len(calls) == 2 else norm
+
+    monkeypatch.setattr(trainer_mod, "clip_grad_norm_", nan_on_second_step)
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--training.skip_nan_inf", "--checkpoint.enable_checkpoint", steps=3)) == 0
+    assert [r["skipped"] for r in read_metrics(dump)] == [0, 1, 1]
+    assert all(torch.isfinite(p).all() for p in _final_weights(dump).values())
+
+
+def _final_weights(dump):
+    from safetensors.torch import load_file
+
+    return load_file(str(dump / "hf" / "model.safetensors"))
+
+
+def test_profiler_trace(assets, tmp_path):
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--profiling.enable_profiling", "--profiling.profile_freq", "2",
+                           steps=2)) == 0
+    assert (dump / "profile_traces" / "iteration_2" / "rank_0_trace.json").is_file()
