@@ -79,6 +79,11 @@ def load_tokenizer(path: str | None) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def clean_name(name: str) -> str:
+    """A parameter or buffer name without the AC / compile wrapper segments."""
+    return ".".join(part for part in name.split(".") if part not in ("_checkpoint_wrapped_module", "_orig_mod"))
+
+
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip the global L2 norm of the gradients to ``max_norm`` (no clipping if <= 0); returns the norm.
 
@@ -128,13 +133,25 @@ class Trainer:
         self.model_config = load_model_config(config.model.config)
         self._check_model_config()
 
-        # build the model (same seeded init on every rank), count its FLOPs, then parallelize
-        self.model = self._build_model()
+        # build the model: sharded runs build it on the meta device, shard it, then fill in rank 0's
+        # seeded init (so every layout starts from the same weights as one process would)
+        sharded = self.dims.fsdp_enabled or self.dims.tp_enabled
+        seed_model = self._build_model() if self.rank == 0 or not sharded else None
+        if sharded:
+            with torch.device("meta"):
+                model = self._build_model()
+        else:
+            model = seed_model.to(self.device)
         layers, heads, head_dim = model_flops_shape(self.model_config)
-        n_params = non_embedding_params(self.model)
+        n_params = non_embedding_params(model)
         self.flops_fn = lambda span: flops_per_token(n_params, layers, heads, head_dim, span)
-        self.model = parallelize(self.model.to(self.device), self.dims, self.mesh, config, self.device)
+        self.model = parallelize(model, self.dims, self.mesh, config, self.device)
+        if sharded:
+            self._materialize(seed_model)
+        del seed_model
         self.model.train()
+        if config.model.print_after_conversion and self.rank == 0:
+            print(self.model)
 
         # optimizer and lr schedule (after parallelizing: they see the sharded parameters)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -184,14 +201,30 @@ class Trainer:
             )
 
     def _build_model(self) -> nn.Module:
-        """The full model on CPU in float32, initialized from ``seed`` (identical on every rank)."""
+        """The full model in float32, initialized from ``seed`` (under a meta-device context: shapes only)."""
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(self.seed)
-        model = AutoModelForCausalLM.from_config(self.model_config, dtype=torch.float32)
-        if self.config.model.print_after_conversion and self.rank == 0:
-            print(model)
-        return model
+        return AutoModelForCausalLM.from_config(self.model_config, dtype=torch.float32)
+
+    def _materialize(self, seed_model: nn.Module | None) -> None:
+        """Allocate the sharded meta model and copy rank 0's initial weights into every shard.
+
+        Parameters and persistent buffers come through ``set_model_state_dict(broadcast_from_rank0)``;
+        non-persistent buffers (e.g. RoPE frequencies) are broadcast from rank 0 one by one.
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+
+        cpu_offload = self.config.training.enable_cpu_offload
+        self.model.to_empty(device="cpu" if cpu_offload else self.device)
+        full = get_model_state_dict(seed_model) if seed_model is not None else {}
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(self.model, full, options=options)
+        source = dict(seed_model.named_buffers()) if seed_model is not None else {}
+        for name, buffer in self.model.named_buffers():
+            if seed_model is not None:
+                buffer.copy_(source[clean_name(name)])
+            dist.broadcast(buffer, src=0)
 
     # -- training --------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:

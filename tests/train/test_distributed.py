@@ -50,7 +50,8 @@ def reference(assets, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, flags", [
-    ("fsdp", ["--training.batch_size", "2", "--activation_checkpoint.mode", "full"]),
+    ("fsdp", ["--training.batch_size", "1", "--training.gradient_accumulation_steps", "2",
+              "--activation_checkpoint.mode", "full"]),
     ("ddp", ["--training.batch_size", "2", "--training.data_parallel_replicate_degree", "2",
              "--training.data_parallel_shard_degree", "1"]),
     ("tp", ["--training.tensor_parallel_degree", "2"]),
