@@ -72,11 +72,11 @@ def test_mixing_proportions(assets, tmp_path):
     assert abs(share - 0.8) < 0.08, share  # 250 draws: sd 0.025
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_on_the_next_token(assets, workers):
+@pytest.mark.parametrize("workers, streaming", [(0, False), (2, False), (0, True), (2, True)])
+def test_resume_continues_on_the_next_token(assets, workers, streaming):
     _, tok = token_stream(assets, seed=0)
     cfg = config(assets, "--training.seq_len", "24", "--training.batch_size", "2",
-                 "--training.num_workers", str(workers))
+                 "--training.num_workers", str(workers), "--training.streaming", str(streaming))
     loader = build_loader(cfg, tok, rank=0, world=1, seed=5)
     it = iter(loader)
     for _ in range(5):
