@@ -142,6 +142,10 @@ def analyze(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
     documents = load_documents(args.data, args.split)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    for name, length in [("--seq-len", args.seq_len)] + [("--passkey-lengths", n) for n in args.passkey_lengths]:
+        if max_positions is not None and length > max_positions:
+            raise ValueError(f"{name} {length} exceeds the model's max_position_embeddings {max_positions}.")
     samples = tokenize_samples(tokenizer, documents, args.num_samples, args.seq_len)
     batches = make_batches(samples, args.batch_size, padding_side=args.padding_side)
 
@@ -196,7 +200,7 @@ def analyze_main(argv: list[str]) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     try:
         analyze(args)
-    except (FileNotFoundError, ImportError) as error:
+    except (FileNotFoundError, ImportError, ValueError) as error:
         print(f"softpick analyze: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'report.md'}")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
-from typing import Protocol
-
 import torch
 from torch import nn
 
@@ -24,16 +22,6 @@ from softpick.analysis.data import Batch
 
 NO_WEIGHT_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
 """transformers attention implementations that never return weights: the analysis switches them to eager."""
-
-
-class Observer(Protocol):
-    """Receives per-layer tensors during :func:`run_pass`; each hook may be absent."""
-
-    def on_attention(self, layer: int, weights: torch.Tensor, batch: Batch) -> None: ...  # [B, H, T, T]
-
-    def on_hidden(self, layer: int, hidden: torch.Tensor, batch: Batch) -> None: ...  # [B, T, D]
-
-    def on_logits(self, logits: torch.Tensor, batch: Batch) -> None: ...  # [B, T, V]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -90,7 +78,8 @@ def run_pass(
     Args:
         model: a causal LM in eval mode; its device is the device of its first parameter.
         batches: from :func:`softpick.analysis.data.make_batches`.
-        observers: objects with any of ``on_attention``, ``on_hidden``, ``on_logits``.
+        observers: objects with any of ``on_attention(layer, weights [B, H, T, T], batch)``,
+            ``on_hidden(layer, hidden [B, T, D], batch)`` and ``on_logits(logits [B, T, V], batch)``.
         progress: show a tqdm bar.
     """
     device = next(model.parameters()).device

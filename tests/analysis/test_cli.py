@@ -13,7 +13,7 @@ from softpick.corpus import embedded_documents, embedded_tokenizer
 from softpick.models import SoftpickConfig, SoftpickForCausalLM
 
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
-HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
+HAS_HQQ = importlib.util.find_spec("hqq") is not None
 PER_LAYER_PLOTS = ["sink_first_token_mass.png", "sink_rate.png", "sparsity.png", "kurtosis.png", "max_activation.png",
                    "max_to_median.png", "sink_heads.png"]
 
@@ -42,7 +42,7 @@ def reports(workdir):
     """Run analyze on both models; the softpick run asks for every section."""
     base = ["--data", str(workdir / "docs.jsonl"), "--num-samples", "5", "--seq-len", "40", "--batch-size", "2",
             "--no-progress"]
-    methods = "rtn,torchao" if HAS_TORCHAO else "rtn"
+    methods = "rtn,hqq" if HAS_HQQ else "rtn"
     full = ["--quant-bits", "8,2", "--quant-methods", methods, "--passkey-lengths", "48", "--passkey-trials", "1"]
     if HAS_LM_EVAL:
         full += ["--tasks", "local", "--eval-limit", "3", "--eval-batch-size", "2"]

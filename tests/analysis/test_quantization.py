@@ -42,8 +42,12 @@ def test_rtn_group_size_falls_back_to_whole_rows():
     assert all(quantized[r].unique().numel() <= 4 for r in range(4))
 
 
-@pytest.mark.parametrize("method", ["rtn", pytest.param("torchao", marks=pytest.mark.skipif(
-    importlib.util.find_spec("torchao") is None, reason="torchao is not installed (pip install 'softpick[quant]')"))])
+def _library(name: str, module: str):
+    missing = importlib.util.find_spec(module) is None
+    return pytest.param(name, marks=pytest.mark.skipif(missing, reason=f"{name} is not installed (softpick[quant])"))
+
+
+@pytest.mark.parametrize("method", ["rtn", _library("hqq", "hqq"), _library("torchao", "torchao")])
 def test_eight_bits_barely_change_perplexity_two_bits_do(peaked_llama, method):
     batches = make_batches(random_samples([20] * 4), 2)
     study = compute_quantization_study(peaked_llama, batches, methods=(method,), bits=(8, 2), group_size=32)
