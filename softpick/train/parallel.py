@@ -218,6 +218,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
         apply_ac(model, config.activation_checkpoint)
     if config.training.compile:
         apply_compile(model)
+    if config.training.enable_cpu_offload and device.type != "cuda":
+        raise ConfigError("training.enable_cpu_offload moves FSDP state from GPUs to the host; it needs CUDA.")
     if dims.fsdp_enabled:
         dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
         cuda = device.type == "cuda"

@@ -1,4 +1,4 @@
-"""Two CPU processes (torchrun, gloo): FSDP2, DDP and TP runs give the 1-process losses.
+"""Several CPU processes (torchrun, gloo): FSDP2, DDP, TP, HSDP and FSDP+TP give the 1-process losses.
 
 Every document fills exactly one row (see train_utils), so a global batch of 4 rows holds the same
 documents whether one rank reads 4 or two ranks read 2 each; the losses then differ only by the
@@ -49,18 +49,22 @@ def reference(assets, tmp_path_factory):
     return read_metrics(dump)
 
 
-@pytest.mark.parametrize("name, flags", [
-    ("fsdp", ["--training.batch_size", "1", "--training.gradient_accumulation_steps", "2",
-              "--activation_checkpoint.mode", "full"]),
-    ("ddp", ["--training.batch_size", "2", "--training.data_parallel_replicate_degree", "2",
-             "--training.data_parallel_shard_degree", "1"]),
-    ("tp", ["--training.tensor_parallel_degree", "2"]),
+@pytest.mark.parametrize("name, nproc, flags", [
+    ("fsdp", 2, ["--training.batch_size", "1", "--training.gradient_accumulation_steps", "2",
+                 "--activation_checkpoint.mode", "full"]),
+    ("ddp", 2, ["--training.batch_size", "2", "--training.data_parallel_replicate_degree", "2",
+                "--training.data_parallel_shard_degree", "1"]),
+    ("tp", 2, ["--training.tensor_parallel_degree", "2"]),
+    ("hsdp", 4, ["--training.batch_size", "1", "--training.data_parallel_replicate_degree", "2",
+                 "--training.data_parallel_shard_degree", "2"]),
+    ("fsdp+tp", 4, ["--training.batch_size", "2", "--training.data_parallel_shard_degree", "2",
+                    "--training.tensor_parallel_degree", "2"]),
 ])
-def test_two_processes_match_one(assets, tmp_path, reference, name, flags):
+def test_several_processes_match_one(assets, tmp_path, reference, name, nproc, flags):
     dump = tmp_path / name
     args = train_args(assets, dump, steps=STEPS)
     rows = torchrun(args + flags + (["--checkpoint.enable_checkpoint", "--checkpoint.interval", "2"]
-                                    if name == "fsdp" else []), dump)
+                                    if name == "fsdp" else []), dump, nproc=nproc)
     for ref, got in zip(reference, rows):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4), (name, ref["step"])
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-3), (name, ref["step"])
