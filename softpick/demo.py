@@ -2,7 +2,7 @@
 
 Usage::
 
-    softpick demo                          # ~2 minutes on 2 cores, saves to outputs/demo-softpick
+    softpick demo                          # ~80 s on one idle core, saves to outputs/demo-softpick
     softpick demo --attn-type softmax --out outputs/demo-softmax   # the softmax baseline
 
 Steps: train (or load from cache) the byte-level BPE tokenizer of :mod:`softpick.corpus`; cut the
@@ -10,7 +10,9 @@ tokenized corpus into rows of ``--seq-len`` tokens, each starting with ``<s>`` (
 by ``</s>``); train a 4-layer, 128-wide :class:`~softpick.models.SoftpickForCausalLM` with AdamW and
 linear warmup + cosine decay in a plain PyTorch loop; report the validation loss before and after;
 save model and tokenizer with ``save_pretrained``; print a greedy sample generated with the KV cache.
-The run is deterministic for a given ``--seed`` and ``--threads``.
+The run is deterministic for a given ``--seed`` and ``--threads``. It uses one thread by default: the
+matrices are too small for a second thread to gain much, and with more threads than free cores
+(another job running) PyTorch's thread pool slows down several-fold.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class DemoOptions:
     out: str = "outputs/demo-softpick"
     attn_type: str = "softpick"
     seed: int = 0
-    threads: int = min(2, os.cpu_count() or 1)
+    threads: int = 1  # the model is too small to gain much from more, and loses a lot when cores are busy
     hidden_size: int = 128
     num_layers: int = 4
     val_rows: int = 32
