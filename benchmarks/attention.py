@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(_fmt(r))
     print("\n".join(["", *_ratios(rows)]))
+    print("\nautotuned tiles (key: BK, BV, CAUSAL, SOFTPICK, dtypes):")
+    from softpick.ops.attention import triton_bwd, triton_fwd
+
+    for kernel in (triton_fwd.attention_fwd_kernel, triton_bwd.attention_bwd_dkdv_kernel, triton_bwd.attention_bwd_dq_kernel):
+        for key, config in kernel.cache.items():
+            print(f"  {kernel.fn.__name__} {key[:4]} -> {config}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=1)

@@ -125,11 +125,13 @@ def check_compile(device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write all rows to this file")
+    parser.add_argument("--cases", nargs="+", help="run only cases whose name contains one of these")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     rows = []
-    for case in CASES:
+    cases = [c for c in CASES if not args.cases or any(p in c[0] for p in args.cases)]
+    for case in cases:
         for variant in ("softpick", "softmax"):
             for causal in (True, False):
                 dtype = torch.bfloat16 if causal else torch.float16

@@ -26,16 +26,11 @@ LOG2E = tl.constexpr(1.4426950408889634)
 def _bwd_configs(small: dict) -> list[triton.Config]:
     if INTERPRET:
         return [triton.Config(small, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BM": 64, "BN": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BM": 64, "BN": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 32, "BN": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BM": 32, "BN": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BM": 128, "BN": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=3),
+    tiles = [  # (BM, BN, num_warps, num_stages)
+        (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3),
+        (32, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 32, 4, 3),
     ]
+    return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
 
 
 def _prune(keep_small, keep_mid, keep_big):
@@ -51,17 +46,17 @@ def _prune(keep_small, keep_mid, keep_big):
     return prune
 
 
-# dkdv: BN keys per program (the resident block), BM queries per step.
+# dkdv: BN keys per program (the resident block, with its fp32 dk and dv), BM queries per step.
 _prune_dkdv = _prune(
-    keep_small=[(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3)],
-    keep_mid=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 2)],
-    keep_big=[(32, 64, 4, 2), (64, 64, 4, 2)],
+    keep_small=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3)],
+    keep_mid=[(32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],
+    keep_big=[(32, 64, 4, 3), (64, 64, 4, 2)],
 )
 # dq: BM queries per program (the resident block), BN keys per step.
 _prune_dq = _prune(
-    keep_small=[(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3)],
-    keep_mid=[(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 2)],
-    keep_big=[(64, 64, 4, 2), (32, 64, 4, 2)],
+    keep_small=[(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
+    keep_mid=[(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
+    keep_big=[(64, 64, 4, 2), (64, 32, 4, 3)],
 )
 
 
