@@ -150,7 +150,7 @@ class Training:
     mixed_precision_reduce: str = opt("float32", "Gradient reduction dtype under FSDP", ("float32",))
     compile: bool = opt(False, "torch.compile each transformer block (and the loss)")
     gc_freq: int = opt(50, "Python garbage collection interval, in steps")
-    seed: int | None = opt(None, "Base RNG seed (None: 42 for the data order, random for init)")
+    seed: int | None = opt(None, "Base RNG seed for the init and the data order (None: 42)")
     deterministic: bool = opt(False, "Use deterministic algorithms wherever possible, may be slower")
 
 
@@ -158,7 +158,7 @@ class Training:
 class Metrics:
     log_freq: int = opt(10, "How often to log metrics, in steps")
     enable_tensorboard: bool = opt(False, "Whether to log metrics to TensorBoard")
-    disable_color_printing: bool = opt(False, "Whether to disable color printing in logs")
+    disable_color_printing: bool = opt(False, "Accepted for compatibility (logs are not coloured)")
     save_tb_folder: str = opt("tb", "Folder for TensorBoard files, under job.dump_folder")
     rank_0_only: bool = opt(True, "Log only on rank 0 (else every rank writes its own TensorBoard folder)")
     enable_wandb: bool = opt(False, "Log to Weights & Biases (WANDB_MODE=offline works without network)")
@@ -179,7 +179,9 @@ class Checkpoint:
     export_dtype: str = opt(
         "float32", "Dtype of the final weights-only checkpoint", ("float16", "bfloat16", "float32")
     )
-    create_seed_checkpoint: bool = opt(False, "Save step-0 after init and exit (needs 1 process)")
+    create_seed_checkpoint: bool = opt(
+        False, "Save the initial weights as step-0 (weights only) and exit; needs one process"
+    )
     async_mode: str = opt(
         "disabled", "disabled | async (dcp.async_save) | async_with_pinned_mem (treated as async)",
         ("disabled", "async", "async_with_pinned_mem"),
@@ -265,7 +267,7 @@ _UNSUPPORTED = (
     "experimental.pipeline_parallel_degree", "experimental.pipeline_parallel_split_points",
     "experimental.pipeline_parallel_schedule_csv", "experimental.pipeline_parallel_microbatches",
     "experimental.enable_compiled_autograd", "experimental.context_parallel_degree",
-    "experimental.custom_model_path", "checkpoint.hf_upload_enabled", "checkpoint.create_seed_checkpoint",
+    "experimental.custom_model_path", "checkpoint.hf_upload_enabled",
     "float8.precompute_float8_dynamic_scale_for_fsdp",
 )
 

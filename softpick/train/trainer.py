@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from softpick.train.checkpoint import CheckpointManager, export_hf, full_model_state
+from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
 from softpick.train.metrics import (
@@ -121,6 +121,8 @@ class Trainer:
         self.device = self._init_distributed(world)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.mesh = self.dims.build_mesh(self.device.type)
+        if config.checkpoint.create_seed_checkpoint and world > 1:
+            raise ConfigError(f"checkpoint.create_seed_checkpoint needs one process (NGPU=1), not {world}.")
         if config.profiling.enable_memory_snapshot and self.device.type != "cuda":
             raise ConfigError("profiling.enable_memory_snapshot needs a CUDA device.")
         self.seed = 42 if tr.seed is None else tr.seed
@@ -133,23 +135,8 @@ class Trainer:
         self.model_config = load_model_config(config.model.config)
         self._check_model_config()
 
-        # build the model: sharded runs build it on the meta device, shard it, then fill in rank 0's
-        # seeded init (so every layout starts from the same weights as one process would)
-        sharded = self.dims.fsdp_enabled or self.dims.tp_enabled
-        seed_model = self._build_model() if self.rank == 0 or not sharded else None
-        if sharded:
-            with torch.device("meta"):
-                model = self._build_model()
-        else:
-            model = seed_model.to(self.device)
-        layers, heads, head_dim = model_flops_shape(self.model_config)
-        n_params = non_embedding_params(model)
-        self.flops_fn = lambda span: flops_per_token(n_params, layers, heads, head_dim, span)
-        self.model = parallelize(model, self.dims, self.mesh, config, self.device)
-        if sharded:
-            self._materialize(seed_model)
-        del seed_model
-        self.model.train()
+        # build the model and apply TP / AC / compile / FSDP or DDP
+        self.model, self.flops_fn = self._build_parallel_model()
         if config.model.print_after_conversion and self.rank == 0:
             print(self.model)
 
@@ -184,6 +171,7 @@ class Trainer:
         if cuda:
             torch.cuda.set_device(device)
         if world > 1 and not dist.is_initialized():
+            os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", str(self.config.comm.trace_buf_size))
             timeout = datetime.timedelta(seconds=self.config.comm.init_timeout_seconds)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         return device
@@ -200,6 +188,27 @@ class Trainer:
                 f"model.config has model_type {model_type!r}."
             )
 
+    def _build_parallel_model(self) -> tuple[nn.Module, Any]:
+        """The parallelized model and its FLOPs-per-token function.
+
+        Sharded runs (FSDP or TP) build the model on the meta device, shard it, then fill in rank 0's
+        seeded init, so every layout starts from the weights one process would use.
+        """
+        sharded = self.dims.fsdp_enabled or self.dims.tp_enabled
+        seed_model = self._build_model() if self.rank == 0 or not sharded else None
+        if sharded:
+            with torch.device("meta"):
+                model = self._build_model()
+        else:
+            model = seed_model.to(self.device)
+        layers, heads, head_dim = model_flops_shape(self.model_config)
+        n_params = non_embedding_params(model)
+        model = parallelize(model, self.dims, self.mesh, self.config, self.device)
+        if sharded:
+            self._materialize(model, seed_model)
+        model.train()
+        return model, lambda span: flops_per_token(n_params, layers, heads, head_dim, span)
+
     def _build_model(self) -> nn.Module:
         """The full model in float32, initialized from ``seed`` (under a meta-device context: shapes only)."""
         from transformers import AutoModelForCausalLM
@@ -207,7 +216,7 @@ class Trainer:
         torch.manual_seed(self.seed)
         return AutoModelForCausalLM.from_config(self.model_config, dtype=torch.float32)
 
-    def _materialize(self, seed_model: nn.Module | None) -> None:
+    def _materialize(self, model: nn.Module, seed_model: nn.Module | None) -> None:
         """Allocate the sharded meta model and copy rank 0's initial weights into every shard.
 
         Parameters and persistent buffers come through ``set_model_state_dict(broadcast_from_rank0)``;
@@ -216,12 +225,12 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
         cpu_offload = self.config.training.enable_cpu_offload
-        self.model.to_empty(device="cpu" if cpu_offload else self.device)
+        model.to_empty(device="cpu" if cpu_offload else self.device)
         full = get_model_state_dict(seed_model) if seed_model is not None else {}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        set_model_state_dict(self.model, full, options=options)
+        set_model_state_dict(model, full, options=options)
         source = dict(seed_model.named_buffers()) if seed_model is not None else {}
-        for name, buffer in self.model.named_buffers():
+        for name, buffer in model.named_buffers():
             if seed_model is not None:
                 buffer.copy_(source[clean_name(name)])
             dist.broadcast(buffer, src=0)
@@ -267,6 +276,10 @@ class Trainer:
 
     def train(self) -> None:
         tr, cfg = self.config.training, self.config
+        if cfg.checkpoint.create_seed_checkpoint:
+            self.checkpointer.save(0, {"model": ModelState(self.model)})
+            logger.info("wrote the seed checkpoint %s", self.checkpointer.folder / "step-0")
+            return
         data = iter(self.loader)
         gc.disable()
         with profiling(cfg.profiling, self.dump, rank=self.rank, start_step=self.state["step"],
@@ -280,6 +293,9 @@ class Trainer:
                 for batch in batches:
                     self.throughput.add(batch)
                 loss, grad_norm = self.train_step(batches)
+                if step == 1 and dist.is_initialized():  # start-up is over: use the tighter timeout
+                    timeout = datetime.timedelta(seconds=cfg.comm.train_timeout_seconds)
+                    dist.distributed_c10d._set_pg_timeout(timeout, None)
                 self.state["step"] = step
                 self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
                 self.metrics.step()
