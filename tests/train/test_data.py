@@ -96,3 +96,22 @@ def test_ranks_read_disjoint_shards(assets):
             for r in range(2)]
     assert set(rows[0]).isdisjoint(rows[1])
     assert len(set(rows[0]) | set(rows[1])) == 400  # one epoch of 400 documents, none lost
+
+
+def test_local_folder_and_text_files(assets, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text(assets["docs"].read_text())
+    text = tmp_path / "docs.txt"
+    text.write_text("w1 w2 w3\nw4 w5\n")
+    assert len(load_documents(config(assets, "--training.dataset", str(folder)), seed=0)) == 400
+    docs = load_documents(config(assets, "--training.dataset", "txt", "--training.data_files", str(text)), seed=0)
+    assert docs["text"] == ["w1 w2 w3", "w4 w5"]
+
+
+def test_missing_dataset_is_a_clear_error(assets, tmp_path):
+    from softpick.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot load dataset"):
+        load_documents(config(assets, "--training.dataset", "json", "--training.data_files",
+                              str(tmp_path / "nope.jsonl")), seed=0)

@@ -41,6 +41,9 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path):
     # a run that stopped after saving step 3: its folder holds only that checkpoint
     cut = tmp_path / "cut"
     shutil.copytree(full / "checkpoint" / "step-3", cut / "checkpoint" / "step-3")
+    # a save that crashed half-way leaves a .tmp folder (or a folder without DCP metadata): never loaded
+    shutil.copytree(full / "checkpoint" / "step-6", cut / "checkpoint" / "step-6.tmp")
+    (cut / "checkpoint" / "step-5").mkdir()
     assert main(train_args(assets, cut, *args, steps=7)) == 0
     resumed = read_metrics(cut)
     assert [r["step"] for r in resumed] == [4, 5, 6, 7]
