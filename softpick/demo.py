@@ -140,7 +140,7 @@ def evaluate(model: SoftpickForCausalLM, rows: torch.Tensor, batch_size: int) ->
 
 
 def run(options: DemoOptions) -> DemoResult:
-    """Train, evaluate, save and sample; see the module docstring."""
+    """Train, evaluate, save and sample (see the module docstring); sets torch's thread count."""
     start = time.perf_counter()
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)

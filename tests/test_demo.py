@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from softpick import demo
@@ -14,8 +15,12 @@ TINY = dict(steps=20, seq_len=32, batch_size=8, hidden_size=64, num_layers=2, va
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
+def _private_cache_and_threads(tmp_path, monkeypatch):
+    """Keep the tokenizer cache inside tmp_path, and undo the demo's process-wide thread setting."""
     monkeypatch.setenv("SOFTPICK_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_demo_trains_saves_and_reloads(tmp_path, capsys):
