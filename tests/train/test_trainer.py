@@ -147,3 +147,11 @@ def test_profiler_trace(assets, tmp_path):
     assert main(train_args(assets, dump, "--profiling.enable_profiling", "--profiling.profile_freq", "2",
                            steps=2)) == 0
     assert (dump / "profile_traces" / "iteration_2" / "rank_0_trace.json").is_file()
+
+
+def test_wandb_offline(assets, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    dump = tmp_path / "run"
+    assert main(train_args(assets, dump, "--metrics.enable_wandb", steps=2)) == 0
+    assert list((dump / "wandb").glob("offline-run-*"))
