@@ -40,6 +40,9 @@ FILE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "txt": "
 TOKENIZE_BATCH = 64
 """Documents tokenized per call to the tokenizer."""
 
+SHUFFLE_BLOCK = 4096
+"""Documents per block of the two-level shuffle (see :func:`shuffled_indices`)."""
+
 
 def _text_column(ds: Any, name: str) -> Any:
     columns = ds.column_names
@@ -96,6 +99,26 @@ def load_documents(cfg: Training, seed: int) -> Any:
     )
 
 
+def shuffled_indices(n: int, *, seed: int, epoch: int, shard: int = 0, shards: int = 1, start: int = 0) -> Iterator[int]:
+    """Document indices of one epoch in shuffled order: positions ``shard + i * shards`` for i >= start.
+
+    Two-level shuffle that needs O(n / SHUFFLE_BLOCK) memory (a full permutation of 100M documents
+    would take 0.8 GB in every loader worker): the order of blocks of SHUFFLE_BLOCK consecutive
+    documents is permuted, then the documents inside each block (seeded by seed, epoch and block).
+    """
+    blocks = -(-n // SHUFFLE_BLOCK)
+    order = np.random.default_rng([seed, epoch]).permutation(blocks)  # [blocks]
+    sizes = np.minimum(SHUFFLE_BLOCK, n - order * SHUFFLE_BLOCK)
+    ends = np.cumsum(sizes)  # epoch position after each block
+    first = shard + start * shards
+    for k in range(int(np.searchsorted(ends, first, side="right")), blocks):
+        begin = int(ends[k] - sizes[k])
+        inner = np.random.default_rng([seed, epoch, int(order[k])]).permutation(int(sizes[k]))
+        j0 = max((shard - begin) % shards, first - begin)  # first block position of this shard, >= first
+        for j in inner[j0::shards]:
+            yield int(order[k]) * SHUFFLE_BLOCK + int(j)
+
+
 @dataclass
 class ShardPosition:
     """Where a shard's next unused token is: document ``doc`` (index within the shard's share of
@@ -147,10 +170,10 @@ class TokenWindows(IterableDataset):
             texts = (text for rows in ds.iter(batch_size=TOKENIZE_BATCH) for text in rows["text"])
             yield from itertools.islice(texts, shard + start * shards, None, shards)
             return
-        order = np.random.default_rng(self.seed + epoch).permutation(len(self.docs))[shard::shards]
-        for i in range(start, len(order), TOKENIZE_BATCH):
-            for row in self.docs[order[i:i + TOKENIZE_BATCH].tolist()]["text"]:
-                yield row
+        indices = shuffled_indices(len(self.docs), seed=self.seed, epoch=epoch, shard=shard, shards=shards,
+                                   start=start)
+        for chunk in iter(lambda: list(itertools.islice(indices, TOKENIZE_BATCH)), []):
+            yield from self.docs[chunk]["text"]
 
     def _token_stream(self, shard: int, shards: int, pos: ShardPosition) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """(epoch, doc, offset, tokens from offset) for every document from ``pos`` on, for ever."""

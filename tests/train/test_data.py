@@ -12,7 +12,7 @@ from train_utils import SEQ_LEN, make_docs
 from transformers import AutoTokenizer
 
 from softpick.train.config import parse_args
-from softpick.train.data import build_loader, cu_seqlens_from_lengths, load_documents
+from softpick.train.data import build_loader, cu_seqlens_from_lengths, load_documents, shuffled_indices
 
 
 def config(assets, *extra):
@@ -28,7 +28,7 @@ def token_stream(assets, seed):
     """All documents of epoch 0 in shuffled order as one [BOS] doc [EOS] stream."""
     tok = AutoTokenizer.from_pretrained(str(assets["tokenizer"]))
     texts = [json.loads(line)["text"] for line in assets["docs"].read_text().splitlines()]
-    order = np.random.default_rng(seed).permutation(len(texts))
+    order = list(shuffled_indices(len(texts), seed=seed, epoch=0))
     out = []
     for i in order:
         out += [tok.bos_token_id] + tok(texts[i], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -115,3 +115,14 @@ def test_missing_dataset_is_a_clear_error(assets, tmp_path):
     with pytest.raises(ConfigError, match="cannot load dataset"):
         load_documents(config(assets, "--training.dataset", "json", "--training.data_files",
                               str(tmp_path / "nope.jsonl")), seed=0)
+
+
+@pytest.mark.parametrize("n", [1, 4095, 4096, 10_001])
+def test_shuffled_indices_shard_an_epoch(n):
+    full = list(shuffled_indices(n, seed=3, epoch=0))
+    assert sorted(full) == list(range(n))  # every document exactly once
+    if n > 100:
+        assert full != sorted(full) and full != list(shuffled_indices(n, seed=3, epoch=1))
+    shards = [list(shuffled_indices(n, seed=3, epoch=0, shard=k, shards=3)) for k in range(3)]
+    assert [full[k::3] for k in range(3)] == shards
+    assert list(shuffled_indices(n, seed=3, epoch=0, shard=1, shards=3, start=5)) == shards[1][5:]
