@@ -13,7 +13,7 @@ from pathlib import Path
 
 from softpick.corpus.generator import generate_document
 
-CORPUS_VERSION = "1"
+CORPUS_VERSION = "2"
 """Bump whenever the generator's output changes (it keys the tokenizer cache)."""
 
 SPLIT_SIZES = {"train": 4000, "validation": 200}
