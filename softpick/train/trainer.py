@@ -18,7 +18,6 @@ import datetime
 import gc
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -257,8 +256,8 @@ class Trainer:
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm_(self.params, self.config.training.max_norm)
-        # skip_nan_inf needs the values on the host (a sync point); otherwise we never wait here
-        if self.config.training.skip_nan_inf and not (math.isfinite(grad_norm.item()) and math.isfinite(loss_sum.item())):
+        # skip_nan_inf needs one value on the host (a sync point); otherwise we never wait here
+        if self.config.training.skip_nan_inf and not torch.isfinite(grad_norm + loss_sum).item():
             self.state["skipped"] += 1
             logger.warning("step %d: loss %s, grad norm %s: update skipped", self.state["step"] + 1,
                            loss_sum.item(), grad_norm.item())
