@@ -48,7 +48,7 @@ class DemoOptions:
     threads: int = 1  # the model is too small to gain much from more, and loses a lot when cores are busy
     hidden_size: int = 128
     num_layers: int = 4
-    val_rows: int = 32
+    val_rows: int | None = None  # validation rows to evaluate; None = the whole validation split
     max_new_tokens: int = 48
     progress: bool = True
 
