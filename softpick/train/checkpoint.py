@@ -136,6 +136,11 @@ class CheckpointManager:
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
         self.train_state = train_state
         self._pending: tuple[Any, Path, Path] | None = None
+        # async saves talk over their own gloo group, so their background collectives never interleave
+        # with the training collectives on the default group
+        self._async_group = None
+        if cfg.enable_checkpoint and cfg.async_mode != "disabled" and dist.is_initialized():
+            self._async_group = dist.new_group(backend="gloo")
 
     def _full_state(self) -> dict[str, Any]:
         rank = _rank()
@@ -187,7 +192,8 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         _barrier()
         if use_async:
-            self._pending = (dcp.async_save(state, checkpoint_id=str(tmp)), tmp, final)
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+            self._pending = (future, tmp, final)
         else:
             dcp.save(state, checkpoint_id=str(tmp))
             self._publish(tmp, final)

@@ -63,8 +63,8 @@ def reference(assets, tmp_path_factory):
 def test_several_processes_match_one(assets, tmp_path, reference, name, nproc, flags):
     dump = tmp_path / name
     args = train_args(assets, dump, steps=STEPS)
-    rows = torchrun(args + flags + (["--checkpoint.enable_checkpoint", "--checkpoint.interval", "2"]
-                                    if name == "fsdp" else []), dump, nproc=nproc)
+    checkpoints = ["--checkpoint.enable_checkpoint", "--checkpoint.interval", "2", "--checkpoint.async_mode", "async"]
+    rows = torchrun(args + flags + (checkpoints if name == "fsdp" else []), dump, nproc=nproc)
     for ref, got in zip(reference, rows):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4), (name, ref["step"])
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-3), (name, ref["step"])
