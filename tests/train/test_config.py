@@ -103,3 +103,14 @@ def test_launchers_print_help():
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "--training.data_parallel_shard_degree" in out.stdout and "--checkpoint.load_step" in out.stdout
+
+
+def test_shipped_job_files_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    fla = parse_args(["--job.config_file", str(root / "configs" / "fla.toml")])
+    assert (fla.optimizer.lr, fla.optimizer.eps, fla.lr_scheduler.decay_type, fla.lr_scheduler.lr_min) == (
+        3e-4, 1e-15, "cosine", 0.1)
+    tiny = parse_args(["--job.config_file", str(root / "configs" / "tiny_cpu.toml")])
+    assert (root / tiny.model.config).is_file()
