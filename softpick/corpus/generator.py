@@ -3,10 +3,11 @@
 Each document comes from its own generator seeded with an integer, so a document depends only on its
 seed. All draws go through ``Random.random()``, the one method whose sequence Python promises to keep
 across versions for the same seed (``choice`` and ``randrange`` carry no such promise), and nothing
-depends on ``hash()`` or set order: the text is the same on every machine and Python version. The text is simple and repetitive on purpose: names, objects
-and numbers introduced early in a document come back later (copying), drills count and add
-(algorithmic patterns), and the world's facts never change (memorisation), so a tiny model's loss
-falls quickly and visibly.
+depends on ``hash()`` or set order: the text is the same on every machine and Python version.
+
+The text is simple and repetitive on purpose: names, objects and numbers introduced early in a
+document come back later (copying), drills count and add (algorithmic patterns), and the world's
+facts never change (memorisation), so a tiny model's loss falls quickly and visibly.
 """
 
 from __future__ import annotations
@@ -41,12 +42,7 @@ class Character:
     name: str
     kind: str  # "a little girl", "a small fox"
     subj: str  # she / he
-    obj: str  # her / him
     poss: str  # her / his
-
-
-def _pronouns(subj: str) -> tuple[str, str]:
-    return ("her", "her") if subj == "she" else ("him", "his")
 
 
 def _character(rng: Rng, taken: tuple[str, ...] = ()) -> Character:
@@ -64,8 +60,7 @@ def _character(rng: Rng, taken: tuple[str, ...] = ()) -> Character:
             subj = rng.choice(("she", "he"))
             kind = f"a {rng.choice(W.SIZES)} {animal}"
         if name not in taken:
-            obj, poss = _pronouns(subj)
-            return Character(name, kind, subj, obj, poss)
+            return Character(name, kind, subj, "her" if subj == "she" else "his")
 
 
 def _cap(text: str) -> str:

@@ -41,7 +41,6 @@ TIMES = (
     "Early one Sunday", "Late one night", "One windy day in autumn", "On the first day of spring",
 )
 OPENINGS = ("Once upon a time", "Long ago", "Not so long ago", "In a small village")
-WEATHER = ("sunny", "rainy", "windy", "cloudy", "snowy", "foggy")
 FOODS = (
     "apples", "bread", "cheese", "carrots", "eggs", "honey", "milk", "oranges", "pears", "rice",
     "soup", "cookies", "plums", "beans", "fish",
