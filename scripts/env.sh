@@ -12,6 +12,7 @@ softpick_venv() {
   . .venv/bin/activate
   local stamp=".venv/.softpick-installed${extras:+-$extras}"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "Installing softpick${extras:+[$extras]} into .venv (the first time takes a few minutes)..." >&2
     # torch first and pinned, so that installing softpick does not pull another (CUDA) build.
     python -m pip install --quiet --progress-bar off "torch==2.13.0"
     python -m pip install --quiet --progress-bar off -e ".${extras:+[$extras]}"
