@@ -110,7 +110,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, scale * LOG2E, scale, G=HQ // H, **dims, **flags
     )
     attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
         q, k, v, do, lse, delta, dq, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags

@@ -137,13 +137,12 @@ def _dkdv_inner(
 @triton.jit
 def attention_bwd_dkdv_kernel(
     q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, qk_scale, scale,
-    HQ, H, K: tl.constexpr, V: tl.constexpr,
+    HQ, H, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BN), documents, H). dk [*, H, K] and dv [*, H, V] in k's dtype."""
+    """Grid (cdiv(max_len, BN), documents, H); G = HQ // H. dk [*, H, K], dv [*, H, V] in k's dtype."""
     tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
-    G = HQ // H
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -164,7 +163,9 @@ def attention_bwd_dkdv_kernel(
     b_dk = tl.zeros([BN, BK], dtype=tl.float32)
     b_dv = tl.zeros([BN, BV], dtype=tl.float32)
 
-    for i_g in range(G):
+    # unrolled over the G query heads of the group: a runtime outer loop around the pipelined
+    # query loops made the compiler spill registers
+    for i_g in tl.static_range(G):
         i_hq = i_h * G + i_g
         p_q = q + bos * (HQ * K) + i_hq * K
         p_do = do + bos * (HQ * V) + i_hq * V
