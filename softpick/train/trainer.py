@@ -225,6 +225,11 @@ class Trainer:
 
         cpu_offload = self.config.training.enable_cpu_offload
         model.to_empty(device="cpu" if cpu_offload else self.device)
+        if cpu_offload:  # FSDP offloads parameters only; buffers (RoPE tables) stay on the GPU
+            for module in model.modules():
+                for key, buffer in module._buffers.items():
+                    if buffer is not None:
+                        module._buffers[key] = buffer.to(self.device)
         full = get_model_state_dict(seed_model) if seed_model is not None else {}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, full, options=options)
