@@ -197,8 +197,10 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, param_dtype: torch.dtype, 
     fully_shard(model, reshard_after_forward=reshard_after_forward == "always", **kwargs)
 
 
-def apply_float8(model: nn.Module, config: JobConfig) -> None:
-    """Swap nn.Linear (except the LM head) for torchao Float8Linear."""
+def apply_float8(model: nn.Module, config: JobConfig, device: torch.device) -> None:
+    """Swap nn.Linear (except the LM head) for torchao Float8Linear (CUDA, compute capability >= 8.9)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise ConfigError("float8 training needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper or newer).")
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError:
@@ -211,7 +213,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, c
                 device: torch.device) -> nn.Module:
     """Apply float8, TP, AC, compile and FSDP/DDP to ``model`` (in that order) on ``device``."""
     if config.float8.enable_float8_linear or "float8" in config.model.converters:
-        apply_float8(model, config)
+        apply_float8(model, config, device)
     if dims.tp_enabled:
         apply_tp(model, mesh["tp"])
     if config.activation_checkpoint.mode != "none":
