@@ -166,8 +166,8 @@ class CheckpointManager:
         path = done[step]
         if has_optimizer(path):
             state = self._full_state()
-            for key in self.cfg.exclude_from_loading:
-                state.pop(key, None)
+            excluded = tuple(self.cfg.exclude_from_loading)  # e.g. "dataloader" drops dataloader.rank_k
+            state = {k: v for k, v in state.items() if not any(k == e or k.startswith(e + ".") for e in excluded)}
         else:  # weights only (hf-to-dcp or an export): start training from these weights at `step`
             state = {"model": ModelState(self.model)}
             self.train_state["step"] = step

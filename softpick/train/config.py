@@ -188,7 +188,10 @@ class Checkpoint:
     )
     keep_latest_k: int = opt(0, "Keep only the latest k checkpoints; 0 keeps all")
     load_step: int = opt(-1, "Load the checkpoint at this step; -1 loads the latest if any")
-    exclude_from_loading: list[str] = opt([], "State keys not loaded on resume, comma separated")
+    exclude_from_loading: list[str] = opt(
+        [], "Entries not loaded on resume, comma separated: model, optimizer, lr_scheduler, train_state, "
+        "dataloader, rng"
+    )
     convert_to_hf_on_save: bool = opt(False, "Also write an HF export at every save")
     hf_upload_enabled: bool = opt(False, "Not supported (no network): upload checkpoints to the HF hub")
     hf_repo_base_name: str | None = opt(None, "Not supported: HF hub repo for uploads")
