@@ -86,7 +86,7 @@ def load_documents(cfg: Training, seed: int) -> Any:
                 builder, name=config, data_dir=data_dir, data_files=data_files,
                 split=split or "train", streaming=cfg.streaming,
             )
-        except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:  # OSError: offline hub
             raise ConfigError(f"cannot load dataset {name!r}: {str(err).splitlines()[0]}") from None
         parts.append(_text_column(ds, name))
     if n == 1:
