@@ -134,6 +134,10 @@ class Trainer:
         self.model_config = load_model_config(config.model.config)
         self._check_model_config()
 
+        # data (before the model, so a dataset that cannot load fails fast): one stream per dp rank
+        self.loader = build_loader(tr, self.tokenizer, rank=self.dims.dp_rank(self.rank),
+                                   world=self.dims.dp_degree, seed=self.seed)
+
         # build the model and apply TP / AC / compile / FSDP or DDP
         self.model, self.flops_fn = self._build_parallel_model()
         if config.model.print_after_conversion and self.rank == 0:
@@ -143,10 +147,6 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, config.optimizer, self.device)
         self.scheduler = build_lr_scheduler(self.optimizer, config.lr_scheduler, tr.steps)
-
-        # data: one stream per data-parallel rank
-        self.loader = build_loader(tr, self.tokenizer, rank=self.dims.dp_rank(self.rank),
-                                   world=self.dims.dp_degree, seed=self.seed)
 
         # checkpoints: resume when one exists
         self.state: dict[str, Any] = {"step": 0, "skipped": 0, "tokens": 0}
