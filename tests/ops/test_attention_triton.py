@@ -29,6 +29,7 @@ CASES = [
     (2, 63, 2, 4, 64, None, 1.0, "random"),  # GQA, T not a multiple of any tile
     (1, 1, 1, 1, 32, None, 1.0, "random"),  # T = 1
     (1, 100, 1, 1, 48, None, 1.0, "random"),  # head dim 48: padded to a 64-wide tile
+    (1, 37, 1, 2, 128, None, 1.0, "random"),  # head dim 128, GQA
     (1, 50, 1, 2, 32, [0, 1, 18, 19, 50], 1.0, "random"),  # varlen with length-1 documents
     (1, 40, 2, 2, 16, None, 1.0, "negative"),  # every score < 0
     (1, 40, 1, 1, 32, None, 20.0, "random"),  # scores of a few hundred
@@ -83,7 +84,8 @@ def test_triton_matches_naive(case, variant, causal):
 
 def test_all_negative_scores_give_exact_zeros():
     """Softpick of a row whose scores are all < 0 is 0, and so are all its gradients."""
-    tri, _ = run_case(CASES[4], "softpick", causal=True)
+    case = next(c for c in CASES if c[-1] == "negative")
+    tri, _ = run_case(case, "softpick", causal=True)
     assert all(t.abs().max().item() == 0.0 for t in tri)
 
 
