@@ -1,0 +1,95 @@
+"""Training throughput of softpick vs softmax with the real trainer (issue 5's benchmark).
+
+Runs ``python -m softpick train`` once per attention type on the embedded corpus, with the same
+flags, and reports the median tokens/s, TFLOP/s and MFU of the logged steps after the first
+``--skip`` logs (compile and autotune happen there). MFU is the trainer's: 6·N (non-embedding) plus
+causal attention FLOPs per token, against the peak given by ``--peak-flops``.
+
+    python benchmarks/train_throughput.py --steps 40 --batch-size 8 --seq-len 4096 --compile \
+        --peak-flops 989e12 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIGS = {
+    "softpick": "configs/softpick_transformer_340M.json",
+    "softmax": "configs/vanilla_transformer_340M.json",
+}
+
+
+def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "softpick", "train",
+        "--model.config", CONFIGS[attn],
+        "--job.dump_folder", str(dump),
+        "--training.dataset", "none",
+        "--training.steps", str(args.steps),
+        "--training.batch_size", str(args.batch_size),
+        "--training.seq_len", str(args.seq_len),
+        "--training.context_len", str(args.seq_len),
+        "--training.num_workers", "2",
+        "--lr_scheduler.warmup_steps", "10",
+        "--optimizer.eps", "1e-15",
+        "--training.max_norm", "1.0",
+        "--metrics.log_freq", str(args.log_freq),
+        "--checkpoint.enable_checkpoint", "false",
+        "--training.compile", "true" if args.compile else "false",
+    ]
+    if args.peak_flops:
+        cmd += ["--metrics.peak_flops", str(args.peak_flops)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    rows = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
+    timed = rows[args.skip:]
+    if not timed:
+        raise SystemExit(f"{attn}: only {len(rows)} logged steps, fewer than --skip {args.skip}.")
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in timed if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "attn": attn, "tps": median("tps"), "tflops": median("tflops"), "mfu": median("mfu"),
+        "loss_last": rows[-1].get("loss"), "peak_mem_gib": max(r.get("memory_gib") or 0.0 for r in rows),
+        "logged_steps": len(timed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--log-freq", type=int, default=5)
+    parser.add_argument("--skip", type=int, default=2, help="logged steps left out of the medians")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--attn", default="softpick,softmax")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for attn in args.attn.split(","):
+            results.append(run_one(attn, args, Path(tmp) / attn))
+    print("\n| attn | tokens/s | TFLOP/s | MFU | peak GiB | last loss |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "n/a"
+        print(f"| {r['attn']} | {r['tps']:.0f} | {tflops} | {mfu} | {r['peak_mem_gib']:.1f} | {r['loss_last']:.3f} |")
+    if len(results) == 2:
+        print(f"\nsoftpick / softmax tokens/s: {results[0]['tps'] / results[1]['tps']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
