@@ -1,18 +1,22 @@
-"""``softpick demo``: train a tiny softpick model on the embedded corpus, offline, on the CPU.
+"""``softpick demo``: train a tiny softpick model on the embedded corpus on the CPU, then analyse it.
 
 Usage::
 
-    softpick demo                          # ~80 s on one idle core, saves to outputs/demo-softpick
+    softpick demo                          # about 2 minutes on one idle core, writes outputs/demo-softpick
     softpick demo --attn-type softmax --out outputs/demo-softmax   # the softmax baseline
 
-Steps: train (or load from cache) the byte-level BPE tokenizer of :mod:`softpick.corpus`; cut the
-tokenized corpus into rows of ``--seq-len`` tokens, each starting with ``<s>`` (documents are joined
-by ``</s>``); train a 4-layer, 128-wide :class:`~softpick.models.SoftpickForCausalLM` with AdamW and
-linear warmup + cosine decay in a plain PyTorch loop; report the validation loss before and after;
-save model and tokenizer with ``save_pretrained``; print a greedy sample generated with the KV cache.
-The run is deterministic for a given ``--seed`` and ``--threads``. It uses one thread by default: the
-matrices are too small for a second thread to gain much, and with more threads than free cores
-(another job running) PyTorch's thread pool slows down several-fold.
+Steps, all offline and in this process: write the model config (a 4-layer, 128-wide
+``softpick_transformer``) to ``OUT/model_config.json``; run the project's trainer
+(:class:`softpick.train.trainer.Trainer`, the same code as ``softpick train``; the equivalent command
+line is printed) on the embedded corpus and tokenizer, with AdamW and linear warmup plus cosine decay,
+logging every step to ``OUT/metrics.jsonl``; export the model and tokenizer in Hugging Face format to
+``OUT/hf``; reload that export with the ``transformers`` Auto classes and print a greedy sample
+generated with the KV cache; run ``softpick analyze`` (:mod:`softpick.analysis.cli`) on it over the
+embedded validation split, which writes ``OUT/analysis/report.md`` and prints the validation loss,
+sink rate, sparsity, kurtosis and the weight-quantization perplexities. The run is deterministic for
+a given ``--seed`` and ``--threads``. It uses one thread by default: the matrices are too small for a
+second thread to gain much, and with more threads than free cores (another job running) PyTorch's
+thread pool slows down several-fold.
 """
 
 from __future__ import annotations
@@ -20,23 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from tqdm import tqdm
 
-from softpick.corpus import embedded_documents, embedded_tokenizer
-from softpick.models import ATTN_TYPES, SoftpickConfig, SoftpickForCausalLM
+from softpick.analysis.cli import analyze, analyze_parser, int_list
+from softpick.corpus import embedded_tokenizer
+from softpick.models import ATTN_TYPES
+from softpick.train.config import parse_args as parse_train_args
+from softpick.train.trainer import Trainer
 
 PROMPT = "Once upon a time, there was a little girl named"
 
 
 @dataclass
 class DemoOptions:
-    """Settings of one demo run (the command-line flags)."""
+    """Settings of one demo run (the command-line flags, and sizes the tests shrink)."""
 
     steps: int = 300
     seq_len: int = 128
@@ -46,24 +53,33 @@ class DemoOptions:
     attn_type: str = "softpick"
     seed: int = 0
     threads: int = 1  # the model is too small to gain much from more, and loses a lot when cores are busy
+    progress: bool = True
     hidden_size: int = 128
     num_layers: int = 4
-    val_rows: int | None = None  # validation rows to evaluate; None = the whole validation split
     max_new_tokens: int = 48
-    progress: bool = True
+    analysis_samples: int = 200  # validation documents analysed (200 = the whole embedded split)
+    quant_bits: list[int] = field(default_factory=lambda: [8, 4, 3, 2])  # [] skips the quantization study
 
 
 @dataclass
 class DemoResult:
-    """What a demo run measured. Losses are mean cross-entropy per token, in nats."""
+    """What a demo run measured. Losses are mean next-token cross-entropy per token, in nats."""
 
-    val_loss_before: float
-    val_loss_after: float
+    first_train_loss: float  # the loss of step 1 (about ln(vocab) for a fresh model)
     final_train_loss: float  # mean of the last 10 steps
-    wall_time_s: float  # whole run: tokenizer, data, training, evaluation, saving and sampling
-    train_time_s: float  # the optimisation loop alone
+    val_loss: float  # the analysis' perplexity pass over the validation samples
+    sink_rate: float  # percent of (layer, head) putting > 0.3 of their attention on the first token
+    first_token_mass: float  # mean attention on the first token over heads and queries
+    sparsity: float  # percent of causal attention weights <= 1e-5
+    max_kurtosis: float  # largest per-layer kurtosis of the hidden states (3 for a Gaussian)
+    max_abs_activation: float
+    quantization: dict[str, dict[str, float]]  # method -> bits -> validation perplexity
+    wall_time_s: float  # whole run: config, training, export, sampling and analysis
+    train_time_s: float  # Trainer construction, training and HF export
+    analysis_time_s: float
     sample: str
     out: str
+    report: str  # path of report.md
 
 
 def parse_args(argv: list[str] | None) -> DemoOptions:
@@ -78,128 +94,147 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     p.add_argument("--attn-type", choices=ATTN_TYPES, default=d.attn_type, help="default %(default)s")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of init and data order (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch (default %(default)s)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--analysis-samples", type=int, default=d.analysis_samples,
+                   help="validation documents to analyse (default %(default)s, the whole embedded split)")
+    p.add_argument("--quant-bits", type=int_list, default=d.quant_bits,
+                   help="weight bit widths of the quantization study, or 'none' (default 8,4,3,2)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     args = p.parse_args(argv)
-    for name in ("steps", "seq_len", "batch_size", "threads"):
+    for name in ("steps", "seq_len", "batch_size", "threads", "analysis_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.seq_len < 2:
-        p.error(f"--seq-len must be at least 2 (one token to predict from <s>), got {args.seq_len}.")
+        p.error(f"--seq-len must be at least 2 (one token to predict from another), got {args.seq_len}.")
     if not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}.")
     return DemoOptions(**vars(args))
 
 
-def token_rows(tokenizer, documents: list[str], seq_len: int) -> torch.Tensor:
-    """[N, seq_len] int64 rows: ``<s>`` then seq_len - 1 tokens of the documents joined by ``</s>``."""
-    stream: list[int] = []
-    for ids in tokenizer(documents, add_special_tokens=False).input_ids:
-        stream += ids + [tokenizer.eos_token_id]
-    body = seq_len - 1
-    n = len(stream) // body
-    if n == 0:
-        raise ValueError(f"seq_len {seq_len} is longer than the {len(stream)} tokens of the documents.")
-    rows = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)  # [N, seq_len - 1]
-    bos = torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long)
-    return torch.cat([bos, rows], dim=1)  # [N, seq_len]
+def model_config(options: DemoOptions, tokenizer) -> dict:
+    """The ``softpick_transformer`` config json: about 1.4M parameters with the ~2k-token vocabulary."""
+    return {
+        "model_type": "softpick_transformer",
+        "attn_type": options.attn_type,
+        "vocab_size": len(tokenizer),
+        "hidden_size": options.hidden_size,
+        "intermediate_size": options.hidden_size * 3,
+        "num_hidden_layers": options.num_layers,
+        "num_attention_heads": options.hidden_size // 32,
+        "num_key_value_heads": options.hidden_size // 32,
+        "max_position_embeddings": max(512, options.seq_len),
+        "initializer_range": 0.02,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
-def build_model(tokenizer, options: DemoOptions) -> SoftpickForCausalLM:
-    """A 4-layer, 128-wide model (about 1.3M parameters with the demo's ~2k-token vocabulary)."""
-    config = SoftpickConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=options.hidden_size,
-        intermediate_size=options.hidden_size * 3,
-        num_hidden_layers=options.num_layers,
-        num_attention_heads=options.hidden_size // 32,
-        max_position_embeddings=max(512, options.seq_len),
-        initializer_range=0.02,
-        attn_type=options.attn_type,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return SoftpickForCausalLM(config)
+def train_flags(options: DemoOptions, config_path: Path) -> list[str]:
+    """The ``softpick train`` flags of the demo's run (no dataset: the embedded corpus and tokenizer)."""
+    return [
+        "--job.dump_folder", options.out, "--job.description", f"softpick demo ({options.attn_type})",
+        "--model.config", str(config_path),
+        "--optimizer.lr", repr(options.lr), "--optimizer.implementation", "foreach",
+        "--lr_scheduler.warmup_steps", str(max(1, options.steps // 10)),
+        "--lr_scheduler.decay_type", "cosine", "--lr_scheduler.lr_min", "0.1",
+        "--training.steps", str(options.steps), "--training.batch_size", str(options.batch_size),
+        "--training.seq_len", str(options.seq_len), "--training.context_len", str(options.seq_len),
+        "--training.seed", str(options.seed), "--metrics.log_freq", "1",
+    ]
 
 
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """LR multiplier: linear 1/warmup .. 1 over ``warmup`` steps, then cosine down to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def analysis_flags(options: DemoOptions, model_dir: Path, out_dir: Path) -> list[str]:
+    """The ``softpick analyze`` flags: the embedded validation split cut at the training length, on CPU."""
+    flags = [
+        str(model_dir), "--out", str(out_dir), "--num-samples", str(options.analysis_samples),
+        "--seq-len", str(options.seq_len), "--batch-size", str(options.batch_size), "--device", "cpu",
+        "--seed", str(options.seed), "--quant-bits", ",".join(map(str, options.quant_bits)) or "none",
+    ]
+    return flags + ([] if options.progress else ["--no-progress"])
+
+
+def train(options: DemoOptions) -> tuple[Path, list[float]]:
+    """Train with :class:`Trainer` in this process; returns the HF export folder and the loss of every step."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # the trainer appends; a rerun starts a fresh log
+    config_path = out / "model_config.json"
+    config_path.write_text(json.dumps(model_config(options, embedded_tokenizer()), indent=2) + "\n")
+    flags = train_flags(options, config_path)
+    print(f"training, same as: softpick train {shlex.join(flags)}", flush=True)
+    job = parse_train_args(flags + ([] if options.progress else ["--metrics.progress_bar", "false"]))
+    trainer = Trainer(job)
+    try:
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"{options.attn_type} attention, {n_params / 1e6:.2f}M parameters, vocab {len(trainer.tokenizer)}, "
+              f"{options.steps} steps of {options.batch_size} x {options.seq_len} tokens", flush=True)
+        trainer.train()
+        trainer.export_hf(out / "hf")
+    finally:
+        trainer.close()
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        losses = [json.loads(line)["loss"] for line in f]
+    return out / "hf", losses
 
 
 @torch.no_grad()
-def evaluate(model: SoftpickForCausalLM, rows: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token cross-entropy (nats) over ``rows`` [N, T] (every row has the same length)."""
-    model.eval()
-    losses = [model(input_ids=batch, labels=batch).loss for batch in rows.split(batch_size)]
-    weights = torch.tensor([len(batch) for batch in rows.split(batch_size)], dtype=torch.float)
-    return float((torch.stack(losses) * weights).sum() / weights.sum())
+def generate_sample(model_dir: Path, max_new_tokens: int) -> str:
+    """Reload the HF export with the Auto classes; greedy continuation of PROMPT with the KV cache."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    prompt = tokenizer(PROMPT, return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                               pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(generated[0], skip_special_tokens=True)
+
+
+def quantization_table(report: dict) -> dict[str, dict[str, float]]:
+    """method -> bits (as a string, for json) -> perplexity of the report's quantization study."""
+    table: dict[str, dict[str, float]] = {}
+    for row in report.get("quantization", {}).get("results", []):
+        table.setdefault(row["method"], {})[str(row["bits"])] = row["perplexity"]
+    return table
 
 
 def run(options: DemoOptions) -> DemoResult:
-    """Train, evaluate, save and sample (see the module docstring); sets torch's thread count."""
+    """Train, export, sample and analyse (see the module docstring); sets torch's thread count."""
     start = time.perf_counter()
     torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    tokenizer = embedded_tokenizer()
-    train_rows = token_rows(tokenizer, embedded_documents("train"), options.seq_len)
-    val_rows = token_rows(tokenizer, embedded_documents("validation"), options.seq_len)[: options.val_rows]
-    model = build_model(tokenizer, options)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"softpick demo: {options.attn_type} attention, {n_params / 1e6:.2f}M parameters, "
-        f"vocab {len(tokenizer)}, {len(train_rows)} train rows of {options.seq_len} tokens, "
-        f"{options.steps} steps of {options.batch_size} rows, {options.threads} thread(s)"
-    )
-    val_before = evaluate(model, val_rows, options.batch_size)
-    print(f"validation loss before training: {val_before:.3f}")
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, options.steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, options.steps, warmup)
-    )
-    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(options.seed))
-    losses: list[float] = []
-    model.train()
-    train_start = time.perf_counter()
-    bar = tqdm(range(options.steps), desc="train", disable=not options.progress, mininterval=0.5)
-    for step in bar:
-        index = torch.arange(step * options.batch_size, (step + 1) * options.batch_size) % len(order)
-        batch = train_rows[order[index]]  # [batch_size, seq_len]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
-    bar.close()
-    train_time = time.perf_counter() - train_start
-    final_loss = sum(losses[-10:]) / len(losses[-10:])
-
-    val_after = evaluate(model, val_rows, options.batch_size)
-    print(f"validation loss after training:  {val_after:.3f}  (final training loss {final_loss:.3f})")
-
     out = Path(options.out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    prompt = tokenizer(PROMPT, return_tensors="pt")
-    generated = model.generate(
-        **prompt, max_new_tokens=options.max_new_tokens, do_sample=False, use_cache=True,
-        pad_token_id=tokenizer.pad_token_id,
+    hf_dir, losses = train(options)
+    train_time = time.perf_counter() - start
+    final_loss = sum(losses[-10:]) / len(losses[-10:])
+    print(f"training loss {losses[0]:.3f} at step 1, {final_loss:.3f} over the last steps; "
+          f"model and tokenizer in {hf_dir}/", flush=True)
+
+    sample = generate_sample(hf_dir, options.max_new_tokens)
+    print(f"sample: {sample}", flush=True)
+
+    analysis_start = time.perf_counter()
+    report = analyze(analyze_parser().parse_args(analysis_flags(options, hf_dir, out / "analysis")))
+    analysis_time = time.perf_counter() - analysis_start
+    acts, ppl = report["activations"], report["perplexity"]
+    quant = quantization_table(report)
+    result = DemoResult(
+        first_train_loss=losses[0], final_train_loss=final_loss, val_loss=ppl["loss"],
+        sink_rate=report["sink"]["sink_rate"], first_token_mass=report["sink"]["first_token_mass"],
+        sparsity=report["sparsity"]["sparsity"], max_kurtosis=acts["max_kurtosis"],
+        max_abs_activation=acts["max_abs"], quantization=quant, wall_time_s=time.perf_counter() - start,
+        train_time_s=train_time, analysis_time_s=analysis_time, sample=sample, out=str(out),
+        report=str(out / "analysis" / "report.md"),
     )
-    sample = tokenizer.decode(generated[0], skip_special_tokens=True)
-    wall = time.perf_counter() - start
-    result = DemoResult(val_before, val_after, final_loss, wall, train_time, sample, str(out))
     (out / "demo_result.json").write_text(json.dumps({**asdict(result), "options": asdict(options)}, indent=2))
-    print(f"saved model and tokenizer to {out}/")
-    print(f"sample: {sample}")
-    print(f"wall time {wall:.1f} s (training {train_time:.1f} s), final loss {final_loss:.3f}")
+    print(f"validation loss {ppl['loss']:.3f} (perplexity {ppl['perplexity']:.2f}, {ppl['tokens']} tokens)")
+    print(f"sink rate {result.sink_rate:.1f}% (first-token attention {result.first_token_mass:.3f}), "
+          f"attention sparsity {result.sparsity:.1f}%, max kurtosis {result.max_kurtosis:.1f}, "
+          f"max |activation| {result.max_abs_activation:.1f}")
+    for method, by_bits in quant.items():
+        cells = ", ".join(f"{bits}-bit {value:.2f}" if math.isfinite(value) else f"{bits}-bit inf"
+                          for bits, value in by_bits.items())
+        print(f"perplexity with {method} weights: {cells}")
+    print(f"analysis report: {result.report}")
+    print(f"wall time {result.wall_time_s:.1f} s (training {train_time:.1f} s, analysis {analysis_time:.1f} s), "
+          f"final loss {final_loss:.3f}")
     return result
 
 

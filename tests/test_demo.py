@@ -1,4 +1,4 @@
-"""``softpick demo`` end to end at a small size: the loss falls, files are saved and reload."""
+"""``softpick demo`` end to end at a small size: the trainer runs, the export reloads, the report is written."""
 
 import dataclasses
 import json
@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from softpick import demo
 from softpick.models import SoftpickForCausalLM
 
-TINY = dict(steps=20, seq_len=32, batch_size=8, hidden_size=64, num_layers=2, val_rows=8, max_new_tokens=8,
-            threads=1, progress=False)
+TINY = dict(steps=20, seq_len=32, batch_size=8, hidden_size=64, num_layers=2, max_new_tokens=8, threads=1,
+            progress=False, analysis_samples=8, quant_bits=[4])
 
 
 @pytest.fixture(autouse=True)
@@ -23,41 +23,46 @@ def _private_cache_and_threads(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_demo_trains_saves_and_reloads(tmp_path, capsys):
+def test_demo_trains_exports_samples_and_analyses(tmp_path, capsys):
     options = demo.DemoOptions(out=str(tmp_path / "run"), **TINY)
     result = demo.run(options)
-    assert result.val_loss_after < result.val_loss_before - 1.0
-    assert result.final_train_loss < result.val_loss_before - 1.0
+    assert result.final_train_loss < result.first_train_loss - 1.0
+    assert result.val_loss < result.first_train_loss - 1.0
     assert result.sample.startswith(demo.PROMPT) and len(result.sample) > len(demo.PROMPT)
+    assert 0.0 <= result.sink_rate <= 100.0 and 0.0 <= result.sparsity <= 100.0
+    assert set(result.quantization) >= {"rtn"} and set(result.quantization["rtn"]) == {"4"}
     printed = capsys.readouterr().out
-    assert f"validation loss before training: {result.val_loss_before:.3f}" in printed
+    assert "training, same as: softpick train --job.dump_folder" in printed
     assert f"final loss {result.final_train_loss:.3f}" in printed
+    assert f"validation loss {result.val_loss:.3f}" in printed
 
-    saved = json.loads((tmp_path / "run" / "demo_result.json").read_text())
-    assert saved["val_loss_after"] == result.val_loss_after and saved["options"]["steps"] == 20
+    run_dir = tmp_path / "run"
+    saved = json.loads((run_dir / "demo_result.json").read_text())
+    assert saved["val_loss"] == result.val_loss and saved["options"]["steps"] == 20
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 20
+    report = json.loads((run_dir / "analysis" / "report.json").read_text())
+    assert report["perplexity"]["loss"] == result.val_loss
+    assert (run_dir / "analysis" / "report.md").is_file()
 
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run"))
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "run"))
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "hf"))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "hf"))
     assert isinstance(model, SoftpickForCausalLM) and model.config.attn_type == "softpick"
     prompt = tokenizer(demo.PROMPT, return_tensors="pt")
-    assert prompt.input_ids[0, 0].item() == tokenizer.bos_token_id
     generated = model.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=True)
     assert tokenizer.decode(generated[0], skip_special_tokens=True) == result.sample
 
     again = demo.run(dataclasses.replace(options, out=str(tmp_path / "again")))
-    assert (again.final_train_loss, again.val_loss_after, again.sample) == (
-        result.final_train_loss, result.val_loss_after, result.sample,
+    assert (again.final_train_loss, again.val_loss, again.sample) == (
+        result.final_train_loss, result.val_loss, result.sample,
     )
 
 
-def test_token_rows_start_with_bos():
-    tokenizer = demo.embedded_tokenizer()
-    rows = demo.token_rows(tokenizer, ["one two three four five six", "seven"], seq_len=4)
-    assert rows.shape == (3, 4)
-    assert rows[:, 0].tolist() == [tokenizer.bos_token_id] * 3
-    assert tokenizer.eos_token_id in rows[:, 1:].flatten().tolist()
-    with pytest.raises(ValueError, match="seq_len 100 is longer"):
-        demo.token_rows(tokenizer, ["one"], seq_len=100)
+def test_demo_softmax_baseline_without_quantization(tmp_path):
+    options = demo.DemoOptions(out=str(tmp_path / "softmax"), attn_type="softmax", **{**TINY, "quant_bits": []})
+    result = demo.run(options)
+    assert result.quantization == {}
+    config = json.loads((tmp_path / "softmax" / "hf" / "config.json").read_text())
+    assert config["attn_type"] == "softmax"
 
 
 def test_parse_args():
@@ -67,10 +72,3 @@ def test_parse_args():
         demo.parse_args(["--steps", "0"])
     with pytest.raises(SystemExit):
         demo.parse_args(["--attn-type", "linear"])
-
-
-def test_warmup_cosine():
-    assert demo.warmup_cosine(0, 100, 10) == pytest.approx(0.1)
-    assert demo.warmup_cosine(9, 100, 10) == pytest.approx(1.0)
-    assert demo.warmup_cosine(10, 100, 10) == pytest.approx(1.0)
-    assert demo.warmup_cosine(100, 100, 10) == pytest.approx(0.1)

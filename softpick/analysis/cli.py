@@ -33,7 +33,8 @@ from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """'8,4,3,2' -> [8, 4, 3, 2]; 'none' or '' -> [] (an argparse type)."""
     if text.strip().lower() in ("", "none"):
         return []
     try:
@@ -66,7 +67,7 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-threshold", type=float, default=DEFAULT_ZERO_THRESHOLD,
                    help="attention weights <= this count as zero")
     p.add_argument("--top-k", type=int, default=10, help="largest activations listed per layer")
-    p.add_argument("--quant-bits", type=_int_list, default=[8, 4, 3, 2], help="weight bits to study; 'none' skips")
+    p.add_argument("--quant-bits", type=int_list, default=[8, 4, 3, 2], help="weight bits to study; 'none' skips")
     p.add_argument("--quant-methods", type=_str_list, default=list(quantization.METHODS),
                    help=f"any of {','.join(quantization.METHODS)}")
     p.add_argument("--quant-group-size", type=int, default=quantization.DEFAULT_GROUP_SIZE)
@@ -75,7 +76,7 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", action="append", default=[], help="folder of lm-eval task YAML files (repeatable)")
     p.add_argument("--eval-limit", type=int, default=None, help="at most this many documents per lm-eval task")
     p.add_argument("--eval-batch-size", type=int, default=8)
-    p.add_argument("--passkey-lengths", type=_int_list, default=[], help="prompt lengths in tokens, e.g. 256,1024")
+    p.add_argument("--passkey-lengths", type=int_list, default=[], help="prompt lengths in tokens, e.g. 256,1024")
     p.add_argument("--passkey-trials", type=int, default=5, help="prompts per length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -159,6 +159,7 @@ class Metrics:
     log_freq: int = opt(10, "How often to log metrics, in steps")
     enable_tensorboard: bool = opt(False, "Whether to log metrics to TensorBoard")
     disable_color_printing: bool = opt(False, "Accepted for compatibility (logs are not coloured)")
+    progress_bar: bool = opt(True, "Show a tqdm progress bar on rank 0 (hidden anyway when stderr is not a terminal)")
     save_tb_folder: str = opt("tb", "Folder for TensorBoard files, under job.dump_folder")
     rank_0_only: bool = opt(True, "Log only on rank 0 (else every rank writes its own TensorBoard folder)")
     enable_wandb: bool = opt(False, "Log to Weights & Biases (WANDB_MODE=offline works without network)")

@@ -118,7 +118,7 @@ class MetricsLogger:
                 raise ConfigError("metrics.enable_wandb needs wandb: pip install wandb.") from None
             self.wandb = wandb.init(dir=str(dump_folder), config=job_config.to_dict(),
                                     name=job_config.job.description)
-        if rank == 0:
+        if rank == 0 and cfg.progress_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
