@@ -254,7 +254,9 @@ def cu_seqlens_from_lengths(lengths: list[int], context_len: int) -> torch.Tenso
 class ResumableLoader:
     """A DataLoader over :class:`TokenWindows` whose position can be saved and restored exactly.
 
-    ``state_dict()`` -> ``{"positions": {worker: [epoch, doc, offset]}, "served": n, "num_workers": W}``.
+    ``state_dict()`` -> ``{"positions": {worker: [epoch, doc, offset]}, "served": n, "num_workers": W,
+    "world": data-parallel ranks}``. Positions only make sense for the same sharding, so a state saved
+    with another number of data-parallel ranks or workers is refused with a clear error.
     Batches (without the ``position`` entry) come from ``iter(loader)``.
     """
 
@@ -282,13 +284,21 @@ class ResumableLoader:
 
     def state_dict(self) -> dict[str, Any]:
         positions = {str(w): [p.epoch, p.doc, p.offset] for w, p in self.dataset.positions.items()}
-        return {"positions": positions, "served": self.served, "num_workers": self.dataset.num_workers}
+        return {"positions": positions, "served": self.served, "num_workers": self.dataset.num_workers,
+                "world": self.dataset.world}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["num_workers"]) != self.dataset.num_workers:
             raise ValueError(
                 f"the checkpoint's data loader used {int(state['num_workers'])} worker(s) but this run uses "
                 f"{self.dataset.num_workers}; resume with --training.num_workers {int(state['num_workers'])}."
+            )
+        world = int(state.get("world", self.dataset.world))
+        if world != self.dataset.world:
+            raise ValueError(
+                f"the checkpoint's data loader was sharded over {world} data-parallel rank(s) but this run has "
+                f"{self.dataset.world}; its position does not carry over: resume with "
+                "--checkpoint.exclude_from_loading dataloader to restart the data stream."
             )
         self.served = int(state["served"])
         self.dataset.positions = {int(w): ShardPosition(*map(int, p)) for w, p in state["positions"].items()}

@@ -126,3 +126,14 @@ def test_shuffled_indices_shard_an_epoch(n):
     shards = [list(shuffled_indices(n, seed=3, epoch=0, shard=k, shards=3)) for k in range(3)]
     assert [full[k::3] for k in range(3)] == shards
     assert list(shuffled_indices(n, seed=3, epoch=0, shard=1, shards=3, start=5)) == shards[1][5:]
+
+
+def test_resume_with_another_data_parallel_world_is_refused(assets):
+    _, tok = token_stream(assets, seed=0)
+    cfg = config(assets, "--training.seq_len", str(SEQ_LEN), "--training.batch_size", "1")
+    loader = build_loader(cfg, tok, rank=0, world=2, seed=1)
+    take(loader, 3)
+    state = loader.state_dict()
+    assert state["world"] == 2
+    with pytest.raises(ValueError, match="sharded over 2 data-parallel rank.*this run has 1.*exclude_from_loading"):
+        build_loader(cfg, tok, rank=0, world=1, seed=1).load_state_dict(state)
