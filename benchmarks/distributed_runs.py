@@ -1,6 +1,6 @@
 """Issue 8's runs: one model trained on 1 and 2 devices (FSDP2, DDP, TP) and a resharded resume.
 
-Every run is ``torchrun -m softpick.train.trainer`` with the same global batch, seed and steps on the
+Every run is ``NGPU=N bash train.sh`` (torchrun) with the same global batch, seed and steps on the
 embedded corpus; the script then compares the loss curves and throughput and writes a markdown table.
 
 Runs (all with ``--metrics.log_freq 1``):
@@ -35,7 +35,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -63,9 +62,8 @@ def trainer_flags(args: argparse.Namespace, dump: Path, batch: int) -> list[str]
 
 def run(name: str, nproc: int, flags: list[str], out: Path, timeout: float) -> dict:
     """One torchrun; returns its metrics rows, wall time and return code (the log goes to out/NAME.log)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "softpick.train.trainer", *flags]
-    env = {**os.environ, **MULTICAST_OFF, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
+    cmd = ["bash", str(Path(__file__).resolve().parent.parent / "train.sh"), *flags]
+    env = {**os.environ, **MULTICAST_OFF, "NGPU": str(nproc), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")

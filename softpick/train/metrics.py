@@ -145,11 +145,13 @@ class MetricsLogger:
                 self.tb.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log(values, step=step)
-        if self.bar is not None:
-            shown = {"loss": "{:.4f}", "grad_norm": "{:.3f}", "lr": "{:.2e}", "tps": "{:.0f}", "mfu": "{:.1%}"}
-            self.bar.set_postfix_str(
-                " ".join(f"{k} {fmt.format(values[k])}" for k, fmt in shown.items() if k in values), refresh=True
-            )
+        shown = {"loss": "{:.4f}", "grad_norm": "{:.3f}", "lr": "{:.2e}", "tps": "{:.0f}", "mfu": "{:.1%}",
+                 "memory_gib": "{:.1f}"}
+        line = " ".join(f"{k} {fmt.format(values[k])}" for k, fmt in shown.items() if values.get(k) is not None)
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix_str(line, refresh=True)
+        elif self.rank == 0:  # no bar (off, or output is not a terminal): one log line per logged step
+            logger.info("step %d: %s", step, line)
 
     def close(self) -> None:
         for handle in (self.bar, self.jsonl, self.tb):

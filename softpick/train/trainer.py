@@ -162,6 +162,31 @@ class Trainer:
                                      start_step=self.state["step"], job_config=config)
         self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops),
                                      split=self.dims.tp)
+        if self.rank == 0:
+            self._log_setup()
+
+    def _log_setup(self) -> None:
+        """One INFO line each for the model, the layout and the batch (what a log reader needs first)."""
+        tr, n_params = self.config.training, sum(p.numel() for p in self.model.parameters())
+        logger.info("model %s (%s attention): %.1fM parameters", self.model_config.model_type,
+                    getattr(self.model_config, "attn_type", "softmax"), n_params / 1e6)
+        logger.info("%d process(es) on %s: data_parallel_replicate %d x data_parallel_shard %d x tensor_parallel %d; "
+                    "compile %s, activation checkpointing %s", self.dims.world_size, self.device.type,
+                    self.dims.dp_replicate, self.dims.dp_shard, self.dims.tp, "on" if tr.compile else "off",
+                    self.config.activation_checkpoint.mode)
+        logger.info("global batch %d x %d tokens (%d per rank x %d accumulation x %d data-parallel ranks), "
+                    "%d steps", tr.batch_size * tr.gradient_accumulation_steps * self.dims.dp_degree, tr.seq_len,
+                    tr.batch_size, tr.gradient_accumulation_steps, self.dims.dp_degree, tr.steps)
+
+    def _log_compile(self) -> None:
+        """After the first step: how many graphs torch.compile built, and its graph breaks (proof it applied)."""
+        from torch._dynamo.utils import counters
+
+        graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+        if graphs == 0:
+            logger.warning("training.compile is on but torch.compile built no graph.")
+        else:
+            logger.info("torch.compile built %d graph(s) with %d graph break(s)", graphs, breaks)
 
     # -- build steps -----------------------------------------------------------------------------
     def _init_distributed(self, world: int) -> torch.device:
@@ -285,6 +310,7 @@ class Trainer:
             logger.info("wrote the seed checkpoint %s", self.checkpointer.folder / "step-0")
             return
         data = iter(self.loader)
+        first_step = True
         gc.disable()
         with profiling(cfg.profiling, self.dump, rank=self.rank, start_step=self.state["step"],
                        device=self.device) as profiler:
@@ -300,6 +326,9 @@ class Trainer:
                 if step == 1 and dist.is_initialized():  # start-up is over: use the tighter timeout
                     timeout = datetime.timedelta(seconds=cfg.comm.train_timeout_seconds)
                     dist.distributed_c10d._set_pg_timeout(timeout, None)
+                if first_step and tr.compile and self.rank == 0:
+                    self._log_compile()
+                first_step = False
                 self.state["step"] = step
                 self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
                 self.metrics.step()

@@ -33,6 +33,27 @@ def test_loss_falls_and_metrics_are_written(assets, tmp_path):
     assert any((dump / "tb").rglob("events.out.tfevents.*"))
 
 
+def test_log_lines_without_a_progress_bar(assets, tmp_path, caplog):
+    caplog.set_level("INFO", logger="softpick.train")
+    assert main(train_args(assets, tmp_path / "run", "--metrics.progress_bar", "false",
+                           "--metrics.log_freq", "2", steps=4)) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("model softpick_transformer (softpick attention):") for m in messages)
+    assert any("1 process(es) on cpu" in m and "compile off" in m for m in messages)
+    assert any(m.startswith("global batch 4 x 32 tokens") for m in messages)
+    steps = [m for m in messages if m.startswith("step ")]
+    assert [m.split(":")[0] for m in steps] == ["step 2", "step 4"] and "loss " in steps[0]
+
+
+def test_compile_applies_and_matches_eager(assets, tmp_path, caplog):
+    caplog.set_level("INFO", logger="softpick.train")
+    assert main(train_args(assets, tmp_path / "eager", steps=3)) == 0
+    assert main(train_args(assets, tmp_path / "compiled", "--training.compile", steps=3)) == 0
+    built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("torch.compile built")]
+    assert len(built) == 1 and int(built[0].split()[2]) >= 1, built
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+
+
 def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path):
     full = tmp_path / "full"
     args = ("--checkpoint.enable_checkpoint", "--checkpoint.interval", "3")
