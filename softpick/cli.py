@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("softpick.demo:main", "train a tiny softpick model on the embedded corpus, offline, on CPU"),
     "train": ("softpick.train.trainer:main", "train with flame-compatible flags (torchrun for several GPUs)"),
     "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp"),
+    "generate": ("softpick.generate:main", "generate text from a saved model (streamed, KV cache)"),
     "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),
     "compare": ("softpick.analysis.cli:compare_main", "put two or more analysis reports side by side"),
 }

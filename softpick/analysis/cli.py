@@ -29,6 +29,7 @@ from softpick.analysis.perplexity import PerplexityObserver
 from softpick.analysis.report import load_report, write_comparison, write_report
 from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
 from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
+from softpick.models.loading import load_model_and_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,26 +82,6 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
-
-
-def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: str, dtype: torch.dtype):
-    """from_pretrained of the model (eval mode, on ``device``) and of its tokenizer; clear errors."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist.")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path / 'config.json'} does not exist: MODEL_DIR must be a save_pretrained folder.")
-    tok_path = Path(tokenizer_dir) if tokenizer_dir else path
-    if tokenizer_dir and not tok_path.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {tok_path} does not exist.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
-    except (OSError, ValueError, TypeError) as error:
-        raise FileNotFoundError(f"no tokenizer could be loaded from {tok_path} ({error}); pass --tokenizer DIR.") from error
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
-    return model, tokenizer
 
 
 def describe_model(model, model_dir: str) -> dict:

@@ -43,3 +43,26 @@ def test_sdpa_matches_naive_with_padding_and_cache():
     prompt = ids[:1, :4]
     generated = [model.generate(prompt, max_new_tokens=5, do_sample=False) for model in (sdpa, naive)]
     assert torch.equal(generated[0], generated[1])
+
+
+@torch.no_grad()
+def test_triton_kv_cache_generation_matches_naive(attn_type):
+    """generate() on the Triton kernels (prefill: training kernel or, with padding, the KV-cache kernel;
+    decode steps: the KV-cache kernel) gives the naive model's logits and tokens, batched with left padding."""
+    naive = tiny_model(attn_type=attn_type, attn_impl="naive", eos_token_id=None)
+    triton = tiny_model(attn_type=attn_type, attn_impl="triton", eos_token_id=None)
+    triton.load_state_dict(naive.state_dict())
+    prompts = [torch.randint(3, VOCAB, (n,)) for n in (5, 11, 8)]
+    width = max(len(p) for p in prompts)
+    batch = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, p in enumerate(prompts):
+        batch[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    outs = [model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True) for model in (naive, triton)]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    for ref, got in zip(outs[0].logits, outs[1].logits):
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    alone = triton.generate(prompts[1][None], max_new_tokens=6, do_sample=False)
+    assert torch.equal(alone[0, len(prompts[1]):], outs[1].sequences[1, width:])

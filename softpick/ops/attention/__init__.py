@@ -3,7 +3,10 @@
 Each dispatches to an implementation chosen by ``impl``:
 
 - ``"naive"``: plain PyTorch (:mod:`softpick.ops.attention.naive`), works everywhere, the reference.
-- ``"triton"``: the fused FlashAttention-style kernels (:mod:`softpick.ops.attention.parallel`).
+- ``"triton"``: the fused FlashAttention-style kernels: the training kernels
+  (:mod:`softpick.ops.attention.parallel`, forward and backward) when T_q == T_k and nothing is
+  padded, else the KV-cache kernels (:mod:`softpick.ops.attention.decode`, forward only: decoding,
+  chunked prefill, padded batches).
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (softmax only).
 - ``None``: the fastest one that supports the inputs (Triton on CUDA, else naive).
 """
@@ -39,6 +42,17 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     return o.transpose(1, 2)
 
 
+def _triton_reason(q, k, v, attention_mask, cu_seqlens) -> str | None:
+    """None when one of the Triton kernels runs these inputs, else why neither does (both reasons)."""
+    from softpick.ops.attention import decode, parallel
+
+    training = parallel.supports(q, k, v, attention_mask=attention_mask)
+    if training is None:
+        return None
+    inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens)
+    return None if inference is None else f"{training}; {inference}"
+
+
 def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens) -> str:
     if impl is not None:
         if impl not in IMPLS:
@@ -49,9 +63,7 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
         return impl
     if q.is_cuda:
-        from softpick.ops.attention import parallel
-
-        if parallel.supports(q, k, v, attention_mask=attention_mask) is None:
+        if _triton_reason(q, k, v, attention_mask, cu_seqlens) is None:
             return "triton"
         if variant == "softmax" and cu_seqlens is None:
             return "sdpa"
@@ -68,13 +80,17 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         )
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
-    from softpick.ops.attention import parallel
+    from softpick.ops.attention import decode, parallel
 
-    reason = parallel.supports(q, k, v, attention_mask=attention_mask)
+    if parallel.supports(q, k, v, attention_mask=attention_mask) is None:
+        return parallel.parallel_attention(
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps
+        )
+    reason = _triton_reason(q, k, v, attention_mask, cu_seqlens)
     if reason is not None:
         raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
-    return parallel.parallel_attention(
-        q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps
+    return decode.decode_attention(
+        q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps
     )
 
 

@@ -30,17 +30,16 @@ LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
-def supports(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_mask: torch.Tensor | None
-) -> str | None:
-    """None when the Triton kernels can run these inputs, else the reason they cannot (one phrase)."""
-    if attention_mask is not None:
-        return "padding masks (attention_mask) are not supported by the Triton kernels"
-    if q.shape[1] != k.shape[1]:
-        return f"q length {q.shape[1]} differs from k length {k.shape[1]} (KV cache / decoding)"
+def head_dim_support(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    """None when the head dims fit the kernels (multiples of 16 up to MAX_HEAD_DIM), else the reason."""
     for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
         if d % 16 != 0 or d > MAX_HEAD_DIM:
             return f"{name} head dim {d} is not a multiple of 16 in [16, {MAX_HEAD_DIM}]"
+    return None
+
+
+def device_support(q: torch.Tensor) -> str | None:
+    """None when the Triton kernels can run on q's device and dtype, else the reason they cannot."""
     if q.is_cuda:
         if q.dtype not in (torch.bfloat16, torch.float16):
             return f"dtype {q.dtype} on CUDA (the kernels take bfloat16 or float16)"
@@ -54,6 +53,17 @@ def supports(
     else:
         return f"device {q.device.type}"
     return None
+
+
+def supports(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_mask: torch.Tensor | None
+) -> str | None:
+    """None when the training kernels can run these inputs, else the reason they cannot (one phrase)."""
+    if attention_mask is not None:
+        return "padding masks (attention_mask) are not supported by the training kernels"
+    if q.shape[1] != k.shape[1]:
+        return f"q length {q.shape[1]} differs from k length {k.shape[1]} (KV cache / decoding)"
+    return head_dim_support(q, v) or device_support(q)
 
 
 def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
