@@ -50,7 +50,9 @@ def _triton_reason(q, k, v, attention_mask, cu_seqlens) -> str | None:
     if training is None:
         return None
     inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens)
-    return None if inference is None else f"{training}; {inference}"
+    if inference is None:
+        return None
+    return training if inference == training else f"{training}; {inference}"
 
 
 def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens) -> str:
