@@ -189,16 +189,26 @@ def analyze_main(argv: list[str]) -> int:
     return 0
 
 
+def default_labels(folders: list[str]) -> list[str]:
+    """The shortest distinct path suffixes: [a/analysis, b/analysis] -> [a/analysis, b/analysis]; [x, y] -> [x, y]."""
+    parts = [Path(folder).resolve().parts for folder in folders]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(folder) for folder in folders]  # the same folder twice: --labels must tell them apart
+
+
 def compare_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="softpick compare",
                                      description="Put two or more `softpick analyze` reports side by side.")
     parser.add_argument("reports", nargs="+", help="folders holding report.json")
     parser.add_argument("--out", required=True, help="output folder for comparison.md and plots")
-    parser.add_argument("--labels", type=_str_list, default=None, help="comma-separated names (default: folder names)")
+    parser.add_argument("--labels", type=_str_list, default=None, help="comma-separated names (default: the shortest distinct ends of the folder paths)")
     args = parser.parse_args(argv)
     if len(args.reports) < 2:
         parser.error(f"compare needs at least two report folders, got {len(args.reports)}.")
-    labels = args.labels or [Path(r).name or str(r) for r in args.reports]
+    labels = args.labels or default_labels(args.reports)
     if len(labels) != len(args.reports) or len(set(labels)) != len(labels):
         parser.error(f"--labels must give {len(args.reports)} distinct names, got {labels}.")
     try:

@@ -134,3 +134,11 @@ def test_lm_eval_own_cli_loads_softpick_models(reports, workdir, capsys):
                       "--tasks", "softpick_local_choice", "--include_path", str(out / "lm_eval_tasks"),
                       "--limit", "2", "--device", "cpu", "--batch_size", "2"])
     assert "softpick_local_choice" in capsys.readouterr().out
+
+
+def test_default_labels_are_the_shortest_distinct_path_ends(tmp_path):
+    from softpick.analysis.cli import default_labels
+
+    assert default_labels([str(tmp_path / "a"), str(tmp_path / "b")]) == ["a", "b"]
+    assert default_labels([str(tmp_path / "x" / "analysis"), str(tmp_path / "y" / "analysis")]) == [
+        "x/analysis", "y/analysis"]
