@@ -11,7 +11,9 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("softpick.demo:main", "train a tiny softpick model on the embedded corpus, offline, on CPU"),
+    "data": ("softpick.corpus.cli:main", "build a pre-tokenized dataset from local text files, offline"),
     "train": ("softpick.train.trainer:main", "train with flame-compatible flags (torchrun for several GPUs)"),
+    "experiment": ("softpick.experiment:main", "train variants alike, analyse and compare them (paper reproduction)"),
     "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp"),
     "generate": ("softpick.generate:main", "generate text from a saved model (streamed, KV cache)"),
     "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),

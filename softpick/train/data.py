@@ -26,12 +26,14 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from softpick.corpus.tokenized import TokenizedDocuments, is_tokenized_dataset
 from softpick.train.config import ConfigError, Training, split_list
 
 FILE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text", "text": "text", "csv": "csv"}
@@ -58,12 +60,21 @@ def _text_column(ds: Any, name: str) -> Any:
 def load_documents(cfg: Training, seed: int) -> Any:
     """The mixed document dataset (a ``datasets.Dataset``, or ``IterableDataset`` when streaming).
 
-    Each row is ``{"text": str}``. Mixing uses ``interleave_datasets`` with ``data_probs``, seeded, and
+    Each row is ``{"text": str}``; a folder written by ``softpick data build`` gives its pre-tokenized
+    documents instead (:class:`~softpick.corpus.tokenized.TokenizedDocuments`, memory-mapped). Mixing uses ``interleave_datasets`` with ``data_probs``, seeded, and
     ``stopping_strategy="all_exhausted"``.
     """
     import datasets
 
     names = split_list(cfg.dataset)
+    tokenized = [name for name in names if is_tokenized_dataset(name)]
+    if tokenized:
+        if len(names) > 1:
+            raise ConfigError(f"a pre-tokenized dataset ({tokenized[0]}) cannot be mixed with other datasets.")
+        try:
+            return TokenizedDocuments(names[0], cfg.dataset_split or "train")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if not names:
         from softpick.corpus import embedded_documents
 
@@ -153,6 +164,7 @@ class TokenWindows(IterableDataset):
         self.context_len = context_len or seq_len
         self.rank, self.world, self.seed = rank, world, seed
         self.streaming = not hasattr(docs, "__len__")
+        self.pretokenized = isinstance(docs, TokenizedDocuments)
         self.num_workers = 1
         self.positions: dict[int, ShardPosition] = {}
         self.rotation = 0
@@ -160,8 +172,9 @@ class TokenWindows(IterableDataset):
         self.eos = tokenizer.eos_token_id
 
     # -- documents -------------------------------------------------------------------------------
-    def _epoch_docs(self, epoch: int, shard: int, shards: int, start: int) -> Iterator[str]:
-        """Texts of the shard's documents of ``epoch`` from shard-local index ``start`` on."""
+    def _epoch_docs(self, epoch: int, shard: int, shards: int, start: int) -> Iterator[str | np.ndarray]:
+        """Texts (token arrays for a pre-tokenized dataset) of the shard's documents of ``epoch`` from
+        shard-local index ``start`` on."""
         if self.streaming:
             ds = self.docs.shuffle(seed=self.seed, buffer_size=10_000)
             ds.set_epoch(epoch)
@@ -173,7 +186,16 @@ class TokenWindows(IterableDataset):
         indices = shuffled_indices(len(self.docs), seed=self.seed, epoch=epoch, shard=shard, shards=shards,
                                    start=start)
         for chunk in iter(lambda: list(itertools.islice(indices, TOKENIZE_BATCH)), []):
-            yield from self.docs[chunk]["text"]
+            yield from self.docs.take(chunk) if self.pretokenized else self.docs[chunk]["text"]
+
+    def _encode(self, texts: list[str | np.ndarray]) -> list[np.ndarray]:
+        """[BOS] ids [EOS] of each text (pre-tokenized documents already carry them)."""
+        if self.pretokenized:
+            return texts
+        head = [self.bos] if self.bos is not None else []
+        tail = [self.eos] if self.eos is not None else []
+        return [np.asarray(head + ids + tail, dtype=np.int64)
+                for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _token_stream(self, shard: int, shards: int, pos: ShardPosition) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """(epoch, doc, offset, tokens from offset) for every document from ``pos`` on, for ever."""
@@ -182,11 +204,8 @@ class TokenWindows(IterableDataset):
             texts = self._epoch_docs(epoch, shard, shards, start)
             doc = start
             for batch in iter(lambda: list(itertools.islice(texts, TOKENIZE_BATCH)), []):
-                encoded = self.tokenizer(batch, add_special_tokens=False)["input_ids"]
-                for ids in encoded:
-                    ids = ([self.bos] if self.bos is not None else []) + ids
-                    ids = ids + ([self.eos] if self.eos is not None else [])
-                    yield epoch, doc, offset, np.asarray(ids[offset:], dtype=np.int64)
+                for ids in self._encode(batch):
+                    yield epoch, doc, offset, ids[offset:]
                     doc, offset = doc + 1, 0
             if doc == 0:
                 raise ValueError(
@@ -307,6 +326,11 @@ class ResumableLoader:
 def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: int) -> ResumableLoader:
     """The resumable loader for data-parallel rank ``rank`` of ``world``."""
     docs = load_documents(cfg, seed)
+    if isinstance(docs, TokenizedDocuments) and docs.meta["vocab_size"] != len(tokenizer):
+        raise ConfigError(
+            f"training.dataset {cfg.dataset!r} was tokenized with a {docs.meta['vocab_size']}-token vocabulary but "
+            f"the tokenizer has {len(tokenizer)}; pass --model.tokenizer_path {Path(cfg.dataset) / 'tokenizer'}."
+        )
     dataset = TokenWindows(
         docs, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, varlen=cfg.varlen,
         context_len=cfg.context_len, rank=rank, world=world, seed=seed,

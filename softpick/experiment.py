@@ -1,0 +1,316 @@
+"""``softpick experiment``: train softmax and softpick (and other variants) alike, analyse, compare.
+
+Usage::
+
+    softpick experiment configs/experiments/cpu_small.toml                       # minutes on a CPU
+    softpick experiment configs/experiments/gpu_100m.toml --set train.training.dataset=data/prose \\
+        --set train.model.tokenizer_path=data/prose/tokenizer
+
+An experiment file has four tables (see configs/experiments/)::
+
+    [experiment]  name, out (output folder), nproc (processes per training run; > 1 launches
+                  train.sh under torchrun), variants (names, in order)
+    [model]       the model config json shared by every variant
+    [variants.NAME]  what a variant changes in [model], e.g. attn_type = "softmax"
+    [train]       ``softpick train`` options as nested tables: [train.training] steps = 300 ...
+    [analyze]     ``softpick analyze`` options: num_samples = 100, seq_len = 256 ... (dashes as _)
+
+Every variant trains with the same data, seed, budget and options (only [variants.NAME] differs),
+then ``softpick analyze`` runs on its Hugging Face export, and ``softpick compare`` puts the reports
+side by side. ``OUT/README.md`` gives the command, commit, device, timings, a summary table with
+the learning curves (``OUT/learning_curves.png``), and the paper's claims checked against the numbers.
+``--reuse`` keeps the variants whose export and report already exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _set(config: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to the nested dict (value parsed as TOML, else kept as a string)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE with a dotted KEY, got {assignment!r}.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {part!r} is not a table.")
+    node[last] = value
+
+
+def load_experiment(path: str | Path, assignments: list[str] = ()) -> dict:
+    """The experiment table with defaults filled in, --set applied and checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {path} does not exist.")
+    config = tomllib.loads(path.read_text())
+    for assignment in assignments:
+        _set(config, assignment)
+    unknown = set(config) - {"experiment", "model", "variants", "train", "analyze"}
+    if unknown:
+        raise ValueError(f"{path}: unknown tables {sorted(unknown)}; expected experiment, model, variants, train, analyze.")
+    exp = config.setdefault("experiment", {})
+    exp.setdefault("name", path.stem)
+    exp.setdefault("out", f"experiments/{exp['name']}")
+    exp.setdefault("nproc", 1)
+    variants = config.setdefault("variants", {})
+    if not variants:
+        variants.update({"softpick": {"attn_type": "softpick"}, "softmax": {"attn_type": "softmax"}})
+    exp.setdefault("variants", list(variants))
+    missing = [name for name in exp["variants"] if name not in variants]
+    if missing:
+        raise ValueError(f"{path}: experiment.variants names {missing} without a [variants.NAME] table.")
+    if len(exp["variants"]) < 2:
+        raise ValueError(f"{path}: an experiment compares at least two variants, got {exp['variants']}.")
+    if "model_type" not in config.get("model", {}):
+        raise ValueError(f"{path}: [model] needs model_type (e.g. \"softpick_transformer\").")
+    return config
+
+
+def train_flags(config: dict, model_config: Path, dump: Path) -> list[str]:
+    """``softpick train`` flags from [train] (nested tables -> --section.key value)."""
+    flags: list[str] = []
+    for section, options in config.get("train", {}).items():
+        if not isinstance(options, dict):
+            raise ValueError(f"[train] holds tables like [train.training]; got a plain value for {section!r}.")
+        for key, value in options.items():
+            flags += [f"--{section}.{key}", _flag_value(value)]
+    return flags + ["--model.config", str(model_config), "--job.dump_folder", str(dump),
+                    "--checkpoint.enable_checkpoint", "true"]
+
+
+def analyze_flags(config: dict, model_dir: Path, out: Path) -> list[str]:
+    flags = [str(model_dir), "--out", str(out)]
+    for key, value in config.get("analyze", {}).items():
+        if value is True:
+            flags.append(f"--{key.replace('_', '-')}")
+        elif value is not False:
+            flags += [f"--{key.replace('_', '-')}", _flag_value(value)]
+    return flags
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def run_training(config: dict, flags: list[str], log: Path) -> float:
+    """Train one variant (in this process, or under torchrun when nproc > 1); returns seconds."""
+    start = time.perf_counter()
+    nproc = int(config["experiment"]["nproc"])
+    if nproc > 1:
+        env = {**os.environ, "NGPU": str(nproc)}
+        with open(log, "w") as f:
+            proc = subprocess.run(["bash", str(ROOT / "train.sh"), *flags], stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training failed (exit {proc.returncode}); see {log}.")
+    else:
+        from softpick.train.config import parse_args
+        from softpick.train.trainer import Trainer
+
+        trainer = Trainer(parse_args(flags))
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+    return time.perf_counter() - start
+
+
+def read_metrics(dump: Path) -> list[dict]:
+    path = dump / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Training loss against tokens seen, one line per variant (a running mean over 5% of the steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in curves.items():
+        if not rows:
+            continue
+        window = max(1, len(rows) // 20)
+        losses = [r["loss"] for r in rows]
+        smooth = [statistics.fmean(losses[max(0, i - window + 1): i + 1]) for i in range(len(losses))]
+        ax.plot([r["tokens"] / 1e6 for r in rows], smooth, label=name)
+    ax.set_xlabel("tokens seen (M)")
+    ax.set_ylabel("training loss (running mean)")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _final(rows: list[dict], n: int = 10) -> float | None:
+    return statistics.fmean(r["loss"] for r in rows[-n:]) if rows else None
+
+
+def claims(reports: dict[str, dict], reference: str = "softmax", subject: str = "softpick") -> list[str]:
+    """The paper's headline claims, each stated with this experiment's numbers."""
+    if reference not in reports or subject not in reports:
+        return []
+    a, b = reports[subject], reports[reference]
+    get = lambda r, s, k: (r.get(s) or {}).get(k)  # noqa: E731
+    lines = []
+    sink_a, sink_b = get(a, "sink", "sink_rate"), get(b, "sink", "sink_rate")
+    if sink_a is not None and sink_b is not None:
+        verdict = "holds" if sink_a == 0 and sink_b > 0 else ("partly holds" if sink_a < sink_b else "does not hold")
+        lines.append(f"No attention sinks with softpick (paper: 0% vs a high rate): {subject} {sink_a:.1f}% vs "
+                     f"{reference} {sink_b:.1f}% of layer-heads; {verdict} here.")
+    kurt_a, kurt_b = get(a, "activations", "max_kurtosis"), get(b, "activations", "max_kurtosis")
+    if kurt_a and kurt_b:
+        verdict = "holds" if kurt_a < kurt_b / 2 else ("is weak" if kurt_a < kurt_b else "does not hold")
+        lines.append(f"Lower hidden-state kurtosis (paper, 340M: 340 vs 33,510): max over layers {kurt_a:.1f} vs "
+                     f"{kurt_b:.1f} (ratio {kurt_b / kurt_a:.1f}x); {verdict} here.")
+    sp_a, sp_b = get(a, "sparsity", "sparsity"), get(b, "sparsity", "sparsity")
+    if sp_a is not None and sp_b is not None:
+        lines.append(f"Sparse attention maps (paper: 46.97%): {sp_a:.1f}% of causal weights <= 1e-5 vs {sp_b:.1f}% "
+                     f"for {reference}; {'holds' if sp_a > sp_b + 10 else 'does not hold'} here.")
+    ppl_a, ppl_b = get(a, "perplexity", "perplexity"), get(b, "perplexity", "perplexity")
+    if ppl_a and ppl_b:
+        lines.append(f"Quality parity at small scale (paper v1): validation perplexity {ppl_a:.3f} vs {ppl_b:.3f} "
+                     f"({100 * (ppl_a / ppl_b - 1):+.1f}%).")
+    qa, qb = (_quant_table(r) for r in (a, b))
+    shared = sorted(set(qa) & set(qb), key=lambda mb: (mb[0], -mb[1]))
+    if shared and ppl_a and ppl_b:
+        cells, better = [], 0
+        for method, bits in shared:
+            da, db = qa[(method, bits)] / ppl_a - 1, qb[(method, bits)] / ppl_b - 1
+            better += da < db
+            cells.append(f"{method} {bits}-bit {100 * da:+.1f}% vs {100 * db:+.1f}%")
+        lines.append(f"Degrades less under weight quantization (paper: especially at low bits): perplexity increase "
+                     f"{subject} vs {reference}: {'; '.join(cells)}; softpick degrades less in {better} of "
+                     f"{len(shared)} settings.")
+    return lines
+
+
+def _quant_table(report: dict) -> dict[tuple[str, int], float]:
+    rows = ((report.get("quantization") or {}).get("results")) or []
+    return {(r["method"], int(r["bits"])): r["perplexity"] for r in rows
+            if r.get("perplexity") is not None and math.isfinite(r["perplexity"])}
+
+
+def write_summary(config: dict, out: Path, results: dict[str, dict], reports: dict[str, dict], argv: list[str]) -> Path:
+    from softpick.analysis.report import headline
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "unknown"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86-64'})"
+    exp = config["experiment"]
+    lines = [f"# Experiment `{exp['name']}`", "", exp.get("description", "").strip(), "",
+             f"- command: `softpick experiment {shlex.join(argv)}`",
+             f"- commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {device}, "
+             f"{exp['nproc']} process(es) per run, torch {torch.__version__}",
+             "- variants: " + ", ".join(f"{n} ({json.dumps(config['variants'][n])})" for n in exp["variants"]), "",
+             "| variant | parameters | tokens | train s | analysis s | final train loss | "
+             + " | ".join(headline({})) + " |",
+             "|---" * (6 + len(headline({}))) + "|"]
+    for name in exp["variants"]:
+        r, rep = results[name], reports[name]
+        values = ["n/a" if v is None else f"{v:.4g}" for v in headline(rep).values()]
+        params = (rep.get("model") or {}).get("parameters")
+        lines.append(f"| {name} | {params or 'n/a'} | {r['tokens']} | {r['train_s']:.0f} | {r['analysis_s']:.0f} | "
+                     f"{r['final_loss']:.4f} | " + " | ".join(values) + " |")
+    found = claims(reports)
+    if found:
+        lines += ["", "## The paper's claims at this scale", ""] + [f"- {c}" for c in found]
+    lines += ["", "![learning curves](learning_curves.png)", "",
+              "Per-layer tables and plots of every metric: [comparison/comparison.md](comparison/comparison.md); "
+              "each variant's own report: `VARIANT/analysis/report.md`.", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
+    """Train, analyse and compare every variant; returns the summary path."""
+    from softpick.analysis.cli import analyze, analyze_parser
+    from softpick.analysis.report import load_report, write_comparison
+
+    exp = config["experiment"]
+    out = Path(exp["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(config, indent=2) + "\n")
+    results, reports, curves = {}, {}, {}
+    for name in exp["variants"]:
+        folder = out / name
+        folder.mkdir(exist_ok=True)
+        model_config = folder / "model_config.json"
+        model_config.write_text(json.dumps({**config["model"], **config["variants"][name]}, indent=2) + "\n")
+        dump, analysis = folder / "train", folder / "analysis"
+        done = reuse and (dump / "hf" / "config.json").is_file() and (analysis / "report.json").is_file()
+        train_s = analysis_s = 0.0
+        if not done:
+            flags = train_flags(config, model_config, dump)
+            (dump / "metrics.jsonl").unlink(missing_ok=True)
+            print(f"[{name}] training: softpick train {shlex.join(flags)}", flush=True)
+            train_s = run_training(config, flags, folder / "train.log")
+            start = time.perf_counter()
+            print(f"[{name}] analysing {dump / 'hf'}", flush=True)
+            analyze(analyze_parser().parse_args(analyze_flags(config, dump / "hf", analysis)))
+            analysis_s = time.perf_counter() - start
+        rows = read_metrics(dump)
+        curves[name] = rows
+        reports[name] = load_report(analysis)
+        results[name] = {"train_s": train_s, "analysis_s": analysis_s, "final_loss": _final(rows) or float("nan"),
+                         "tokens": rows[-1]["tokens"] if rows else 0}
+    write_comparison(reports, out / "comparison")
+    plot_learning_curves(curves, out / "learning_curves.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = write_summary(config, out, results, reports, argv)
+    print(f"wrote {summary}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``softpick experiment``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="softpick experiment", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="experiment toml (configs/experiments/*.toml)")
+    p.add_argument("--out", default=None, help="output folder (default: experiment.out of the file)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the file, e.g. --set train.training.steps=50 (repeatable)")
+    p.add_argument("--reuse", action="store_true", help="keep variants that already have an export and a report")
+    args = p.parse_args(argv)
+    try:
+        config = load_experiment(args.config, args.set + ([f"experiment.out={json.dumps(args.out)}"] if args.out else []))
+        run(config, argv, reuse=args.reuse)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"softpick experiment: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,108 @@
+"""``softpick data build``: local files -> cleaned, deduplicated, split, pre-tokenized; the trainer reads it."""
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from softpick.corpus import cli as data_cli
+from softpick.corpus.local import clean, html_to_text, split_long
+from softpick.corpus.tokenized import TokenizedDocuments, read_meta
+from softpick.train.trainer import main as train_main
+
+WORDS = ("river town bridge market harvest lantern meadow winter orchard signal valley harbor quiet "
+         "story morning garden letter window travel").split()
+
+
+def prose(seed: int, n_words: int = 80) -> str:
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for _ in range(n_words // 8):
+        words = [WORDS[i] for i in rng.integers(0, len(WORDS), 8)]
+        sentences.append(" ".join(words).capitalize() + ".")
+    return " ".join(sentences)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    (root / "book.txt").write_text("\n\n".join(prose(i) for i in range(30)))  # cut into pieces
+    (root / "copy.md").write_text(prose(1000))
+    (root / "dup.txt").write_text(prose(1000).upper().replace(".", ".  "))  # same text up to case and spaces
+    (root / "page.html").write_text(f"<html><head><style>p {{}}</style><script>var x = 1;</script></head>"
+                                    f"<body><h1>Title</h1><p>{prose(2000)}</p><p>{prose(2001)}</p></body></html>")
+    (root / "code.txt").write_text("x = [1, 2, 3] # {} ()\n" * 40)  # not prose: rejected
+    (root / "short.txt").write_text("Too short.")
+    with gzip.open(root / "records.jsonl.gz", "wt") as f:
+        for i in range(40):
+            f.write(json.dumps({"text": prose(3000 + i)}) + "\n")
+    pq.write_table(pa.table({"content": [prose(4000 + i) for i in range(20)]}), root / "table.parquet")
+    (root / "ignored.bin").write_bytes(b"\x00\x01")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "prose"
+    argv = ["build", str(sources), "--out", str(out), "--vocab-size", "400", "--val-fraction", "0.1",
+            "--max-chars", "3000"]
+    assert data_cli.main(argv) == 0
+    return out
+
+
+def test_build_cleans_deduplicates_and_splits(dataset):
+    meta = read_meta(dataset)
+    stats = meta["stats"]
+    assert stats["files"] == 8 and stats["duplicates"] == 1 and stats["rejected"] == 2
+    kept = stats["kept"]
+    assert kept["validation"] >= 1 and kept["train"] > kept["validation"]
+    assert meta["splits"]["train"]["documents"] == kept["train"] and meta["dtype"] == "uint16"
+    texts = [json.loads(line)["text"] for line in (dataset / "text" / "train.jsonl").read_text().splitlines()]
+    assert not any("var x" in t or "p {}" in t for t in texts)  # script and style dropped
+    assert any(t.startswith("Title") for t in texts + [
+        json.loads(line)["text"] for line in (dataset / "text" / "validation.jsonl").read_text().splitlines()])
+
+
+def test_tokens_round_trip_to_the_cleaned_text(dataset):
+    tokenizer = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
+    docs = TokenizedDocuments(dataset, "train")
+    texts = [json.loads(line)["text"] for line in (dataset / "text" / "train.jsonl").read_text().splitlines()]
+    assert len(docs) == len(texts)
+    for ids, text in zip(docs.take([0, 5, len(docs) - 1]), [texts[0], texts[5], texts[-1]]):
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[1:-1]) == text
+
+
+def test_trainer_reads_the_tokenized_dataset_and_checks_the_tokenizer(dataset, tmp_path):
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps({"model_type": "softpick_transformer", "hidden_size": 32, "intermediate_size": 64,
+                                  "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 512,
+                                  "attn_impl": "naive"}))
+    args = ["--model.config", str(config), "--training.dataset", str(dataset), "--training.seq_len", "64",
+            "--training.batch_size", "2", "--training.steps", "3", "--metrics.log_freq", "1",
+            "--job.dump_folder", str(tmp_path / "run")]
+    assert train_main(args + ["--model.tokenizer_path", str(dataset / "tokenizer")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["tokens"] == 3 * 2 * 64
+    assert train_main(args + ["--job.dump_folder", str(tmp_path / "bad")]) != 0  # embedded tokenizer: wrong vocab
+
+
+def test_missing_input_and_empty_result_fail_with_one_line(tmp_path, capsys):
+    assert data_cli.main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "tiny.txt").write_text("short")
+    assert data_cli.main(["build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "no document survived cleaning" in capsys.readouterr().err
+
+
+def test_cleaning_helpers():
+    assert clean("a" * 10, min_chars=200) is None
+    assert clean("word " * 60) == ("word " * 60).strip()
+    assert clean("1234 5678 " * 40) is None  # digits are not letters
+    assert "alert" not in html_to_text("<p>Hi</p><script>alert(1)</script>")
+    pieces = split_long("\n\n".join(["x" * 100] * 10), max_chars=250)
+    assert len(pieces) == 5 and all(len(p) <= 250 for p in pieces)
