@@ -146,3 +146,17 @@ def test_torch_compile_fullgraph():
     with torch.no_grad():
         compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
         assert_close("compiled", attend(q, k, v), compiled(q, k, v))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("decode-split", "prefill-left-pad", "holes-and-empty-row")],
+                         ids=lambda c: c[0])
+def test_decode_with_sink_matches_naive(case):
+    name, B, Tq, Tk, H, HQ, D, mask_kind, splits, mult = case
+    q, k, v = inputs(B, Tq, Tk, H, HQ, D, mult)
+    mask = make_mask(mask_kind, B, Tk)
+    sink = torch.linspace(-1.0, 2.0, HQ, device=DEVICE)
+    out = decode_attention(q, k, v, variant="softmax", scale=None, causal=True, attention_mask=mask, eps=1e-6,
+                           splits=splits, sink=sink)
+    ref = naive_attention(q.double(), k.double(), v.double(), variant="softmax", attention_mask=mask,
+                          sink=sink.double())
+    assert_close(f"{name} sink", ref, out)

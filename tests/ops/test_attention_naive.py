@@ -193,3 +193,19 @@ def test_sdpa_softmax_matches_naive(pad_left):
         got = softmax_attention(q, k, v, attention_mask=mask, impl="sdpa")
         want = softmax_attention(q, k, v, attention_mask=mask, impl="naive")
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sink_matches_the_extra_logit_formula_in_float64():
+    """A sink b is a key with logit b and value 0: softmax over [s, b], weights of the real keys kept."""
+    B, T, HQ, D = 2, 7, 3, 8
+    q, k, v = (torch.randn(B, T, HQ, D, dtype=torch.float64) for _ in range(3))
+    sink = torch.tensor([-1.0, 0.0, 2.5], dtype=torch.float64)
+    o, w = naive_attention(q, k, v, variant="softmax", sink=sink, return_weights=True)
+    s = torch.einsum("bqhd,bthd->bhqt", q, k) * D**-0.5
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    full = torch.cat([s, sink.view(1, HQ, 1, 1).expand(B, HQ, T, 1)], dim=-1).softmax(-1)[..., :T]
+    torch.testing.assert_close(w, full)
+    torch.testing.assert_close(o, torch.einsum("bhqt,bthd->bqhd", full, v))
+    assert (w.sum(-1) < 1).all()
+    with pytest.raises(ValueError, match="sink logit is a softmax variant"):
+        naive_attention(q, k, v, variant="softpick", sink=sink)

@@ -131,3 +131,38 @@ def test_torch_compile_fullgraph_matches_eager():
     want = torch.autograd.grad(loss(q, k, v), (q, k, v))
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         assert_close(name, b, a)
+
+
+SINK_CASES = [c for c in CASES if c[-1] == "random"][:5]  # GQA, T = 1, D = 48, D = 128, varlen
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", SINK_CASES, ids=case_id)
+def test_sink_softmax_matches_naive_with_sink_gradient(case, causal):
+    """Learnable per-head sink logits (gpt-oss style): o, dq, dk, dv and d(sink) against the naive op."""
+    B, T, H, HQ, D, cu, _, _ = case
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    q, do = (torch.randn(B, T, HQ, D, device=DEVICE).to(DTYPE) for _ in range(2))
+    k, v = (torch.randn(B, T, H, D, device=DEVICE).to(DTYPE) for _ in range(2))
+    sink = torch.linspace(-2.0, 3.0, HQ, device=DEVICE)
+    outs = []
+    for impl in ("triton", "naive"):
+        qi, ki, vi = (t.clone().requires_grad_() for t in (q, k, v))
+        si = sink.clone().requires_grad_()
+        if impl == "naive":
+            qi, ki, vi = (t.float() for t in (qi, ki, vi))
+        o = softmax_attention(qi, ki, vi, causal=causal, cu_seqlens=cu_t, impl=impl, sink=si)
+        outs.append((o, *torch.autograd.grad(o, (qi, ki, vi, si), do.to(o.dtype))))
+    for name, a, b in zip(("o", "dq", "dk", "dv", "dsink"), *outs):
+        assert_close(f"sink {name}", b, a)
+
+
+def test_softmax_plus_one_rows_sum_below_one():
+    """sink = 0 is softmax+1: with all scores very negative the row attends to (almost) nothing."""
+    q = -torch.ones(1, 8, 2, 16, device=DEVICE, dtype=DTYPE) * 4
+    k = torch.ones(1, 8, 2, 16, device=DEVICE, dtype=DTYPE)
+    v = torch.ones(1, 8, 2, 16, device=DEVICE, dtype=DTYPE)
+    o = softmax_attention(q, k, v, impl="triton", sink=torch.zeros(2, device=DEVICE))
+    assert o.float().max().item() < 1e-5  # each weight ~ e^-16, each row's total far below 1
+    plain = softmax_attention(q, k, v, impl="triton")
+    assert_close("plain softmax rows sum to 1", torch.ones_like(plain), plain)

@@ -42,20 +42,20 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     return o.transpose(1, 2)
 
 
-def _triton_reason(q, k, v, attention_mask, cu_seqlens) -> str | None:
+def _triton_reason(q, k, v, attention_mask, cu_seqlens, sink=None) -> str | None:
     """None when one of the Triton kernels runs these inputs, else why neither does (both reasons)."""
     from softpick.ops.attention import decode, parallel
 
     training = parallel.supports(q, k, v, attention_mask=attention_mask)
     if training is None:
         return None
-    inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens)
+    inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens, sink=sink)
     if inference is None:
         return None
     return training if inference == training else f"{training}; {inference}"
 
 
-def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens) -> str:
+def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None) -> str:
     if impl is not None:
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}.")
@@ -63,22 +63,26 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise ValueError(f"impl 'sdpa' computes softmax only; it cannot run {variant} attention.")
         if impl == "sdpa" and cu_seqlens is not None:
             raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
+        if impl == "sdpa" and sink is not None:
+            raise ValueError("impl 'sdpa' has no sink logit; use impl='triton' or 'naive'.")
         return impl
     if q.is_cuda:
-        if _triton_reason(q, k, v, attention_mask, cu_seqlens) is None:
+        if _triton_reason(q, k, v, attention_mask, cu_seqlens, sink) is None:
             return "triton"
-        if variant == "softmax" and cu_seqlens is None:
+        if variant == "softmax" and cu_seqlens is None and sink is None:
             return "sdpa"
     return "naive"
 
 
-def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl):
+def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl, sink=None):
     check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
-    which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens)
+    if sink is not None and (sink.dim() != 1 or sink.shape[0] != q.shape[2]):
+        raise ValueError(f"sink must have shape [query heads] = [{q.shape[2]}], got {tuple(sink.shape)}.")
+    which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens, sink)
     if which == "naive":
         return naive_attention(
             q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-            attention_mask=attention_mask, eps=eps,
+            attention_mask=attention_mask, eps=eps, sink=sink,
         )
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
@@ -86,13 +90,13 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
 
     if parallel.supports(q, k, v, attention_mask=attention_mask) is None:
         return parallel.parallel_attention(
-            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink
         )
-    reason = _triton_reason(q, k, v, attention_mask, cu_seqlens)
+    reason = _triton_reason(q, k, v, attention_mask, cu_seqlens, sink)
     if reason is not None:
         raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
     return decode.decode_attention(
-        q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps
+        q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps, sink=sink
     )
 
 
@@ -142,14 +146,18 @@ def softmax_attention(
     attention_mask: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
     impl: str | None = None,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention with the same signature as :func:`softpick_attention` (``eps`` is unused).
 
     ``impl`` may also be "sdpa" (torch's fused softmax attention). A query that sees no key gets 0.
+    ``sink`` [HQ] adds a per-head logit b with no value to every denominator,
+    ``w_ij = e^s_ij / (e^b + sum_j' e^s_ij')`` (differentiable; softmax+1 is b = 0): the sink-free
+    baselines of gpt-oss (learnable sinks) and "off by one" attention.
     """
     return _attention(
         q, k, v, variant="softmax", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-        attention_mask=attention_mask, eps=eps, impl=impl,
+        attention_mask=attention_mask, eps=eps, impl=impl, sink=sink,
     )
 
 

@@ -26,12 +26,13 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def supports(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seqlens: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seqlens: torch.Tensor | None,
+    sink: torch.Tensor | None = None,
 ) -> str | None:
     """None when the decode kernels can run these inputs, else the reason they cannot (one phrase)."""
     if cu_seqlens is not None:
         return "packed documents (cu_seqlens) go to the training kernels, which need T_q == T_k and no padding mask"
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sink)):
         return "the KV-cache kernels have no backward (run them under torch.no_grad())"
     return head_dim_support(q, v) or device_support(q)
 
@@ -49,7 +50,7 @@ def _pow2(n: int, low: int = 16) -> int:
     return max(low, 1 << (n - 1).bit_length())
 
 
-def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int):
+def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None):
     from softpick.ops.attention.triton_decode import attention_combine_kernel, attention_decode_kernel
 
     B, Tq, HQ, K = q.shape
@@ -79,7 +80,8 @@ def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool,
     o = torch.empty(B, Tq, HQ, V, dtype=q.dtype, device=q.device)
     n_rows, BR = B * Tq * HQ, 16
     attention_combine_kernel[(math.ceil(n_rows / BR),)](
-        o_part, m_part, l_part, o, n_rows, splits, eps, V=V, BR=BR, BV=BV, SOFTPICK=softpick, num_warps=4,
+        o_part, m_part, l_part, o, sink, n_rows, splits, HQ, eps, V=V, BR=BR, BV=BV, SOFTPICK=softpick,
+        HAS_SINK=sink is not None, num_warps=4,
     )
     return o
 
@@ -95,13 +97,14 @@ def attention_decode_op(
     causal: bool,
     eps: float,
     splits: int,
+    sink: torch.Tensor | None,
 ) -> torch.Tensor:
     """o [B, T_q, HQ, V] of q [B, T_q, HQ, K] over k, v [B, T_k, H, *] (last dim contiguous)."""
-    return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits)
+    return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink)
 
 
 @attention_decode_op.register_fake
-def _(q, k, v, attention_mask, softpick, scale, causal, eps, splits):
+def _(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink):
     return q.new_empty(*q.shape[:3], v.shape[-1])
 
 
@@ -116,6 +119,7 @@ def decode_attention(
     attention_mask: torch.Tensor | None,
     eps: float,
     splits: int = 0,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused attention of the last T_q positions over T_k keys; no gradient.
 
@@ -128,6 +132,7 @@ def decode_attention(
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys, or None.
         eps: softpick's constant added to the unscaled denominator (unused by softmax).
         splits: number of key splits; 0 picks one from the GPU's size (see :func:`num_splits`).
+        sink: [HQ] per-head sink logits (softmax only), or None.
 
     Returns:
         o [B, T_q, HQ, V] in q.dtype; a query that sees no key gets 0.
@@ -143,4 +148,4 @@ def decode_attention(
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = attention_mask.to(torch.uint8)
     return attention_decode_op(q, k, v, attention_mask, variant == "softpick", scale, bool(causal), float(eps),
-                               int(splits))
+                               int(splits), None if sink is None else sink.float().contiguous())

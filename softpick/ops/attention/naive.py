@@ -59,6 +59,7 @@ def naive_attention(
     attention_mask: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
     return_weights: bool = False,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention with softpick or softmax weights, computed in float32 (float64 stays float64).
 
@@ -69,6 +70,8 @@ def naive_attention(
         causal, cu_seqlens, attention_mask: see :func:`visible_keys`.
         eps: softpick's constant denominator eps (ignored by softmax).
         return_weights: also return the weights [B, HQ, T_q, T_k] (float32 / float64).
+        sink: [HQ] per-head sink logits b (softmax only): ``w_ij = e^s_ij / (e^b + sum_j' e^s_ij')``; the
+            sink carries no value, so rows sum to less than 1. Softmax+1 is ``sink = 0``.
 
     Returns:
         o [B, T_q, HQ, V] in q.dtype (and the weights when asked). Keys a query may not see never
@@ -76,6 +79,8 @@ def naive_attention(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if sink is not None and variant != "softmax":
+        raise ValueError(f"a sink logit is a softmax variant; variant {variant!r} takes none.")
     B, Tq, HQ, K = q.shape
     Tk, H = k.shape[1], k.shape[2]
     G = HQ // H
@@ -94,9 +99,14 @@ def naive_attention(
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf"))
         m = s.amax(dim=-1, keepdim=True).detach()
+        if sink is not None:
+            b = sink.to(acc).view(1, HQ, 1, 1)  # [1, HQ, 1, 1]
+            m = torch.maximum(m, b.detach())
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows that see no key
         e = torch.exp(s - m)
         den = e.sum(dim=-1, keepdim=True)
+        if sink is not None:
+            den = den + torch.exp(b - m)
         p = e / torch.where(den > 0, den, torch.ones_like(den))
     o = torch.einsum("bhqt,bthv->bqhv", p, vf).to(q.dtype)  # [B, Tq, HQ, V]
     return (o, p) if return_weights else o

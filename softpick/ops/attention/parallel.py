@@ -10,7 +10,9 @@ keys of one KV head and walks the queries of all G heads of its group; a dq kern
 Tiles are autotuned over a few Hopper-chosen configs per head dim (seconds on the first call).
 
 Saved for backward: q, k, v, o and lse [B, T, HQ] (float32), i.e. O(T) extra memory; delta =
-rowsum(o * do) is recomputed at the start of backward.
+rowsum(o * do) is recomputed at the start of backward. Softmax may carry per-head sink logits
+(softmax+1 is a sink of 0): they enter the forward's running state and lse; the backward kernels
+are unchanged, and d(sink) = -sum_rows exp(sink - lse) delta is one reduction in PyTorch.
 
 Numerics: fp32 accumulation; exp2 with log2(e) folded into the scale; the softpick running max is
 clamped at 0 so exp(-m) <= 1 never overflows; eps is the constant of the unscaled denominator, exactly
@@ -79,7 +81,7 @@ def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     return dict(HQ=HQ, H=H, K=K, V=V, BK=max(16, 1 << (K - 1).bit_length()), BV=max(16, 1 << (V - 1).bit_length()))
 
 
-def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float):
+def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
     from softpick.ops.attention.triton_fwd import attention_fwd_kernel
 
@@ -92,14 +94,18 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
         return (math.ceil(max_len / meta["BM"]), n_docs, HQ)
 
     attention_fwd_kernel[grid](
-        q, k, v, o, lse, cu_seqlens, T, scale * LOG2E, eps, **_dims(q, k, v),
-        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None,
+        q, k, v, o, lse, sink, cu_seqlens, T, scale * LOG2E, eps, **_dims(q, k, v),
+        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None,
     )
     return o, lse
 
 
-def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool):
-    """dq, dk, dv shaped and typed like q, k, v."""
+def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink=None):
+    """dq, dk, dv shaped and typed like q, k, v, and d(sink) [HQ] float32 (empty without a sink).
+
+    The sink's gradient needs no kernel: its weight in row i is exp(b - lse_i) and it carries no value,
+    so dL/db = -sum_i exp(b - lse_i) * delta_i.
+    """
     from softpick.ops.attention.triton_bwd import (
         attention_bwd_dkdv_kernel,
         attention_bwd_dq_kernel,
@@ -125,7 +131,10 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
         q, k, v, do, lse, delta, dq, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags
     )
-    return dq, dk, dv
+    if sink is None:
+        return dq, dk, dv, lse.new_empty(0)
+    dsink = -(torch.exp(sink.float() - lse) * delta).sum(dim=(0, 1))  # [HQ]
+    return dq, dk, dv, dsink
 
 
 @torch.library.custom_op("softpick::attention_fwd", mutates_args=())
@@ -138,13 +147,14 @@ def attention_fwd_op(
     scale: float,
     causal: bool,
     eps: float,
+    sink: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v."""
-    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps)
+    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink)
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, softpick, scale, causal, eps):
+def _(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink):
     o = q.new_empty(*q.shape[:3], v.shape[-1])
     return o, q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -161,31 +171,34 @@ def attention_bwd_op(
     softpick: bool,
     scale: float,
     causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused backward: (dq, dk, dv) from do and the forward's o and lse."""
-    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal)
+    sink: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused backward: (dq, dk, dv, dsink) from do and the forward's o and lse (dsink empty without a sink)."""
+    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink)
 
 
 @attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink):
+    dsink = lse.new_empty(0) if sink is None else sink.new_empty(sink.shape, dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, softpick, scale, causal, _ = inputs
+    q, k, v, cu_seqlens, softpick, scale, causal, _, sink = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
     ctx.flags = (softpick, scale, causal)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
-    """Gradients for (q, k, v); lse is an auxiliary output and takes no gradient."""
-    q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+    """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
+    q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
     softpick, scale, causal = ctx.flags
-    dq, dk, dv = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal)
+    dq, dk, dv, dsink = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink)
     no_grad_for = (None,) * 5  # cu_seqlens, softpick, scale, causal, eps
-    return (dq, dk, dv, *no_grad_for)
+    dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
+    return (dq, dk, dv, *no_grad_for, dsink)
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -201,6 +214,7 @@ def parallel_attention(
     causal: bool,
     cu_seqlens: torch.Tensor | None,
     eps: float,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused attention; inputs as in :func:`softpick.ops.softpick_attention` with T_q == T_k.
 
@@ -211,6 +225,7 @@ def parallel_attention(
         causal: query i sees keys j <= i.
         cu_seqlens: [N + 1] offsets of N packed documents (B == 1), or None.
         eps: softpick's constant added to the unscaled denominator (unused by softmax).
+        sink: [HQ] per-head sink logits (softmax only), differentiable; None for none.
 
     Returns:
         o [B, T, HQ, V] in q.dtype.
@@ -224,6 +239,6 @@ def parallel_attention(
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, _ = attention_fwd_op(
         q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, variant == "softpick", scale,
-        bool(causal), float(eps),
+        bool(causal), float(eps), None if sink is None else sink.float().contiguous(),
     )
     return o

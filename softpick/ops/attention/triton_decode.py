@@ -13,7 +13,7 @@ denominator is a plain sum too:
 
     M = max_s m_s;  den = sum_s l_s 2^(m_s - M);  o = sum_s o_s 2^(m_s - M) / (den + eps 2^(-M))
 
-(softmax: no eps; a row that sees no key gets 0). Visible keys: j < T_k, ``mask[b, j] != 0`` when a
+(softmax: no eps; a row that sees no key gets 0; a sink logit b adds 2^(b log2(e) - M) to den once). Visible keys: j < T_k, ``mask[b, j] != 0`` when a
 padding mask is given, and with ``CAUSAL`` j <= t + T_k - T_q (queries are the last T_q positions).
 """
 
@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max (finite: no inf - inf)
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -102,10 +103,11 @@ def attention_decode_kernel(
 
 @triton.jit
 def attention_combine_kernel(
-    o_part, m_part, l_part, o, n_rows, S, eps,
-    V: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, SOFTPICK: tl.constexpr,
+    o_part, m_part, l_part, o, sink, n_rows, S, HQ, eps,
+    V: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, SOFTPICK: tl.constexpr, HAS_SINK: tl.constexpr,
 ):
-    """Grid (cdiv(n_rows, BR),). Merge S partials of n_rows = B * Tq * HQ rows into o [n_rows, V]."""
+    """Grid (cdiv(n_rows, BR),). Merge S partials of n_rows = B * Tq * HQ rows into o [n_rows, V]; with
+    HAS_SINK (softmax) the per-head logit sink [HQ] joins every row's denominator once, here."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     m_rows = rows < n_rows
     o_v = tl.arange(0, BV)
@@ -116,6 +118,9 @@ def attention_combine_kernel(
         b_max = tl.full([BR], NEG_BIG, dtype=tl.float32)
     for s in range(0, S):
         b_max = tl.maximum(b_max, tl.load(m_part + s * n_rows + rows, mask=m_rows, other=NEG_BIG))
+    if HAS_SINK:
+        b_sink = tl.load(sink + rows % HQ, mask=m_rows, other=0.0).to(tl.float32) * LOG2E
+        b_max = tl.maximum(b_max, b_sink)
     b_den = tl.zeros([BR], dtype=tl.float32)
     b_o = tl.zeros([BR, BV], dtype=tl.float32)
     for s in range(0, S):
@@ -126,6 +131,8 @@ def attention_combine_kernel(
     if SOFTPICK:
         b_den = b_den + eps * tl.math.exp2(-b_max)
     else:
+        if HAS_SINK:
+            b_den += tl.math.exp2(b_sink - b_max)
         b_den = tl.where(b_den > 0, b_den, 1.0)  # a row that sees no key keeps o = 0
     b_o = b_o / b_den[:, None]
     tl.store(o + rows[:, None].to(tl.int64) * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_o)

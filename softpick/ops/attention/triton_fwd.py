@@ -14,6 +14,8 @@ Softpick (running max clamped at 0, so ``exp2(-m)`` <= 1 never overflows):
     end: den = acc + eps * exp2(-m);  o /= den;  lse = ln(2) * (m + log2(den)) = ln(sum_j |e^s_j - 1| + eps)
 
 Softmax is FlashAttention-2: ``lse = ln(sum_j e^s_j)``, and a row that sees no key gives o = 0.
+With a sink (``HAS_SINK``: softmax+1 is a sink of 0) the denominator also holds ``e^b`` of a per-head
+logit b that has no value: the running state starts at m = b, acc = 1, and lse = ln(e^b + sum_j e^s_j).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
 
 
@@ -110,12 +113,13 @@ def _fwd_inner(
 )
 @triton.jit
 def attention_fwd_kernel(
-    q, k, v, o, lse, cu_seqlens, T, qk_scale, eps,
+    q, k, v, o, lse, sink, cu_seqlens, T, qk_scale, eps,
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BM), documents, HQ). q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ]."""
+    """Grid (cdiv(max_len, BM), documents, HQ). q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ];
+    sink [HQ] float32 (softmax with HAS_SINK): a per-head logit in every row's denominator, with no value."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
     # Largest query blocks first: under causal masking they carry the most work.
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -147,6 +151,10 @@ def attention_fwd_kernel(
     b_acc = tl.zeros([BM], dtype=tl.float32)
     if SOFTPICK:
         b_m = tl.zeros([BM], dtype=tl.float32)  # the clamp: m never drops below 0
+    elif HAS_SINK:
+        # the sink is the first "key": running max = its logit (log2 units), sum = exp2(0) = 1
+        b_m = tl.zeros([BM], dtype=tl.float32) + tl.load(sink + i_hq).to(tl.float32) * LOG2E
+        b_acc = tl.zeros([BM], dtype=tl.float32) + 1.0
     else:
         b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
 
