@@ -1,7 +1,8 @@
 """``SoftpickConfig``: a Llama-shaped decoder whose attention is softpick (or softmax, for baselines).
 
-Field names follow ``transformers.LlamaConfig``; the extra fields are ``attn_type``, ``attn_impl`` and
-``softpick_eps``. Defaults give the paper's 340M model (24 layers, hidden 1024, 16 heads of 64).
+Field names follow ``transformers.LlamaConfig``; the extra fields are ``attn_type``, ``attn_impl``,
+``softpick_eps`` and the switches ``ssmax`` and ``output_gate`` (with attn_type "softmax" and both switches
+off the model is exactly Llama). Defaults give the paper's 340M model (24 layers, hidden 1024, 16 heads of 64).
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-ATTN_TYPES = ("softpick", "softmax")
-"""Values of ``attn_type``; a new variant is added here and in ``modeling_softpick.ATTENTION_OPS``."""
+ATTN_TYPES = ("softpick", "softmax", "softmax_plus_one", "sink")
+"""Values of ``attn_type``: softpick; softmax (vanilla); softmax+1 ("off by one": a constant 0 logit in every
+denominator); sink (a learnable per-head logit in every denominator, as in gpt-oss)."""
+
+OUTPUT_GATES = (None, "headwise", "elementwise")
+"""Values of ``output_gate``: none, one sigmoid gate per head, or one per output channel."""
 
 ATTN_IMPLS = (None, "naive", "triton", "sdpa")
 """Values of ``attn_impl``, passed as ``impl`` to :mod:`softpick.ops` (None = fastest available)."""
@@ -82,12 +87,21 @@ class SoftpickConfig(PreTrainedConfig):
 
     # -- attention --
     attn_type: str = "softpick"
-    """Attention normaliser: "softpick" or "softmax" (the vanilla baseline). Default "softpick"."""
+    """Attention normaliser: "softpick", "softmax" (the vanilla baseline), "softmax_plus_one" or "sink"
+    (see ATTN_TYPES). Default "softpick"."""
     attn_impl: str | None = None
     """Kernel family passed as ``impl`` to softpick.ops: "naive", "triton", "sdpa" (softmax only) or None
     (the fastest one that supports the inputs). Default None."""
     softpick_eps: float = 1e-6
     """Constant added to softpick's unscaled denominator sum_j |exp(s_j) - 1|. Default 1e-6."""
+    ssmax: bool = False
+    """Scalable-softmax query scaling: q *= s_h * log(n), n the number of keys the query sees (its position in
+    its document + 1), s_h a learnable per-head scale. Works with every attn_type. Default False."""
+    ssmax_init: float = 0.3
+    """Initial value of the SSMax scales s_h (the softpick authors' value). Default 0.3."""
+    output_gate: str | None = None
+    """Sigmoid gate on the attention output before o_proj, computed from the layer input: "headwise" (one per
+    head), "elementwise" (one per channel) or None. Default None."""
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -116,6 +130,10 @@ class SoftpickConfig(PreTrainedConfig):
             raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r}.")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}.")
+        if self.output_gate not in OUTPUT_GATES:
+            raise ValueError(f"output_gate must be one of {OUTPUT_GATES}, got {self.output_gate!r}.")
+        if not isinstance(self.ssmax, bool):
+            raise ValueError(f"ssmax must be true or false, got {self.ssmax!r}.")
         if self.attn_impl == "sdpa" and self.attn_type != "softmax":
             raise ValueError(
                 f"attn_impl 'sdpa' computes softmax only, but attn_type is {self.attn_type!r}; "
@@ -142,4 +160,4 @@ def _positive(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-__all__ = ["ATTN_IMPLS", "ATTN_TYPES", "SoftpickConfig", "default_intermediate_size"]
+__all__ = ["ATTN_IMPLS", "ATTN_TYPES", "OUTPUT_GATES", "SoftpickConfig", "default_intermediate_size"]

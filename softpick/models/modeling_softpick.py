@@ -24,8 +24,12 @@ from softpick.models.configuration_softpick import SoftpickConfig
 from softpick.ops import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
 
-ATTENTION_OPS = {"softpick": softpick_attention, "softmax": softmax_attention}
-"""attn_type -> op with the signature of :func:`softpick.ops.softpick_attention`."""
+ATTENTION_OPS = {"softpick": softpick_attention, "softmax": softmax_attention,
+                 "softmax_plus_one": softmax_attention, "sink": softmax_attention}
+"""attn_type -> op with the signature of :func:`softpick.ops.softpick_attention` (the sink types pass ``sink=``)."""
+
+NAIVE_VARIANT = {"softpick": "softpick", "softmax": "softmax", "softmax_plus_one": "softmax", "sink": "softmax"}
+"""attn_type -> ``variant`` of :func:`softpick.ops.attention.naive.naive_attention`."""
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 """Name of the KV-cache field of model outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
@@ -89,6 +93,11 @@ class SoftpickRotaryEmbedding(nn.Module):
         return f"head_dim={self.head_dim}, theta={self.theta}"
 
 
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a per-head parameter sharded by tensor parallel (a DTensor), else the parameter."""
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] on the last dim."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -117,10 +126,12 @@ class SoftpickMLP(nn.Module):
 
 
 class SoftpickAttention(nn.Module):
-    """Multi-head (grouped-query) attention with RoPE, normalised by softpick or softmax.
+    """Multi-head (grouped-query) attention with RoPE, normalised by softpick or softmax (or a sink variant).
 
     ``attn_type`` and ``attn_impl`` are copied from the config onto the module, so one layer can be switched
-    (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others.
+    (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others. Optional parameters, present
+    only when the config asks for them: ``sinks`` [HQ] (attn_type "sink"), ``ssmax_scale`` [HQ] (ssmax) and
+    ``g_proj`` (output_gate: hidden -> HQ or HQ * head_dim).
     """
 
     def __init__(self, config: SoftpickConfig, layer_idx: int) -> None:
@@ -138,6 +149,21 @@ class SoftpickAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_width, config.hidden_size, bias=config.attention_bias)
+        self.output_gate = config.output_gate
+        if config.attn_type == "sink":
+            self.sinks = nn.Parameter(torch.zeros(self.num_heads))
+        if config.ssmax:
+            self.ssmax_scale = nn.Parameter(torch.full((self.num_heads,), float(config.ssmax_init)))
+        if config.output_gate is not None:
+            gates = self.num_heads * (self.head_dim if config.output_gate == "elementwise" else 1)
+            self.g_proj = nn.Linear(config.hidden_size, gates, bias=config.attention_bias)
+
+    def _sink(self, q: torch.Tensor) -> torch.Tensor | None:
+        if self.attn_type == "sink":
+            return _local(self.sinks)
+        if self.attn_type == "softmax_plus_one":
+            return q.new_zeros(self.num_heads, dtype=torch.float32)
+        return None
 
     def forward(
         self,
@@ -147,6 +173,7 @@ class SoftpickAttention(nn.Module):
         past_key_values: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         output_attentions: bool = False,
+        ssmax_log_n: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend over the cache plus the new tokens.
 
@@ -157,6 +184,7 @@ class SoftpickAttention(nn.Module):
             past_key_values: a transformers Cache (stores [B, H, T, D]); updated in place.
             cu_seqlens: [N + 1] offsets of packed documents (B = 1, no cache).
             output_attentions: also return the weights, computed by the naive reference.
+            ssmax_log_n: [B, T] float32 log of the number of keys each query sees (needed with ssmax).
 
         Returns:
             (output [B, T, hidden], weights [B, HQ, T, T_past + T] float32 or None).
@@ -167,20 +195,29 @@ class SoftpickAttention(nn.Module):
         v = self.v_proj(hidden_states).view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if hasattr(self, "ssmax_scale"):
+            if ssmax_log_n is None:
+                raise ValueError("ssmax needs ssmax_log_n (the model computes it from position_ids).")
+            q = (q * (ssmax_log_n[:, :, None, None] * _local(self.ssmax_scale)[:, None])).to(q.dtype)
         if past_key_values is not None:
             k, v = past_key_values.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, Tk, D]
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]
+        sink = self._sink(q)
         weights = None
         if output_attentions:
             o, weights = naive_attention(
-                q, k, v, variant=self.attn_type, scale=self.scale, cu_seqlens=cu_seqlens,
-                attention_mask=attention_mask, eps=self.eps, return_weights=True,
+                q, k, v, variant=NAIVE_VARIANT[self.attn_type], scale=self.scale, cu_seqlens=cu_seqlens,
+                attention_mask=attention_mask, eps=self.eps, return_weights=True, sink=sink,
             )  # weights [B, HQ, T, Tk]
         else:
+            extra = {} if sink is None else {"sink": sink}
             o = ATTENTION_OPS[self.attn_type](
                 q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
-                eps=self.eps, impl=self.attn_impl,
+                eps=self.eps, impl=self.attn_impl, **extra,
             )  # [B, T, HQ, D]
+        if self.output_gate is not None:
+            gate = torch.sigmoid(self.g_proj(hidden_states)).view(B, T, self.num_heads, -1)  # [B, T, HQ, 1 or D]
+            o = o * gate.to(o.dtype)
         return self.o_proj(o.reshape(B, T, -1)), weights
 
 
@@ -202,12 +239,14 @@ class SoftpickDecoderLayer(GradientCheckpointingLayer):
         past_key_values: Cache | None = None,
         cu_seqlens: torch.Tensor | None = None,
         output_attentions: bool = False,
+        ssmax_log_n: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # keyword arguments only, as in transformers' Llama, so hooks written for Llama find the same kwargs
+        extra = {} if ssmax_log_n is None else {"ssmax_log_n": ssmax_log_n}
         attn_out, weights = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
             attention_mask=attention_mask, past_key_values=past_key_values, cu_seqlens=cu_seqlens,
-            output_attentions=output_attentions,
+            output_attentions=output_attentions, **extra,
         )
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -307,6 +346,9 @@ class SoftpickModel(SoftpickPreTrainedModel):
                 position_ids = torch.arange(past, past + T, device=hidden_states.device)[None]
         position_ids = position_ids.expand(hidden_states.shape[0], -1)  # [B, T]
         position_embeddings = self.rotary_emb(position_ids)
+        # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
+        # document and skip left padding, as generate() computes them from the attention mask)
+        extra = {"ssmax_log_n": torch.log1p(position_ids.float())} if self.config.ssmax else {}
         mask = _key_padding_mask(attention_mask)
 
         all_hidden = [] if output_hidden_states else None
@@ -316,7 +358,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
                 all_hidden.append(hidden_states)
             hidden_states, weights = layer(
                 hidden_states, position_embeddings, attention_mask=mask, past_key_values=past_key_values,
-                cu_seqlens=cu_seqlens, output_attentions=output_attentions,
+                cu_seqlens=cu_seqlens, output_attentions=output_attentions, **extra,
             )
             if all_attn is not None:
                 all_attn.append(weights)

@@ -110,19 +110,24 @@ def transformer_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[int]]:
     )
 
 
+PER_HEAD_PARAMETERS = ("sinks", "ssmax_scale")
+"""Attention parameters with one entry per query head, sharded with the heads under tensor parallel."""
+
+
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
-    """Megatron-style TP inside each block: q/k/v and gate/up column-wise, o and down row-wise.
+    """Megatron-style TP inside each block: q/k/v, gate/up and the output gate column-wise, o and down row-wise.
 
     Each rank keeps num_heads / tp query heads and num_key_value_heads / tp K/V heads (so GQA groups
-    stay whole); embeddings, norms and the LM head stay replicated.
+    stay whole) and their per-head parameters; embeddings, norms and the LM head stay replicated.
     """
+    from torch.distributed.tensor import Shard, distribute_tensor
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     blocks, _ = transformer_blocks(model)
     tp = tp_mesh.size()
     plan_names = {"q_proj": ColwiseParallel(), "k_proj": ColwiseParallel(), "v_proj": ColwiseParallel(),
                   "o_proj": RowwiseParallel(), "gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
-                  "down_proj": RowwiseParallel()}
+                  "down_proj": RowwiseParallel(), "g_proj": ColwiseParallel()}
     for block in blocks:
         plan = {}
         for name, module in block.named_modules():
@@ -135,6 +140,10 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
                     if heads % tp:
                         raise ConfigError(f"{attr}={heads} is not divisible by tensor_parallel_degree={tp}.")
                     setattr(module, attr, heads // tp)
+            for attr in PER_HEAD_PARAMETERS:  # sinks, SSMax scales: each rank keeps its heads' entries
+                param = getattr(module, attr, None)
+                if isinstance(param, nn.Parameter):
+                    module.register_parameter(attr, nn.Parameter(distribute_tensor(param.data, tp_mesh, [Shard(0)])))
         if not plan:
             raise ValueError(f"no q/k/v/o/gate/up/down projections to shard in {type(block).__name__}.")
         parallelize_module(block, tp_mesh, plan)

@@ -16,4 +16,5 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "docs": make_docs(root / "docs.jsonl", 400, seed=0),
         "model": model_config(root / "softpick.json"),
         "llama": model_config(root / "llama.json", "llama"),
+        "variants": model_config(root / "variants.json", attn_type="sink", ssmax=True, output_gate="elementwise"),
     }

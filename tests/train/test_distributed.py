@@ -79,3 +79,15 @@ def test_several_processes_match_one(assets, tmp_path, reference, name, nproc, f
                                                                      "--checkpoint.interval", "2"], resumed,
                  first_step=3)
         assert [r["loss"] for r in read_metrics(resumed)] == [r["loss"] for r in rows[2:]]
+
+
+def test_tensor_parallel_shards_the_variant_parameters(assets, tmp_path):
+    """Sinks, SSMax scales (per head) and the elementwise output gate under TP 2 give the 1-process losses."""
+    args = lambda dump: [a if a != str(assets["model"]) else str(assets["variants"])  # noqa: E731
+                         for a in train_args(assets, dump, steps=STEPS)]
+    assert main(args(tmp_path / "one")) == 0
+    reference = read_metrics(tmp_path / "one")
+    rows = torchrun(args(tmp_path / "tp") + ["--training.tensor_parallel_degree", "2"], tmp_path / "tp")
+    for ref, got in zip(reference, rows):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4), ref["step"]
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-3), ref["step"]

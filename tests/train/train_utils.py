@@ -43,13 +43,13 @@ def make_docs(path: Path, n: int, seed: int, words: range = range(VOCAB_WORDS)) 
     return path
 
 
-def model_config(path: Path, model_type: str = "softpick_transformer") -> Path:
+def model_config(path: Path, model_type: str = "softpick_transformer", **fields) -> Path:
     cfg = {"model_type": model_type, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
            "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 64 + 4,
            "max_position_embeddings": 128, "initializer_range": 0.02}
     if model_type == "softpick_transformer":
         cfg["attn_impl"] = "naive"
-    path.write_text(json.dumps(cfg))
+    path.write_text(json.dumps({**cfg, **fields}))
     return path
 
 
