@@ -86,8 +86,10 @@ def analyze_parser() -> argparse.ArgumentParser:
 
 def describe_model(model, model_dir: str) -> dict:
     config = model.config
-    if hasattr(config, "attn_type"):  # softpick's config: attn_type, and attn_impl naming the kernel
-        attention = f"{config.attn_type} (attn_impl {getattr(config, 'attn_impl', None) or 'auto'})"
+    if hasattr(config, "attn_type"):  # softpick's config: attn_type and its switches, attn_impl naming the kernel
+        switches = "".join([" + ssmax" if getattr(config, "ssmax", False) else "",
+                            f" + {config.output_gate} output gate" if getattr(config, "output_gate", None) else ""])
+        attention = f"{config.attn_type}{switches} (attn_impl {getattr(config, 'attn_impl', None) or 'auto'})"
     else:
         attention = f"softmax ({attn_implementation(model)})"
     layers = decoder_layers(model)
