@@ -42,12 +42,21 @@ def _flash_attn():
     return flash_attn
 
 
-def impls(varlen: bool) -> dict:
-    """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal."""
+def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
+    """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal.
+
+    With ``variants``: softmax+1 (a constant 0 sink logit) and learnable per-head sinks (whose gradient
+    the forward+backward timing includes), the sink-free baselines of issue 10.
+    """
     out = {
         "softpick": lambda q, k, v, cu, n: softpick_attention(q, k, v, cu_seqlens=cu, impl="triton"),
         "softmax": lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton"),
     }
+    if variants:
+        zero = torch.zeros(heads, device="cuda")
+        sinks = torch.zeros(heads, device="cuda", requires_grad=True)
+        out["softmax+1"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton", sink=zero)
+        out["sink"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton", sink=sinks)
     if not varlen:
         out["sdpa"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, impl="sdpa")
     fa = _flash_attn()
@@ -61,7 +70,7 @@ def impls(varlen: bool) -> dict:
     return out
 
 
-def bench_shape(shape: str) -> list[dict]:
+def bench_shape(shape: str, variants: bool = False) -> list[dict]:
     device = torch.device("cuda")
     if shape == "varlen":
         B, T, H, D = 1, sum(VARLEN_DOCS), VARLEN_H, VARLEN_D
@@ -76,7 +85,7 @@ def bench_shape(shape: str) -> list[dict]:
     q, k, v, do = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     rows = []
-    for name, fn in impls(cu is not None).items():
+    for name, fn in impls(cu is not None, H, variants).items():
 
         def fwd():
             return fn(q, k, v, cu, max_len)
@@ -133,6 +142,12 @@ def _ratios(rows: list[dict]) -> list[str]:
                     f"{shape[:22]:<22} softpick/{ref:<8} fwd {by[ref]['fwd_ms'] / sp['fwd_ms']:.2f}x "
                     f"f+b {by[ref]['fwdbwd_ms'] / sp['fwdbwd_ms']:.2f}x"
                 )
+        for variant in ("softmax+1", "sink"):
+            if variant in by and "softmax" in by:
+                out.append(
+                    f"{shape[:22]:<22} {variant}/softmax fwd {by['softmax']['fwd_ms'] / by[variant]['fwd_ms']:.2f}x "
+                    f"f+b {by['softmax']['fwdbwd_ms'] / by[variant]['fwdbwd_ms']:.2f}x"
+                )
     return out
 
 
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BxTxHxD or 'varlen'")
     parser.add_argument("--json", help="write rows and environment to this file")
+    parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
     args = parser.parse_args(argv)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     commit = os.environ.get("SOFTPICK_COMMIT") or git.stdout.strip() or "unknown"
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(env, flush=True)
     print(_header(), flush=True)
-    rows = [r for shape in args.shapes for r in bench_shape(shape)]
+    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants)]
     print("\n" + _header())
     for r in rows:
         print(_fmt(r))

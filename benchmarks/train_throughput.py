@@ -19,16 +19,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIGS = {
-    "softpick": "configs/softpick_transformer_340M.json",
-    "softmax": "configs/vanilla_transformer_340M.json",
+BASE_CONFIG = "configs/softpick_transformer_340M.json"
+VARIANTS = {
+    "softpick": {"attn_type": "softpick"},
+    "softmax": {"attn_type": "softmax"},
+    "softmax_plus_one": {"attn_type": "softmax_plus_one"},
+    "sink": {"attn_type": "sink"},
+    "softpick+ssmax": {"attn_type": "softpick", "ssmax": True},
+    "softmax+ssmax": {"attn_type": "softmax", "ssmax": True},
+    "softmax+gate": {"attn_type": "softmax", "output_gate": "elementwise"},
+    "softpick+gate": {"attn_type": "softpick", "output_gate": "headwise"},
 }
+"""--attn names -> fields changed in the paper's 340M config (issue 10's variants)."""
 
 
 def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
+    dump.mkdir(parents=True, exist_ok=True)
+    config = json.loads(Path(BASE_CONFIG).read_text()) | VARIANTS[attn]
+    (dump / "model_config.json").write_text(json.dumps(config))
     cmd = [
         sys.executable, "-m", "softpick", "train",
-        "--model.config", CONFIGS[attn],
+        "--model.config", str(dump / "model_config.json"),
         "--job.dump_folder", str(dump),
         "--training.dataset", "none",
         "--training.steps", str(args.steps),
@@ -72,7 +83,7 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=2, help="logged steps left out of the medians")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-flops", type=float, default=None)
-    parser.add_argument("--attn", default="softpick,softmax")
+    parser.add_argument("--attn", default="softpick,softmax", help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = []
@@ -85,8 +96,11 @@ def main() -> None:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "n/a"
         print(f"| {r['attn']} | {r['tps']:.0f} | {tflops} | {mfu} | {r['peak_mem_gib']:.1f} | {r['loss_last']:.3f} |")
-    if len(results) == 2:
-        print(f"\nsoftpick / softmax tokens/s: {results[0]['tps'] / results[1]['tps']:.3f}")
+    softmax = next((r for r in results if r["attn"] == "softmax"), None)
+    if softmax is not None:
+        for r in results:
+            if r is not softmax:
+                print(f"{r['attn']} / softmax tokens/s: {r['tps'] / softmax['tps']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
