@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from softpick.models.cache import append_to_cache
 from softpick.models.configuration_softpick import SoftpickConfig
 from softpick.ops import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
@@ -200,7 +201,7 @@ class SoftpickAttention(nn.Module):
                 raise ValueError("ssmax needs ssmax_log_n (the model computes it from position_ids).")
             q = (q * (ssmax_log_n[:, :, None, None] * _local(self.ssmax_scale)[:, None])).to(q.dtype)
         if past_key_values is not None:
-            k, v = past_key_values.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)  # [B, H, Tk, D]
+            k, v = append_to_cache(past_key_values, self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, Tk, D]
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]
         sink = self._sink(q)
         weights = None

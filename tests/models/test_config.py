@@ -29,7 +29,7 @@ def test_explicit_head_dim_need_not_divide_hidden():
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        (dict(attn_type="sink"), "'sink'"),
+        (dict(attn_type="sinks"), "'sinks'"),
         (dict(attn_impl="flash"), "'flash'"),
         (dict(attn_impl="sdpa"), "sdpa"),
         (dict(hidden_size=100, num_attention_heads=3), "(100)"),

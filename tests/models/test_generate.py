@@ -80,3 +80,27 @@ def test_left_padded_batch_equals_single_prompts(attn_type):
     for row, p in enumerate(prompts):
         alone = model.generate(p[None], max_new_tokens=NEW, do_sample=False)
         assert torch.equal(together[row, width:], alone[0, len(p) :]), f"row {row}"
+
+
+@torch.no_grad()
+def test_decoding_appends_in_place_and_survives_crop_and_beam_search():
+    """The cache grows in a buffer (no copy of the whole cache per token); crop and beams still work."""
+    model = generation_model("softpick")
+    prompt = torch.randint(3, VOCAB, (2, 6))
+    cache = DynamicCache(config=model.config)
+    out = model(prompt, past_key_values=cache)
+    token = out.logits[:, -1:].argmax(-1)
+    pointers = set()
+    for _ in range(5):
+        out = model(token, past_key_values=cache)
+        token = out.logits[:, -1:].argmax(-1)
+        pointers.add(cache.layers[0].keys.data_ptr())
+    assert len(pointers) == 1 and cache.get_seq_length() == 11  # one buffer, written in place
+    full = model(torch.cat([prompt, torch.randint(3, VOCAB, (2, 3))], 1), use_cache=False).logits
+    cache.crop(-5)  # back to the prompt, then feed other tokens: the buffer is overwritten, not stale
+    extra = torch.cat([prompt, torch.randint(3, VOCAB, (2, 3))], 1)
+    step = model(extra[:, 6:], past_key_values=cache).logits
+    torch.testing.assert_close(step, model(extra, use_cache=False).logits[:, 6:], atol=1e-5, rtol=1e-5)
+    assert full.shape[1] == 9
+    beams = [model.generate(prompt, max_new_tokens=NEW, num_beams=3, do_sample=False, use_cache=c) for c in (True, False)]
+    assert torch.equal(beams[0], beams[1])
