@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from softpick.ops.attention.parallel import LOG2E, device_support, head_dim_support
+from softpick.ops.attention.parallel import LOG2E, device_support, head_dim_support, kernel_scale
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
@@ -137,11 +137,7 @@ def decode_attention(
     Returns:
         o [B, T_q, HQ, V] in q.dtype; a query that sees no key gets 0.
     """
-    if variant not in ("softpick", "softmax"):
-        raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0 for the Triton kernels, got {scale}; use impl='naive'.")
+    scale = kernel_scale(variant, scale, q.shape[-1])
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if attention_mask is not None and attention_mask.stride(-1) != 1:
         attention_mask = attention_mask.contiguous()

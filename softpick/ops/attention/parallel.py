@@ -204,6 +204,16 @@ def _backward(ctx, do, _dlse):
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def kernel_scale(variant: str, scale: float | None, head_dim: int) -> float:
+    """The score scale the kernels use (default head_dim ** -0.5); ValueError for a bad variant or scale."""
+    if variant not in ("softpick", "softmax"):
+        raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
+    scale = head_dim**-0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0 for the Triton kernels, got {scale}; use impl='naive'.")
+    return scale
+
+
 def parallel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -230,11 +240,7 @@ def parallel_attention(
     Returns:
         o [B, T, HQ, V] in q.dtype.
     """
-    if variant not in ("softpick", "softmax"):
-        raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0 for the Triton kernels, got {scale}; use impl='naive'.")
+    scale = kernel_scale(variant, scale, q.shape[-1])
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, _ = attention_fwd_op(

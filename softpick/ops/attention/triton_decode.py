@@ -22,6 +22,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from softpick.ops.attention.triton_fwd import online_step
+
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max (finite: no inf - inf)
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -82,18 +84,7 @@ def attention_decode_kernel(
             visible = visible & (keep != 0)[None, :]
         b_s = tl.dot(b_q, b_kT)  # [BM, BN] raw scores; qk_scale (log2(e) folded in) goes into the exp2
         b_s = tl.where(visible, b_s, float("-inf"))
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-        b_r = tl.math.exp2(b_m - b_m_new)
-        if SOFTPICK:
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
-            b_p = tl.where(visible, b_p, 0.0)
-            b_l = b_l * b_r + tl.sum(tl.abs(b_p), 1)
-            b_p = tl.maximum(b_p, 0.0)
-        else:
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
-            b_l = b_l * b_r + tl.sum(b_p, 1)
-        b_o = tl.dot(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None])
-        b_m = b_m_new
+        b_o, b_l, b_m = online_step(b_s, b_v, b_o, b_l, b_m, visible, qk_scale, True, SOFTPICK)
 
     row = ((i_s * B + i_b) * Tq + t).to(tl.int64) * HQ + hq  # index into [S, B, Tq, HQ]
     tl.store(o_part + row[:, None] * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))

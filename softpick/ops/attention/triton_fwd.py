@@ -61,6 +61,26 @@ def _prune_fwd(configs, nargs, **kwargs):
 
 
 @triton.jit
+def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constexpr, SOFTPICK: tl.constexpr):
+    """Fold one block into the running state: raw scores b_s [BM, BN] (hidden keys already -inf, and
+    ``visible`` their mask when MASKED), values b_v [BN, BV]; (o [BM, BV], acc [BM], m [BM]) in log2 units."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+    b_r = tl.math.exp2(b_m - b_m_new)  # rescales what came before
+    if SOFTPICK:
+        # [BM, BN] exp(-m) (e^s - 1); hidden keys must not add |0 - exp(-m)| to the sum
+        b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
+        if MASKED:
+            b_p = tl.where(visible, b_p, 0.0)
+        b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
+        b_p = tl.maximum(b_p, 0.0)
+    else:
+        b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
+        b_acc = b_acc * b_r + tl.sum(b_p, 1)
+    b_o = tl.dot(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None])
+    return b_o, b_acc, b_m_new
+
+
+@triton.jit
 def _fwd_inner(
     b_o, b_acc, b_m, b_q, p_k, p_v, o_m, lo, hi, L, qk_scale,
     SK, SV, K: tl.constexpr, V: tl.constexpr,
@@ -88,21 +108,9 @@ def _fwd_inner(
             if CAUSAL:
                 m_s = m_s & (o_m[:, None] >= o_n[None, :])
             b_s = tl.where(m_s, b_s, float("-inf"))
-        # -- update the running max (log2 units) and rescale what came before --
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-        b_r = tl.math.exp2(b_m - b_m_new)
-        if SOFTPICK:
-            # [BM, BN] exp(-m) (e^s - 1)
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
-            if MASKED:
-                b_p = tl.where(m_s, b_p, 0.0)
-            b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
-            b_p = tl.maximum(b_p, 0.0)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, m_s, qk_scale, True, SOFTPICK)
         else:
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
-            b_acc = b_acc * b_r + tl.sum(b_p, 1)
-        b_o = tl.dot(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None])
-        b_m = b_m_new
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK)
     return b_o, b_acc, b_m
 
 
