@@ -270,6 +270,7 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(config, indent=2) + "\n")
     results, reports, curves = {}, {}, {}
+    previous = json.loads((out / "results.json").read_text()) if reuse and (out / "results.json").is_file() else {}
     for name in exp["variants"]:
         folder = out / name
         folder.mkdir(exist_ok=True)
@@ -277,7 +278,7 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
         model_config.write_text(json.dumps({**config["model"], **config["variants"][name]}, indent=2) + "\n")
         dump, analysis = folder / "train", folder / "analysis"
         done = reuse and (dump / "hf" / "config.json").is_file() and (analysis / "report.json").is_file()
-        train_s = analysis_s = 0.0
+        train_s, analysis_s = (previous.get(name, {}).get(key, float("nan")) for key in ("train_s", "analysis_s"))
         if not done:
             flags = train_flags(config, model_config, dump)
             (dump / "metrics.jsonl").unlink(missing_ok=True)
