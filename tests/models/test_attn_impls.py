@@ -66,3 +66,8 @@ def test_triton_kv_cache_generation_matches_naive(attn_type):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     alone = triton.generate(prompts[1][None], max_new_tokens=6, do_sample=False)
     assert torch.equal(alone[0, len(prompts[1]):], outs[1].sequences[1, width:])
+    sampled = []
+    for model in (naive, triton):
+        torch.manual_seed(5)
+        sampled.append(model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=10))
+    assert torch.equal(sampled[0], sampled[1])
