@@ -166,3 +166,20 @@ def test_softmax_plus_one_rows_sum_below_one():
     assert o.float().max().item() < 1e-5  # each weight ~ e^-16, each row's total far below 1
     plain = softmax_attention(q, k, v, impl="triton")
     assert_close("plain softmax rows sum to 1", torch.ones_like(plain), plain)
+
+
+def test_missing_or_old_triton_is_named(monkeypatch):
+    import triton
+
+    from softpick.ops.attention import parallel
+
+    parallel.triton_problem.cache_clear()
+    monkeypatch.setattr(triton, "__version__", "3.1.0")
+    try:
+        assert parallel.triton_problem() == "triton 3.1.0 is older than 3.2"
+        q = torch.randn(1, 4, 1, 16, device=DEVICE, dtype=DTYPE)
+        with pytest.raises(NotImplementedError, match="triton 3.1.0 is older than 3.2"):
+            softpick_attention(q, q, q, impl="triton")
+        assert softpick_attention(q, q, q).shape == q.shape  # the default dispatch falls back
+    finally:
+        parallel.triton_problem.cache_clear()

@@ -23,6 +23,7 @@ CPU interpreter (TRITON_INTERPRET=1, used by the tests) takes float32 and float1
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -40,8 +41,27 @@ def head_dim_support(q: torch.Tensor, v: torch.Tensor) -> str | None:
     return None
 
 
+MIN_TRITON = (3, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_problem() -> str | None:
+    """None when a usable Triton is installed, else what is wrong with it (one phrase)."""
+    try:
+        import triton
+    except ImportError:
+        return "triton is not installed (pip install 'triton>=3.2'; it exists for Linux only)"
+    version = tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_TRITON:
+        return f"triton {triton.__version__} is older than {MIN_TRITON[0]}.{MIN_TRITON[1]}"
+    return None
+
+
 def device_support(q: torch.Tensor) -> str | None:
     """None when the Triton kernels can run on q's device and dtype, else the reason they cannot."""
+    problem = triton_problem()
+    if problem is not None:
+        return problem
     if q.is_cuda:
         if q.dtype not in (torch.bfloat16, torch.float16):
             return f"dtype {q.dtype} on CUDA (the kernels take bfloat16 or float16)"
