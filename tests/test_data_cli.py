@@ -99,6 +99,14 @@ def test_missing_input_and_empty_result_fail_with_one_line(tmp_path, capsys):
     assert "no document survived cleaning" in capsys.readouterr().err
 
 
+def test_workers_give_the_same_documents(sources):
+    from softpick.corpus.local import gather_documents
+
+    one = list(gather_documents([sources], val_fraction=0.1, max_chars=3000, workers=1))
+    two = list(gather_documents([sources], val_fraction=0.1, max_chars=3000, workers=2))
+    assert one == two and len(one) > 10
+
+
 def test_cleaning_helpers():
     assert clean("a" * 10, min_chars=200) is None
     assert clean("word " * 60) == ("word " * 60).strip()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -45,7 +46,8 @@ def build(args: argparse.Namespace) -> dict:
     files = {split: open(text_dir / f"{split}.jsonl", "w", encoding="utf-8") for split in ("train", "validation")}
     try:
         for split, text in gather_documents(args.inputs, min_chars=args.min_chars, min_letter_share=args.min_letter_share,
-                                            max_chars=args.max_chars, val_fraction=args.val_fraction, stats=stats):
+                                            max_chars=args.max_chars, val_fraction=args.val_fraction, stats=stats,
+                                            workers=args.workers):
             files[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     finally:
         for f in files.values():
@@ -93,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--min-letter-share", type=float, default=0.6,
                    help="documents whose non-space characters are less than this share letters are dropped")
     b.add_argument("--max-chars", type=int, default=20_000, help="longer text files are cut at blank lines")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that read and clean files (default: all cores; the output is the same)")
     i = sub.add_parser("info", help="print a dataset's metadata")
     i.add_argument("folder")
     return p

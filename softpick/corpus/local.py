@@ -20,12 +20,14 @@ the hash range, so the split does not depend on the order or the number of input
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import hashlib
 import html.parser
 import io
 import json
 import lzma
+import multiprocessing
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -183,9 +185,12 @@ class GatherStats:
 
 def gather_documents(
     inputs: Iterable[str | Path], *, min_chars: int = 200, min_letter_share: float = 0.6, max_chars: int = 20_000,
-    val_fraction: float = 0.01, stats: GatherStats | None = None,
+    val_fraction: float = 0.01, stats: GatherStats | None = None, workers: int = 1,
 ) -> Iterator[tuple[str, str]]:
-    """(split, document) for every clean, first-seen document of the files under ``inputs``."""
+    """(split, document) for every clean, first-seen document of the files under ``inputs``, in file order.
+
+    ``workers`` > 1 reads and cleans files in that many processes (the result is the same).
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     stats = stats if stats is not None else GatherStats()
@@ -193,21 +198,42 @@ def gather_documents(
     if not files:
         raise FileNotFoundError(f"no {'/'.join(SUFFIXES)} files (optionally .gz/.bz2/.xz) under {list(map(str, inputs))}.")
     seen: set[bytes] = set()
-    for path in files:
-        stats.files += 1
-        for raw in read_file(path, max_chars=max_chars):
-            stats.raw_documents += 1
-            text = clean(raw, min_chars=min_chars, min_letter_share=min_letter_share)
-            if text is None:
-                stats.rejected += 1
-                continue
-            key = fingerprint(text)
-            digest = bytes.fromhex(key)[:12]
-            if digest in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(digest)
-            split = "validation" if is_validation(key, val_fraction) else "train"
-            stats.kept[split] += 1
-            stats.chars[split] += len(text)
-            yield split, text
+    work = functools.partial(_clean_file, max_chars=max_chars, min_chars=min_chars, min_letter_share=min_letter_share)
+    # fork where there is one: the workers only read and clean text, and a spawned worker would re-import
+    # the whole package (torch, transformers) first
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = multiprocessing.get_context(method).Pool(workers) if workers > 1 else None
+    try:
+        per_file = pool.imap(work, files, chunksize=4) if pool is not None else map(work, files)
+        for raw_count, texts in per_file:  # in file order, whatever the number of workers
+            stats.files += 1
+            stats.raw_documents += raw_count
+            stats.rejected += raw_count - len(texts)
+            for text in texts:
+                split = _split_of_new(text, seen, val_fraction, stats)
+                if split is not None:
+                    yield split, text
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _clean_file(path: Path, *, max_chars: int, min_chars: int, min_letter_share: float) -> tuple[int, list[str]]:
+    """(documents read, the clean ones) of one file."""
+    raw = list(read_file(path, max_chars=max_chars))
+    texts = [clean(r, min_chars=min_chars, min_letter_share=min_letter_share) for r in raw]
+    return len(raw), [t for t in texts if t is not None]
+
+
+def _split_of_new(text: str, seen: set[bytes], val_fraction: float, stats: GatherStats) -> str | None:
+    """The split of ``text``, or None when it duplicates a document already kept (``seen`` is updated)."""
+    key = fingerprint(text)
+    digest = bytes.fromhex(key)[:12]
+    if digest in seen:
+        stats.duplicates += 1
+        return None
+    seen.add(digest)
+    split = "validation" if is_validation(key, val_fraction) else "train"
+    stats.kept[split] += 1
+    stats.chars[split] += len(text)
+    return split
