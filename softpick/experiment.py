@@ -19,7 +19,8 @@ Every variant trains with the same data, seed, budget and options (only [variant
 then ``softpick analyze`` runs on its Hugging Face export, and ``softpick compare`` puts the reports
 side by side. ``OUT/README.md`` gives the command, commit, device, timings, a summary table with
 the learning curves (``OUT/learning_curves.png``), and the paper's claims checked against the numbers.
-``--reuse`` keeps the variants whose export and report already exist.
+``--reuse`` keeps the variants whose export and report already exist and resumes a variant's training
+from its last checkpoint (an interrupted run goes on where it stopped).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,8 +149,12 @@ def run_training(config: dict, flags: list[str], log: Path) -> float:
 
 
 def read_metrics(dump: Path) -> list[dict]:
+    """The logged rows by step; a resumed run logs again the steps after its checkpoint: the last row wins."""
     path = dump / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    rows = {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
+    return [rows[step] for step in sorted(rows)]
 
 
 def plot_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -281,9 +287,12 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
         train_s, analysis_s = (previous.get(name, {}).get(key, float("nan")) for key in ("train_s", "analysis_s"))
         if not done:
             flags = train_flags(config, model_config, dump)
-            (dump / "metrics.jsonl").unlink(missing_ok=True)
-            print(f"[{name}] training: softpick train {shlex.join(flags)}", flush=True)
-            train_s = run_training(config, flags, folder / "train.log")
+            resume = reuse and (dump / "checkpoint").is_dir()
+            if not resume:  # a fresh run: nothing of an earlier one may be resumed or appended to
+                shutil.rmtree(dump, ignore_errors=True)
+            print(f"[{name}] {'resuming' if resume else 'training'}: softpick train {shlex.join(flags)}", flush=True)
+            seconds = run_training(config, flags, folder / "train.log")
+            train_s = train_s + seconds if resume and math.isfinite(train_s) else seconds
             start = time.perf_counter()
             print(f"[{name}] analysing {dump / 'hf'}", flush=True)
             analyze(analyze_parser().parse_args(analyze_flags(config, dump / "hf", analysis)))
@@ -309,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: experiment.out of the file)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the file, e.g. --set train.training.steps=50 (repeatable)")
-    p.add_argument("--reuse", action="store_true", help="keep variants that already have an export and a report")
+    p.add_argument("--reuse", action="store_true", help="keep variants that have an export and a report; resume the others from their checkpoints")
     args = p.parse_args(argv)
     try:
         config = load_experiment(args.config, args.set + ([f"experiment.out={json.dumps(args.out)}"] if args.out else []))

@@ -1,6 +1,7 @@
 """``softpick experiment`` end to end at toy size: two variants trained alike, analysed, compared."""
 
 import json
+import shutil
 
 import pytest
 
@@ -39,6 +40,9 @@ seed = 1
 [train.metrics]
 log_freq = 1
 progress_bar = false
+
+[train.checkpoint]
+interval = 3
 
 [analyze]
 num_samples = 8
@@ -85,6 +89,18 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     assert experiment.main([str(toy_file), "--out", str(out), "--reuse"]) == 0
     assert (out / "softpick" / "train" / "metrics.jsonl").stat().st_mtime_ns == mtime  # not retrained
     assert json.loads((out / "results.json").read_text()) == first
+
+    # a variant whose run was cut off after its step-3 checkpoint resumes there and logs the same losses
+    train = out / "softmax" / "train"
+    losses = [json.loads(line)["loss"] for line in (train / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(train / "hf")
+    shutil.rmtree(train / "checkpoint" / "step-5")
+    (out / "softmax" / "analysis" / "report.json").unlink()
+    assert experiment.main([str(toy_file), "--out", str(out), "--reuse", "--set", "train.training.steps=5"]) == 0
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 4, 5]  # steps 4 and 5 logged again after the resume
+    assert [r["loss"] for r in experiment.read_metrics(train)] == losses
+    assert (out / "softmax" / "analysis" / "report.json").is_file()
 
 
 @pytest.mark.parametrize("text, message", [
