@@ -59,7 +59,7 @@ def triton_problem() -> str | None:
 
 def device_support(q: torch.Tensor) -> str | None:
     """None when the Triton kernels can run on q's device and dtype, else the reason they cannot."""
-    problem = triton_problem()
+    problem = None if torch.compiler.is_compiling() else triton_problem()  # eager calls check it first
     if problem is not None:
         return problem
     if q.is_cuda:
