@@ -90,9 +90,11 @@ def window_means(rows: list[dict], width: int) -> list[float]:
     return [statistics.fmean(losses[i:i + width]) for i in range(0, len(losses) - width + 1, width)]
 
 
-def max_rel_diff(a: list[dict], b: list[dict], key: str = "loss") -> float | None:
+def max_rel_diff(a: list[dict], b: list[dict], key: str = "loss", last_step: int | None = None) -> float | None:
+    """Largest relative difference of ``key`` between runs a and b over their common steps (<= last_step)."""
     by_step = {r["step"]: r[key] for r in b}
-    diffs = [abs(r[key] - by_step[r["step"]]) / abs(by_step[r["step"]]) for r in a if r["step"] in by_step]
+    diffs = [abs(r[key] - by_step[r["step"]]) / abs(by_step[r["step"]]) for r in a
+             if r["step"] in by_step and (last_step is None or r["step"] <= last_step)]
     return max(diffs) if diffs else None
 
 
@@ -105,7 +107,7 @@ def summarize(runs: dict[str, dict], args: argparse.Namespace) -> str:
         f"compile {'on' if args.compile else 'off'}; tokens/s, TFLOP/s and MFU are medians per device after "
         f"the first {skip} steps.", "",
         "| run | processes | rc | steps | tokens/s per device | TFLOP/s per device | MFU | scaling vs 1 device "
-        "| peak GiB | wall s | max rel. loss diff vs single | loss means per 10 steps |",
+        "| peak GiB | wall s | max rel. loss diff vs single, steps 1-50 / all | loss means per 10 steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
@@ -113,12 +115,14 @@ def summarize(runs: dict[str, dict], args: argparse.Namespace) -> str:
         tflops, mfu = median_of(r["rows"], "tflops", skip), median_of(r["rows"], "mfu", skip)
         scaling = f"{tps / base_tps:.3f}" if tps and base_tps else "-"
         mem = max((row.get("memory_gib") or 0.0 for row in r["rows"]), default=0.0)
-        diff = max_rel_diff(r["rows"], single["rows"]) if single and name != "single" else None
+        compared = single and name != "single"
+        diff = max_rel_diff(r["rows"], single["rows"]) if compared else None
+        early = max_rel_diff(r["rows"], single["rows"], last_step=50) if compared else None
         means = ", ".join(f"{m:.3f}" for m in window_means(r["rows"], 10))
         lines.append(
             f"| {name} | {r['nproc']} | {r['rc']} | {len(r['rows'])} | {tps or 0:.0f} | {tflops or 0:.1f} | "
             f"{'-' if mfu is None else f'{mfu:.1%}'} | {scaling} | {mem:.1f} | {r['wall_s']:.0f} | "
-            f"{'-' if diff is None else f'{diff:.2e}'} | {means} |"
+            f"{'-' if early is None else f'{early:.2e}'} / {'-' if diff is None else f'{diff:.2e}'} | {means} |"
         )
     fsdp = runs.get("fsdp")
     for name in ("resume2", "resume1"):
@@ -133,7 +137,7 @@ def summarize(runs: dict[str, dict], args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model config json")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--global-batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--nproc", type=int, default=2)
