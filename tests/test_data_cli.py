@@ -107,6 +107,18 @@ def test_workers_give_the_same_documents(sources):
     assert one == two and len(one) > 10
 
 
+def test_json_documents_and_bad_json(tmp_path):
+    from softpick.corpus.local import read_file
+
+    (tmp_path / "one.json").write_text(json.dumps({"text": "a record"}, indent=2))
+    (tmp_path / "many.json").write_text(json.dumps([{"content": "x"}, {"text": "y"}, {"other": 1}]))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    assert list(read_file(tmp_path / "one.json")) == ["a record"]
+    assert list(read_file(tmp_path / "many.json")) == ["x", "y"]
+    with pytest.raises(ValueError, match="bad.jsonl is not valid jsonl"):
+        list(read_file(tmp_path / "bad.jsonl"))
+
+
 def test_cleaning_helpers():
     assert clean("a" * 10, min_chars=200) is None
     assert clean("word " * 60) == ("word " * 60).strip()

@@ -120,9 +120,14 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
         yield from (t for t in table.column(column).to_pylist() if isinstance(t, str))
         return
     text = raw.decode("utf-8", errors="replace")
-    stripped = text.lstrip()
-    records = json.loads(text) if content == ".json" and stripped.startswith("[") else (
-        json.loads(line) for line in text.splitlines() if line.strip())
+    try:
+        if content == ".json":  # one document: a list of records or a single record
+            data = json.loads(text)
+            records = data if isinstance(data, list) else [data]
+        else:  # JSON lines
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid {content[1:]} ({err.msg} at line {err.lineno}).") from None
     for record in records:
         value = record.get("text", record.get("content")) if isinstance(record, dict) else record
         if isinstance(value, str):
