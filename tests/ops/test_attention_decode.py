@@ -7,8 +7,6 @@ several splits, and row blocks that hold more than one query position of a GQA g
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,12 +14,8 @@ from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention.decode import decode_attention, num_splits
 from softpick.ops.attention.naive import naive_attention
 
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or the Triton interpreter", allow_module_level=True)
+from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-RTOL, ATOL = (2e-2, 2e-2) if DTYPE == torch.bfloat16 else (1e-4, 1e-5)
 
 # (name, B, Tq, Tk, H, HQ, D, mask, splits, q multiplier)
 CASES = [
@@ -64,11 +58,6 @@ def inputs(B, Tq, Tk, H, HQ, D, mult):
     return q.to(DTYPE), k.to(DTYPE), v.to(DTYPE)
 
 
-def assert_close(name, ref, out):
-    assert torch.isfinite(out).all(), f"{name}: non-finite values"
-    err = (out.float() - ref.float()).abs().max().item()
-    scale = ref.float().abs().max().item()
-    assert err <= ATOL + RTOL * scale, f"{name}: max abs err {err:.3e}, max |ref| {scale:.3e}"
 
 
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])

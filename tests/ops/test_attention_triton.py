@@ -8,21 +8,14 @@ The bf16 grid of the same cases runs on the GPU in benchmarks/gpu_check.py.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
 
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or the Triton interpreter", allow_module_level=True)
+from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-# fp32 in the interpreter is exact up to summation order; bf16 on a GPU is about 1e-2.
-RTOL, ATOL = (2e-2, 2e-2) if DTYPE == torch.bfloat16 else (1e-4, 1e-5)
 
 # (B, T, H, HQ, D, cu_seqlens, q multiplier, kind)
 CASES = [
@@ -44,12 +37,6 @@ def case_id(case) -> str:
     return f"B{B}-T{T}-H{H}-HQ{HQ}-D{D}{tag}"
 
 
-def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
-    """max |out - ref| <= atol + rtol * max |ref|, with both numbers in the message."""
-    assert torch.isfinite(out).all(), f"{name}: non-finite values"
-    err = (out.float() - ref.float()).abs().max().item()
-    scale = ref.float().abs().max().item()
-    assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e}, max |ref| {scale:.3e}"
 
 
 def run_case(case, variant: str, causal: bool):
