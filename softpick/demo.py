@@ -2,7 +2,7 @@
 
 Usage::
 
-    softpick demo                          # about 2 minutes on one idle core, writes outputs/demo-softpick
+    softpick demo                          # about 2.5 minutes on one idle core, writes outputs/demo-softpick
     softpick demo --attn-type softmax --out outputs/demo-softmax   # the softmax baseline
 
 Steps, all offline and in this process: write the model config (a 4-layer, 128-wide
