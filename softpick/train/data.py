@@ -61,8 +61,8 @@ def load_documents(cfg: Training, seed: int) -> Any:
     """The mixed document dataset (a ``datasets.Dataset``, or ``IterableDataset`` when streaming).
 
     Each row is ``{"text": str}``; a folder written by ``softpick data build`` gives its pre-tokenized
-    documents instead (:class:`~softpick.corpus.tokenized.TokenizedDocuments`, memory-mapped). Mixing uses ``interleave_datasets`` with ``data_probs``, seeded, and
-    ``stopping_strategy="all_exhausted"``.
+    documents instead (:class:`~softpick.corpus.tokenized.TokenizedDocuments`, memory-mapped). Mixing
+    uses ``interleave_datasets`` with ``data_probs``, seeded, and ``stopping_strategy="all_exhausted"``.
     """
     import datasets
 

@@ -42,20 +42,21 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     return o.transpose(1, 2)
 
 
-def _triton_reason(q, k, v, attention_mask, cu_seqlens, sink=None) -> str | None:
-    """None when one of the Triton kernels runs these inputs, else why neither does (both reasons)."""
+def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink) -> tuple[str | None, str | None]:
+    """("training" or "kv-cache", None): the Triton kernels that run these inputs; else (None, why neither does)."""
     from softpick.ops.attention import decode, parallel
 
     training = parallel.supports(q, k, v, attention_mask=attention_mask)
     if training is None:
-        return None
+        return "training", None
     inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens, sink=sink)
     if inference is None:
-        return None
-    return training if inference == training else f"{training}; {inference}"
+        return "kv-cache", None
+    return None, training if inference == training else f"{training}; {inference}"
 
 
 def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None) -> str:
+    """The implementation to run: "naive", "sdpa", or for Triton "training" / "kv-cache" (its kernels)."""
     if impl is not None:
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}.")
@@ -65,10 +66,16 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
         if impl == "sdpa" and sink is not None:
             raise ValueError("impl 'sdpa' has no sink logit; use impl='triton' or 'naive'.")
-        return impl
+        if impl != "triton":
+            return impl
+        kernels, reason = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
+        if kernels is None:
+            raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
+        return kernels
     if q.is_cuda:
-        if _triton_reason(q, k, v, attention_mask, cu_seqlens, sink) is None:
-            return "triton"
+        kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
+        if kernels is not None:
+            return kernels
         if variant == "softmax" and cu_seqlens is None and sink is None:
             return "sdpa"
     return "naive"
@@ -86,16 +93,15 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         )
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
-    from softpick.ops.attention import decode, parallel
+    if which == "training":
+        from softpick.ops.attention.parallel import parallel_attention
 
-    if parallel.supports(q, k, v, attention_mask=attention_mask) is None:
-        return parallel.parallel_attention(
+        return parallel_attention(
             q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink
         )
-    reason = _triton_reason(q, k, v, attention_mask, cu_seqlens, sink)
-    if reason is not None:
-        raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
-    return decode.decode_attention(
+    from softpick.ops.attention.decode import decode_attention
+
+    return decode_attention(
         q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps, sink=sink
     )
 
