@@ -33,6 +33,7 @@ import torch
 import transformers
 
 from softpick.analysis.cli import analyze, analyze_parser, int_list
+from softpick.analysis.report import quantization_rows
 from softpick.corpus import embedded_tokenizer
 from softpick.models import ATTN_TYPES
 from softpick.train.config import parse_args as parse_train_args
@@ -191,8 +192,8 @@ def generate_sample(model_dir: Path, max_new_tokens: int) -> str:
 def quantization_table(report: dict) -> dict[str, dict[str, float]]:
     """method -> bits (as a string, for json) -> perplexity of the report's quantization study."""
     table: dict[str, dict[str, float]] = {}
-    for row in report.get("quantization", {}).get("results", []):
-        table.setdefault(row["method"], {})[str(row["bits"])] = row["perplexity"]
+    for (method, bits), perplexity in quantization_rows(report).items():
+        table.setdefault(method, {})[str(bits)] = perplexity
     return table
 
 

@@ -229,9 +229,10 @@ def claims(reports: dict[str, dict], reference: str = "softmax", subject: str = 
 
 
 def _quant_table(report: dict) -> dict[tuple[str, int], float]:
-    rows = ((report.get("quantization") or {}).get("results")) or []
-    return {(r["method"], int(r["bits"])): r["perplexity"] for r in rows
-            if r.get("perplexity") is not None and math.isfinite(r["perplexity"])}
+    """(method, bits) -> perplexity of the report's quantization study, finite values only."""
+    from softpick.analysis.report import quantization_rows
+
+    return {key: ppl for key, ppl in quantization_rows(report).items() if ppl is not None and math.isfinite(ppl)}
 
 
 def write_summary(config: dict, out: Path, results: dict[str, dict], reports: dict[str, dict], argv: list[str]) -> Path:
