@@ -36,6 +36,13 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def encode_documents(tokenizer: Any, texts: list[str], dtype: Any = np.int64) -> list[np.ndarray]:
+    """``[BOS] ids [EOS]`` of each text as an array (the special tokens the tokenizer has)."""
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [np.asarray(head + ids + tail, dtype=dtype) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 class TokenizedWriter:
     """Append documents' token ids to per-split files; ``close()`` writes the offsets and the metadata.
 
@@ -66,11 +73,8 @@ class TokenizedWriter:
             (self.folder / split).mkdir(exist_ok=True)
             self.files[split] = open(self.folder / split / "tokens.bin", "wb")
             self.offsets[split] = [0]
-        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        head, tail = ([bos] if bos is not None else []), ([eos] if eos is not None else [])
         offsets = self.offsets[split]
-        for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            doc = np.asarray(head + ids + tail, dtype=self.dtype)
+        for doc in encode_documents(self.tokenizer, texts, self.dtype):
             self.files[split].write(doc.tobytes())
             offsets.append(offsets[-1] + len(doc))
 

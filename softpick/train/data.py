@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from softpick.corpus.tokenized import TokenizedDocuments, is_tokenized_dataset
+from softpick.corpus.tokenized import TokenizedDocuments, encode_documents, is_tokenized_dataset
 from softpick.train.config import ConfigError, Training, split_list
 
 FILE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text", "text": "text", "csv": "csv"}
@@ -168,8 +168,6 @@ class TokenWindows(IterableDataset):
         self.num_workers = 1
         self.positions: dict[int, ShardPosition] = {}
         self.rotation = 0
-        self.bos = tokenizer.bos_token_id
-        self.eos = tokenizer.eos_token_id
 
     # -- documents -------------------------------------------------------------------------------
     def _epoch_docs(self, epoch: int, shard: int, shards: int, start: int) -> Iterator[str | np.ndarray]:
@@ -190,12 +188,7 @@ class TokenWindows(IterableDataset):
 
     def _encode(self, texts: list[str | np.ndarray]) -> list[np.ndarray]:
         """[BOS] ids [EOS] of each text (pre-tokenized documents already carry them)."""
-        if self.pretokenized:
-            return texts
-        head = [self.bos] if self.bos is not None else []
-        tail = [self.eos] if self.eos is not None else []
-        return [np.asarray(head + ids + tail, dtype=np.int64)
-                for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return texts if self.pretokenized else encode_documents(self.tokenizer, texts)
 
     def _token_stream(self, shard: int, shards: int, pos: ShardPosition) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """(epoch, doc, offset, tokens from offset) for every document from ``pos`` on, for ever."""
