@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Everything a one-GPU device session should check and time, in one call (each step time-boxed, each
-# result written to $OUT as it finishes, so a cut-off run still returns what it did):
+# Everything a one-GPU device session should check and time, in time-boxed steps (each result written
+# to $OUT as it finishes, so a cut-off run still returns what it did):
 #
-#   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root; OUT=dir
+#   bash benchmarks/gpu_session.sh [STEP ...]     # on the GPU machine, from the repository root; OUT=dir
 #
-# 1. the kernel tests in bf16 on the GPU (tests/ops: training, KV-cache and sink kernels vs naive);
-# 2. benchmarks/gpu_check.py (bf16/fp16 against float64, compile);
-# 3. benchmarks/attention.py --variants (softpick, softmax, softmax+1, sinks vs SDPA);
-# 4. benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth).
-# Budgets in seconds: STEP_TESTS, STEP_CHECK, STEP_ATTN, STEP_GEN (defaults below).
+# Steps (default: all, in this order; budgets in seconds from STEP_<NAME> variables):
+#   tests       the kernel tests in bf16 on the GPU (tests/ops: training, KV-cache and sink kernels vs naive)
+#   attention   benchmarks/attention.py --variants (softpick, softmax, softmax+1, sinks vs SDPA)
+#   generate    benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth)
+#   throughput  benchmarks/train_throughput.py: the 340M model with each attention variant, bf16, compile
+#   check       benchmarks/gpu_check.py (bf16/fp16 against float64, compile)
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
@@ -24,7 +25,19 @@ step() {  # step NAME SECONDS COMMAND...
   echo "== $name: exit $?" | tee -a "$OUT/$name.log"
   tail -n 25 "$OUT/$name.log"
 }
-step tests "${STEP_TESTS:-240}" python3 -m pytest -q -x -p no:cacheprovider tests/ops
-step gpu_check "${STEP_CHECK:-200}" python3 benchmarks/gpu_check.py --json "$OUT/check.json"
-step attention "${STEP_ATTN:-240}" python3 benchmarks/attention.py --variants --json "$OUT/attention.json"
-step generate "${STEP_GEN:-300}" python3 benchmarks/generate.py --json "$OUT/generate.json"
+declare -A RUN=(
+  [tests]="python3 -m pytest -q -x -p no:cacheprovider tests/ops"
+  [attention]="python3 benchmarks/attention.py --variants --json $OUT/attention.json"
+  [generate]="python3 benchmarks/generate.py --json $OUT/generate.json"
+  [throughput]="python3 benchmarks/train_throughput.py --compile --peak-flops ${PEAK_FLOPS:-989e12} --steps 30 --batch-size 8 --seq-len 4096 --attn ${ATTN:-softpick,softmax,sink,softpick+gate,softpick+ssmax,softmax_plus_one} --json $OUT/throughput.json"
+  [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"
+)
+declare -A BUDGET=([tests]=180 [attention]=200 [generate]=240 [throughput]=420 [check]=200)
+for name in "${@:-tests attention generate throughput check}"; do
+  for one in $name; do
+    [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check)"; exit 2; }
+    var="STEP_${one^^}"
+    # shellcheck disable=SC2086
+    step "$one" "${!var:-${BUDGET[$one]}}" ${RUN[$one]}
+  done
+done

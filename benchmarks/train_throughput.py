@@ -35,7 +35,7 @@ VARIANTS = {
 
 def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
     dump.mkdir(parents=True, exist_ok=True)
-    config = json.loads(Path(BASE_CONFIG).read_text()) | VARIANTS[attn]
+    config = json.loads(Path(args.config).read_text()) | VARIANTS[attn]
     (dump / "model_config.json").write_text(json.dumps(config))
     cmd = [
         sys.executable, "-m", "softpick", "train",
@@ -76,6 +76,7 @@ def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=BASE_CONFIG, help="model config json the variants change")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=4096)
@@ -86,23 +87,31 @@ def main() -> None:
     parser.add_argument("--attn", default="softpick,softmax", help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    unknown = [a for a in args.attn.split(",") if a not in VARIANTS]
+    if unknown:
+        parser.error(f"--attn: unknown variants {unknown}; choose from {', '.join(VARIANTS)}.")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for attn in args.attn.split(","):
+        for attn in args.attn.split(","):  # each row is printed and saved as it finishes (a cut-off run keeps them)
             results.append(run_one(attn, args, Path(tmp) / attn))
+            print(f"RESULT {_row(results[-1])}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
     print("\n| attn | tokens/s | TFLOP/s | MFU | peak GiB | last loss |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "n/a"
-        print(f"| {r['attn']} | {r['tps']:.0f} | {tflops} | {mfu} | {r['peak_mem_gib']:.1f} | {r['loss_last']:.3f} |")
+        print(_row(r))
     softmax = next((r for r in results if r["attn"] == "softmax"), None)
     if softmax is not None:
         for r in results:
             if r is not softmax:
                 print(f"{r['attn']} / softmax tokens/s: {r['tps'] / softmax['tps']:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+
+
+def _row(r: dict) -> str:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+    tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "n/a"
+    return f"| {r['attn']} | {r['tps']:.0f} | {tflops} | {mfu} | {r['peak_mem_gib']:.1f} | {r['loss_last']:.3f} |"
 
 
 if __name__ == "__main__":

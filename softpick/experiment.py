@@ -238,8 +238,8 @@ def _quant_table(report: dict) -> dict[tuple[str, int], float]:
 def write_summary(config: dict, out: Path, results: dict[str, dict], reports: dict[str, dict], argv: list[str]) -> Path:
     from softpick.analysis.report import headline
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = os.environ.get("SOFTPICK_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or "unknown"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86-64'})"
     exp = config["experiment"]
     lines = [f"# Experiment `{exp['name']}`", "", exp.get("description", "").strip(), "",
@@ -267,6 +267,15 @@ def write_summary(config: dict, out: Path, results: dict[str, dict], reports: di
     return path
 
 
+def _save_timing(out: Path, name: str, **seconds: float) -> None:
+    """Record a variant's train_s / analysis_s in OUT/results.json as soon as they are known, so that
+    ``--reuse`` after an interruption still reports the time of the parts that had finished."""
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.setdefault(name, {}).update(seconds)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
     """Train, analyse and compare every variant; returns the summary path."""
     from softpick.analysis.cli import analyze, analyze_parser
@@ -277,16 +286,19 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(config, indent=2) + "\n")
     results, reports, curves = {}, {}, {}
-    previous = json.loads((out / "results.json").read_text()) if reuse and (out / "results.json").is_file() else {}
+    if not reuse:
+        (out / "results.json").unlink(missing_ok=True)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for name in exp["variants"]:
         folder = out / name
         folder.mkdir(exist_ok=True)
         model_config = folder / "model_config.json"
         model_config.write_text(json.dumps({**config["model"], **config["variants"][name]}, indent=2) + "\n")
         dump, analysis = folder / "train", folder / "analysis"
-        done = reuse and (dump / "hf" / "config.json").is_file() and (analysis / "report.json").is_file()
+        trained = reuse and (dump / "hf" / "config.json").is_file()
+        analysed = trained and (analysis / "report.json").is_file()
         train_s, analysis_s = (previous.get(name, {}).get(key, float("nan")) for key in ("train_s", "analysis_s"))
-        if not done:
+        if not trained:
             flags = train_flags(config, model_config, dump)
             resume = reuse and (dump / "checkpoint").is_dir()
             if not resume:  # a fresh run: nothing of an earlier one may be resumed or appended to
@@ -294,10 +306,13 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
             print(f"[{name}] {'resuming' if resume else 'training'}: softpick train {shlex.join(flags)}", flush=True)
             seconds = run_training(config, flags, folder / "train.log")
             train_s = train_s + seconds if resume and math.isfinite(train_s) else seconds
+            _save_timing(out, name, train_s=train_s)
+        if not analysed:
             start = time.perf_counter()
             print(f"[{name}] analysing {dump / 'hf'}", flush=True)
             analyze(analyze_parser().parse_args(analyze_flags(config, dump / "hf", analysis)))
             analysis_s = time.perf_counter() - start
+            _save_timing(out, name, analysis_s=analysis_s)
         rows = read_metrics(dump)
         curves[name] = rows
         reports[name] = load_report(analysis)

@@ -90,6 +90,14 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     assert (out / "softpick" / "train" / "metrics.jsonl").stat().st_mtime_ns == mtime  # not retrained
     assert json.loads((out / "results.json").read_text()) == first
 
+    # a variant trained and exported but not analysed (cut off in its analysis) is analysed, not retrained
+    (out / "softpick" / "analysis" / "report.json").unlink()
+    assert experiment.main([str(toy_file), "--out", str(out), "--reuse"]) == 0
+    assert (out / "softpick" / "train" / "metrics.jsonl").stat().st_mtime_ns == mtime
+    assert (out / "softpick" / "analysis" / "report.json").is_file()
+    again = json.loads((out / "results.json").read_text())
+    assert again["softpick"]["train_s"] == first["softpick"]["train_s"]
+
     # a variant whose run was cut off after its step-3 checkpoint resumes there and logs the same losses
     train = out / "softmax" / "train"
     losses = [json.loads(line)["loss"] for line in (train / "metrics.jsonl").read_text().splitlines()]
