@@ -113,13 +113,16 @@ def load_documents(cfg: Training, seed: int) -> Any:
 def shuffled_indices(n: int, *, seed: int, epoch: int, shard: int = 0, shards: int = 1, start: int = 0) -> Iterator[int]:
     """Document indices of one epoch in shuffled order: positions ``shard + i * shards`` for i >= start.
 
-    Two-level shuffle that needs O(n / SHUFFLE_BLOCK) memory (a full permutation of 100M documents
-    would take 0.8 GB in every loader worker): the order of blocks of SHUFFLE_BLOCK consecutive
-    documents is permuted, then the documents inside each block (seeded by seed, epoch and block).
+    Two-level shuffle that needs O(SHUFFLE_BLOCK + n / SHUFFLE_BLOCK) memory (a full permutation of
+    100M documents would take 0.8 GB in every loader worker): the documents are dealt into
+    ``ceil(n / SHUFFLE_BLOCK)`` interleaved blocks (block b holds documents b, b + blocks, b + 2 blocks,
+    ...), the order of the blocks is permuted, then the documents inside each block (seeded by seed,
+    epoch and block). Interleaving makes every block a sample of the whole dataset, so a dataset
+    stored grouped by source (one package, book or site after another) is mixed from the first batch.
     """
     blocks = -(-n // SHUFFLE_BLOCK)
     order = np.random.default_rng([seed, epoch]).permutation(blocks)  # [blocks]
-    sizes = np.minimum(SHUFFLE_BLOCK, n - order * SHUFFLE_BLOCK)
+    sizes = (n - order + blocks - 1) // blocks  # documents in each block, in epoch order
     ends = np.cumsum(sizes)  # epoch position after each block
     first = shard + start * shards
     for k in range(int(np.searchsorted(ends, first, side="right")), blocks):
@@ -127,7 +130,7 @@ def shuffled_indices(n: int, *, seed: int, epoch: int, shard: int = 0, shards: i
         inner = np.random.default_rng([seed, epoch, int(order[k])]).permutation(int(sizes[k]))
         j0 = max((shard - begin) % shards, first - begin)  # first block position of this shard, >= first
         for j in inner[j0::shards]:
-            yield int(order[k]) * SHUFFLE_BLOCK + int(j)
+            yield int(order[k]) + int(j) * blocks
 
 
 @dataclass

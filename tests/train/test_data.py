@@ -128,6 +128,14 @@ def test_shuffled_indices_shard_an_epoch(n):
     assert list(shuffled_indices(n, seed=3, epoch=0, shard=1, shards=3, start=5)) == shards[1][5:]
 
 
+def test_shuffled_indices_mix_a_dataset_stored_by_source():
+    # three sources of 4096 documents stored one after another (e.g. three packages' docs): the first
+    # 300 documents of an epoch come from all three, in about equal shares, not from one source
+    n = 3 * 4096
+    head = [i // 4096 for i in list(shuffled_indices(n, seed=0, epoch=0))[:300]]
+    assert all(60 <= head.count(source) <= 140 for source in range(3)), [head.count(s) for s in range(3)]
+
+
 def test_resume_with_another_data_parallel_world_is_refused(assets):
     _, tok = token_stream(assets, seed=0)
     cfg = config(assets, "--training.seq_len", str(SEQ_LEN), "--training.batch_size", "1")
