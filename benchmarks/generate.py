@@ -127,6 +127,8 @@ def kernel_bandwidth(contexts: list[int], batches: list[int], heads: int, head_d
     rows = []
     for batch in batches:
         for context in contexts:
+            if 2 * batch * context * heads * head_dim * 2 / 2**30 > KV_BUDGET_GIB:
+                continue
             k = torch.randn(batch, heads, context, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             v = torch.randn_like(k)
             q = torch.randn(batch, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -153,6 +155,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--models", default=None, help="comma-separated subset of the model names")
     p.add_argument("--skip-kernel", action="store_true")
+    p.add_argument("--kernel-batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes of the kernel table")
+    p.add_argument("--kernel-context", type=int, nargs="+", default=[8192, 32768, 131072])
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke test of the script")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--json", type=Path, default=None)
@@ -183,7 +187,8 @@ def main() -> None:
                       f"{r['decode_ms_per_step']:.2f} | {r['generate_new_tok_s']:.0f} |", flush=True)
     kernel_rows = []
     if not args.skip_kernel and args.device == "cuda":
-        kernel_rows = kernel_bandwidth([8192, 32768, 131072], [1, 8], config.num_key_value_heads, config.head_dim)
+        kernel_rows = kernel_bandwidth(args.kernel_context, args.kernel_batch, config.num_key_value_heads,
+                                       config.head_dim)
         print("\n| attention | batch | context | us | K+V GB/s | copy GB/s | fraction |")
         print("|---|---|---|---|---|---|---|")
         for r in kernel_rows:

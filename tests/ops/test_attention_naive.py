@@ -181,9 +181,10 @@ def test_sdpa_rejected_for_softpick():
         softpick_attention(q, q, q, impl="sdpa")
 
 
+@pytest.mark.parametrize("tq", [1, 3, 7])
 @pytest.mark.parametrize("pad_left", [True, False])
-def test_sdpa_softmax_matches_naive(pad_left):
-    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 7, 2, 8), torch.randn(2, 7, 2, 8)
+def test_sdpa_softmax_matches_naive(pad_left, tq):
+    q, k, v = torch.randn(2, tq, 4, 8), torch.randn(2, 7, 2, 8), torch.randn(2, 7, 2, 8)
     pad = torch.ones(2, 7, dtype=torch.long)
     if pad_left:
         pad[0, :7] = 0  # this row sees nothing: both must give zeros, not NaN

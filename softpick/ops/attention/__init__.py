@@ -27,9 +27,9 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     B, Tq, HQ, _ = q.shape
     Tk, H = k.shape[1], k.shape[2]
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-    if attention_mask is None and (not causal or Tq == Tk):
+    if attention_mask is None and (not causal or Tq == Tk or Tq == 1):  # one query (decoding) sees every key
         o = torch.nn.functional.scaled_dot_product_attention(
-            qt, kt, vt, is_causal=causal, scale=scale, enable_gqa=HQ != H
+            qt, kt, vt, is_causal=causal and Tq > 1, scale=scale, enable_gqa=HQ != H
         )
         return o.transpose(1, 2)
     mask = visible_keys(

@@ -143,5 +143,8 @@ def decode_attention(
         attention_mask = attention_mask.contiguous()
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = attention_mask.to(torch.uint8)
-    return attention_decode_op(q, k, v, attention_mask, variant == "softpick", scale, bool(causal), float(eps),
-                               int(splits), None if sink is None else sink.float().contiguous())
+    # the custom op is what torch.compile traces; eager decoding calls the launcher directly (the op's
+    # dispatch costs about 10 us of host time per layer and step, and decoding is host-bound)
+    run = attention_decode_op if torch.compiler.is_compiling() else _decode
+    return run(q, k, v, attention_mask, variant == "softpick", scale, bool(causal), float(eps), int(splits),
+               None if sink is None else sink.float().contiguous())
