@@ -70,7 +70,7 @@ def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
     return out
 
 
-def bench_shape(shape: str, variants: bool = False) -> list[dict]:
+def bench_shape(shape: str, variants: bool = False, only: list[str] | None = None) -> list[dict]:
     device = torch.device("cuda")
     if shape == "varlen":
         B, T, H, D = 1, sum(VARLEN_DOCS), VARLEN_H, VARLEN_D
@@ -86,6 +86,8 @@ def bench_shape(shape: str, variants: bool = False) -> list[dict]:
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     rows = []
     for name, fn in impls(cu is not None, H, variants).items():
+        if only and name not in only:
+            continue
 
         def fwd():
             return fn(q, k, v, cu, max_len)
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BxTxHxD or 'varlen'")
     parser.add_argument("--json", help="write rows and environment to this file")
     parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
+    parser.add_argument("--impls", default=None, help="comma-separated subset, e.g. softpick,softmax")
     args = parser.parse_args(argv)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     commit = os.environ.get("SOFTPICK_COMMIT") or git.stdout.strip() or "unknown"
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(env, flush=True)
     print(_header(), flush=True)
-    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants)]
+    only = args.impls.split(",") if args.impls else None
+    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only)]
     print("\n" + _header())
     for r in rows:
         print(_fmt(r))

@@ -114,7 +114,9 @@ def measure(model, batch: int, context: int, steps: int, vocab: int) -> dict:
 
 
 @torch.no_grad()
-def kernel_bandwidth(contexts: list[int], batches: list[int], heads: int, head_dim: int) -> list[dict]:
+def kernel_bandwidth(contexts: list[int], batches: list[int], heads: int, head_dim: int,
+                     splits: tuple[int, ...] = (0,)) -> list[dict]:
+    """K+V read bandwidth of the decode kernel (each split count; 0 = the default choice) and of SDPA."""
     from triton.testing import do_bench
 
     from softpick.ops.attention.decode import decode_attention
@@ -132,11 +134,12 @@ def kernel_bandwidth(contexts: list[int], batches: list[int], heads: int, head_d
             k = torch.randn(batch, heads, context, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             v = torch.randn_like(k)
             q = torch.randn(batch, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16)
-            for variant in ("softpick", "softmax"):
+            for variant, n in [(variant, n) for variant in ("softpick", "softmax") for n in splits]:
                 seconds = do_bench(lambda: decode_attention(q, k, v, variant=variant, scale=None, causal=True,
-                                                            attention_mask=None, eps=1e-6)) / 1e3
+                                                            attention_mask=None, eps=1e-6, splits=n)) / 1e3
                 gbs = 2 * k.numel() * k.element_size() / seconds / 1e9
-                rows.append({"variant": variant, "batch": batch, "context": context, "us": seconds * 1e6,
+                name = variant if n == 0 else f"{variant} splits={n}"
+                rows.append({"variant": name, "batch": batch, "context": context, "us": seconds * 1e6,
                              "kv_gb_s": gbs, "copy_gb_s": copy_gbs, "fraction_of_copy": gbs / copy_gbs})
             sdpa_s = do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))) / 1e3
@@ -153,10 +156,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--context", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--models", default=None, help="comma-separated subset of the model names")
+    p.add_argument("--models", default=None, help="comma-separated subset of the model names ('none': kernel table only)")
     p.add_argument("--skip-kernel", action="store_true")
     p.add_argument("--kernel-batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes of the kernel table")
     p.add_argument("--kernel-context", type=int, nargs="+", default=[8192, 32768, 131072])
+    p.add_argument("--kernel-splits", type=int, nargs="+", default=[0],
+                   help="key-split counts of the kernel table (0 = the default choice)")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke test of the script")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--json", type=Path, default=None)
@@ -165,10 +170,13 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"# {device_name}, torch {torch.__version__}, commit {commit or 'unknown'}", flush=True)
-    models = build_models(args.config, args.device, getattr(torch, args.dtype))
-    if args.models:
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("softpick_transformer", **{
+        k: v for k, v in json.loads(args.config.read_text()).items() if k != "model_type"})
+    models = {} if args.models == "none" else build_models(args.config, args.device, getattr(torch, args.dtype))
+    if args.models and args.models != "none":
         models = {n: m for n, m in models.items() if n in args.models.split(",")}
-    config = next(iter(models.values())).config
     kv_bytes_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2
     rows = []
     print("| model | batch | context | prefill tok/s | decode tok/s | decode ms/step | generate new tok/s |")
@@ -188,7 +196,7 @@ def main() -> None:
     kernel_rows = []
     if not args.skip_kernel and args.device == "cuda":
         kernel_rows = kernel_bandwidth(args.kernel_context, args.kernel_batch, config.num_key_value_heads,
-                                       config.head_dim)
+                                       config.head_dim, tuple(args.kernel_splits))
         print("\n| attention | batch | context | us | K+V GB/s | copy GB/s | fraction |")
         print("|---|---|---|---|---|---|---|")
         for r in kernel_rows:
