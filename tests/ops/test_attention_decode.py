@@ -107,6 +107,8 @@ def test_num_splits_fills_the_device_but_keeps_long_splits():
     assert num_splits(q, torch.empty(1, 8192, 16, 64), block_rows=16) == 1  # 16 programs >= 2 x 4 "SMs"
     assert num_splits(torch.empty(1, 1, 2, 64), torch.empty(1, 8192, 1, 64), block_rows=16) == 8
     assert num_splits(torch.empty(1, 1, 2, 64), torch.empty(1, 300, 1, 64), block_rows=16) == 2
+    # 3 programs: 2 splits (6 programs <= 2 x 4), not 3 (9, a third wave on one of the 4 "SMs")
+    assert num_splits(torch.empty(3, 1, 2, 64), torch.empty(3, 8192, 1, 64), block_rows=16) == 2
 
 
 @pytest.mark.parametrize("op", [softpick_attention, softmax_attention], ids=["softpick", "softmax"])

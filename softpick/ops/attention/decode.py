@@ -38,12 +38,16 @@ def supports(
 
 
 def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
-    """Key splits so that about two programs run per multiprocessor, each with >= MIN_KEYS_PER_SPLIT keys."""
+    """Key splits so that at most two programs run per multiprocessor, each with >= MIN_KEYS_PER_SPLIT keys.
+
+    Rounded down: on an H100 (132 SMs), batch 1 x 16 heads at 32k – 131k keys ran 3 – 4% faster with
+    16 splits (256 programs) than with 17 (272, a sliver of a third wave), batch 2 with 8 than with 9.
+    """
     B, Tq, HQ, _ = q.shape
     Tk, H = k.shape[1], k.shape[2]
     programs = B * H * math.ceil(Tq * (HQ // H) / block_rows)
     sms = _multiprocessors(q.device.index or 0) if q.is_cuda else 4
-    return max(1, min(math.ceil(2 * sms / programs), math.ceil(Tk / MIN_KEYS_PER_SPLIT)))
+    return max(1, min(2 * sms // programs, math.ceil(Tk / MIN_KEYS_PER_SPLIT)))
 
 
 def _pow2(n: int, low: int = 16) -> int:

@@ -114,9 +114,8 @@ def _dkdv_inner(
             if CAUSAL:
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
         b_eT = tl.math.exp2(b_sT - b_lse[None, :])
-        if SOFTPICK:  # relu after the cast (the same numbers, on packed 16-bit pairs)
-            b_pT = (b_eT - tl.math.exp2(-b_lse)[None, :]).to(b_do.dtype)
-            b_pT = tl.maximum(b_pT, tl.zeros_like(b_pT))
+        if SOFTPICK:
+            b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
         else:
             b_pT = b_eT
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
