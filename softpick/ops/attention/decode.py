@@ -40,8 +40,9 @@ def supports(
 def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
     """Key splits so that at most two programs run per multiprocessor, each with >= MIN_KEYS_PER_SPLIT keys.
 
-    Rounded down: on an H100 (132 SMs), batch 1 x 16 heads at 32k – 131k keys ran 3 – 4% faster with
-    16 splits (256 programs) than with 17 (272, a sliver of a third wave), batch 2 with 8 than with 9.
+    Rounded down: on an H100 (132 SMs), batch 1 x 16 heads at 32k – 131k keys ran about 3% faster
+    with 16 splits (256 programs) than with 17 (272, a sliver of a third wave); batch 2 up to 5% with
+    8 than with 9 (benchmarks/RESULTS.md).
     """
     B, Tq, HQ, _ = q.shape
     Tk, H = k.shape[1], k.shape[2]
