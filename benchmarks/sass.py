@@ -1,0 +1,122 @@
+"""Instruction mix of the attention kernels on Hopper, compiled here without a GPU.
+
+Triton compiles for any target it knows and ships ``ptxas`` and ``cuobjdump``, so the SASS that an
+H100 would run can be read on a CPU machine. This prints, for each kernel, head dim and attention
+type, the count of every opcode (static, both loops of the kernel) and flags what costs speed:
+no HGMMA (wgmma) or no LDGSTS (async copies) means the pipelining was lost, STL/LDL means registers
+spilled to local memory. Pointers and the sizes that Triton specializes at run time (divisible by 16)
+are given the same attributes here, so the code is the code of a real launch.
+
+    python benchmarks/sass.py                                   # forward and backward, D 64 and 128
+    python benchmarks/sass.py --kernels fwd --head-dims 64 --ops FADD FMNMX MUFU F2FP
+    python benchmarks/sass.py --dump /tmp/sass                  # also write each kernel's SASS
+
+Tiles are the ones the autotuner picked on the H100 (benchmarks/RESULTS.md); ``--tile BM BN WARPS
+STAGES`` overrides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from softpick.ops.attention import triton_bwd, triton_fwd
+
+KERNELS = {"fwd": triton_fwd.attention_fwd_kernel, "dkdv": triton_bwd.attention_bwd_dkdv_kernel,
+           "dq": triton_bwd.attention_bwd_dq_kernel}
+"""name -> the autotuned kernel."""
+
+TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages), as autotuned on the H100
+    ("fwd", 64, True): (128, 64, 4, 3), ("fwd", 64, False): (128, 64, 8, 3),
+    ("fwd", 128, True): (128, 64, 8, 3), ("fwd", 128, False): (128, 64, 8, 3),
+    ("dkdv", 64, True): (64, 64, 4, 3), ("dkdv", 64, False): (32, 64, 4, 3),
+    ("dkdv", 128, True): (64, 64, 4, 2), ("dkdv", 128, False): (32, 64, 4, 3),
+    ("dq", 64, True): (64, 64, 4, 3), ("dq", 64, False): (64, 64, 4, 3),
+    ("dq", 128, True): (64, 64, 4, 2), ("dq", 128, False): (64, 64, 4, 2),
+}
+SIZES = ("T", "HQ", "H")
+"""Integer arguments specialized as multiples of 16 (true for the benchmark shapes with 16 heads)."""
+
+
+def _jit_function(kernel):
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn  # the autotuner wraps the JITFunction
+    return kernel
+
+
+def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, int, int, int], arch: int = 90):
+    """The compiled kernel (``.asm`` holds ptx and cubin) for causal, dense, bf16 inputs."""
+    fn = _jit_function(KERNELS[name])
+    bm, bn, warps, stages = tile
+    const = {"K": head_dim, "V": head_dim, "BK": head_dim, "BV": head_dim, "BM": bm, "BN": bn,
+             "SOFTPICK": softpick, "CAUSAL": True, "IS_VARLEN": False}
+    if name == "fwd":
+        const["HAS_SINK"] = False
+    if name == "dkdv":
+        const["G"] = 1
+    names = fn.arg_names
+    ptr_types = {"lse": "*fp32", "sink": "*fp32", "delta": "*fp32", "cu_seqlens": "*i32"}
+    scalar_types = {"T": "i32", "HQ": "i32", "H": "i32", "qk_scale": "fp32", "scale": "fp32", "eps": "fp32"}
+    signature = {n: "constexpr" if n in const else scalar_types.get(n) or ptr_types.get(n, "*bf16") for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if signature[n].startswith("*") or n in SIZES}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in const.items()},
+                       attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def sass(compiled) -> str:
+    """cuobjdump's SASS listing of a compiled kernel."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        return subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+
+
+def opcode_counts(listing: str) -> collections.Counter:
+    """Opcode (without modifiers) -> static count in a SASS listing."""
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", listing, re.M)
+    return collections.Counter(ops)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    parser.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--ops", nargs="+", default=["HGMMA", "LDGSTS", "MUFU", "FFMA", "FADD", "FMUL", "FMNMX",
+                                                     "FSEL", "FSETP", "F2FP", "LOP3", "STL", "LDL"])
+    parser.add_argument("--tile", nargs=4, type=int, metavar=("BM", "BN", "WARPS", "STAGES"), default=None)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
+    args = parser.parse_args(argv)
+    print(f"triton {triton.__version__}, sm_{args.arch}; static opcode counts (both loops of each kernel)")
+    print("| kernel | D | attention | tile | total | " + " | ".join(args.ops) + " | warnings |")
+    print("|---" * (5 + len(args.ops)) + "|---|")
+    for name in args.kernels:
+        for d in args.head_dims:
+            for softpick in (True, False):
+                tile = tuple(args.tile) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
+                listing = sass(compile_kernel(name, d, softpick, tile, args.arch))
+                counts = opcode_counts(listing)
+                kind = "softpick" if softpick else "softmax"
+                if args.dump:
+                    args.dump.mkdir(parents=True, exist_ok=True)
+                    (args.dump / f"{name}_d{d}_{kind}.sass").write_text(listing)
+                warnings = [w for w, bad in (("no HGMMA", not counts["HGMMA"]), ("no LDGSTS", not counts["LDGSTS"]),
+                                             ("spills", counts["STL"] + counts["LDL"] > 0)) if bad]
+                print(f"| {name} | {d} | {kind} | {'x'.join(map(str, tile))} | {sum(counts.values())} | "
+                      + " | ".join(str(counts[op]) for op in args.ops) + f" | {', '.join(warnings) or '-'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
