@@ -7,13 +7,17 @@ itself reads. :func:`append_to_cache` keeps, for each plain ``DynamicLayer``, a 
 ``keys`` / ``values`` become views of the buffer's first positions, so everything else that reads or
 replaces them (``get_seq_length``, ``crop``, beam-search reordering, batch selection) keeps working: a
 layer whose tensors were replaced by such an operation simply gets a new buffer at its next append.
-Caches of any other kind (static, sliding, offloaded, quantized) go through their own ``update``.
+A ``StaticCache`` (``generate(..., cache_implementation="static")``) preallocates every layer at its
+maximum length; its ``update`` writes in place and returns the whole buffer, of which only the first
+positions hold tokens, so the valid prefix is returned (the attention's causal convention, queries
+are the last positions of the keys, needs it). Caches of any other kind (sliding, offloaded,
+quantized) go through their own ``update``.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 GROWTH = 1.25
 PAD = 256
@@ -40,6 +44,10 @@ def _buffer(layer: DynamicLayer, name: str, current: torch.Tensor, needed: int) 
 def append_to_cache(cache: Cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Append keys, values [B, H, T_new, D] to layer ``layer_idx``; returns all of that layer's [B, H, T, D]."""
     layers = getattr(cache, "layers", None)
+    if layers is not None and layer_idx < len(layers) and type(layers[layer_idx]) is StaticLayer:
+        keys, values = cache.update(keys, values, layer_idx)  # [B, H, max_len, D]
+        valid = int(layers[layer_idx].get_seq_length())  # positions written so far, these tokens included
+        return keys[:, :, :valid], values[:, :, :valid]
     if (
         layers is None or layer_idx >= len(layers) or type(layers[layer_idx]) is not DynamicLayer
         or getattr(cache, "offloading", False) or not layers[layer_idx].is_initialized

@@ -391,6 +391,11 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+        """What ``generate`` passes as attention_mask with a compileable (static) cache: our 2-D padding mask
+        as it is (transformers would build a 4-D float mask for its own attention functions)."""
+        return attention_mask
+
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 

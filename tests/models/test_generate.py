@@ -104,3 +104,17 @@ def test_decoding_appends_in_place_and_survives_crop_and_beam_search():
     assert full.shape[1] == 9
     beams = [model.generate(prompt, max_new_tokens=NEW, num_beams=3, do_sample=False, use_cache=c) for c in (True, False)]
     assert torch.equal(beams[0], beams[1])
+
+
+@torch.no_grad()
+def test_static_cache_generation_equals_dynamic(attn_type):
+    """generate(cache_implementation="static"): preallocated layers, the same tokens as the default cache,
+    with a left-padded batch (the model reads the valid prefix of each static layer)."""
+    model = generation_model(attn_type)
+    batch = torch.randint(3, VOCAB, (2, 7))
+    mask = torch.ones_like(batch)
+    mask[0, :3] = 0
+    dynamic = model.generate(batch, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    static = model.generate(batch, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
+                            cache_implementation="static")
+    assert torch.equal(static, dynamic)
