@@ -20,7 +20,11 @@ then ``softpick analyze`` runs on its Hugging Face export, and ``softpick compar
 side by side. ``OUT/README.md`` gives the command, commit, device, timings, a summary table with
 the learning curves (``OUT/learning_curves.png``), and the paper's claims checked against the numbers.
 ``--reuse`` keeps the variants whose export and report already exist and resumes a variant's training
-from its last checkpoint (an interrupted run goes on where it stopped).
+from its last checkpoint (an interrupted run goes on where it stopped). ``--only NAME`` trains and
+analyses the named variants and writes no comparison. ``--parallel N`` runs up to N variants at a time,
+each in its own process (``softpick experiment ... --only NAME``, log in ``OUT/NAME/experiment.log``)
+on its own ``nproc`` GPUs (``CUDA_VISIBLE_DEVICES``), then compares them: on a node with 8 GPUs,
+8 one-GPU variants train side by side.
 """
 
 from __future__ import annotations
@@ -267,17 +271,26 @@ def write_summary(config: dict, out: Path, results: dict[str, dict], reports: di
     return path
 
 
-def _save_timing(out: Path, name: str, **seconds: float) -> None:
-    """Record a variant's train_s / analysis_s in OUT/results.json as soon as they are known, so that
-    ``--reuse`` after an interruption still reports the time of the parts that had finished."""
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results.setdefault(name, {}).update(seconds)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+def _save_timing(folder: Path, **seconds: float) -> None:
+    """Record a variant's train_s / analysis_s in FOLDER/timing.json as soon as they are known, so that
+    ``--reuse`` after an interruption (or the comparison after ``--parallel``) reports them."""
+    path = folder / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**timing, **seconds}, indent=2) + "\n")
 
 
-def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
-    """Train, analyse and compare every variant; returns the summary path."""
+def _load_timing(folder: Path) -> dict[str, float]:
+    """FOLDER/timing.json, else the variant's row of an older run's OUT/results.json, else {}."""
+    for path, key in ((folder / "timing.json", None), (folder.parent / "results.json", folder.name)):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return data if key is None else data.get(key, {})
+    return {}
+
+
+def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | None = None) -> Path | None:
+    """Train, analyse and compare every variant (or train and analyse only ``only``, without a
+    comparison); returns the summary path (None with ``only``)."""
     from softpick.analysis.cli import analyze, analyze_parser
     from softpick.analysis.report import load_report, write_comparison
 
@@ -286,18 +299,18 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(config, indent=2) + "\n")
     results, reports, curves = {}, {}, {}
-    if not reuse:
-        (out / "results.json").unlink(missing_ok=True)
-    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    for name in exp["variants"]:
+    for name in only or exp["variants"]:
         folder = out / name
         folder.mkdir(exist_ok=True)
+        if not reuse:
+            (folder / "timing.json").unlink(missing_ok=True)
+        previous = _load_timing(folder)
         model_config = folder / "model_config.json"
         model_config.write_text(json.dumps({**config["model"], **config["variants"][name]}, indent=2) + "\n")
         dump, analysis = folder / "train", folder / "analysis"
         trained = reuse and (dump / "hf" / "config.json").is_file()
         analysed = trained and (analysis / "report.json").is_file()
-        train_s, analysis_s = (previous.get(name, {}).get(key, float("nan")) for key in ("train_s", "analysis_s"))
+        train_s, analysis_s = (previous.get(key, float("nan")) for key in ("train_s", "analysis_s"))
         if not trained:
             flags = train_flags(config, model_config, dump)
             resume = reuse and (dump / "checkpoint").is_dir()
@@ -306,24 +319,84 @@ def run(config: dict, argv: list[str], reuse: bool = False) -> Path:
             print(f"[{name}] {'resuming' if resume else 'training'}: softpick train {shlex.join(flags)}", flush=True)
             seconds = run_training(config, flags, folder / "train.log")
             train_s = train_s + seconds if resume and math.isfinite(train_s) else seconds
-            _save_timing(out, name, train_s=train_s)
+            _save_timing(folder, train_s=train_s)
         if not analysed:
             start = time.perf_counter()
             print(f"[{name}] analysing {dump / 'hf'}", flush=True)
             analyze(analyze_parser().parse_args(analyze_flags(config, dump / "hf", analysis)))
             analysis_s = time.perf_counter() - start
-            _save_timing(out, name, analysis_s=analysis_s)
+            _save_timing(folder, analysis_s=analysis_s)
+        if only:
+            continue
         rows = read_metrics(dump)
         curves[name] = rows
         reports[name] = load_report(analysis)
         results[name] = {"train_s": train_s, "analysis_s": analysis_s, "final_loss": _final(rows) or float("nan"),
                          "tokens": rows[-1]["tokens"] if rows else 0}
+    if only:
+        return None
     write_comparison(reports, out / "comparison")
     plot_learning_curves(curves, out / "learning_curves.png")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     summary = write_summary(config, out, results, reports, argv)
     print(f"wrote {summary}")
     return summary
+
+
+def run_parallel(config: dict, argv: list[str], parallel: int, reuse: bool = False) -> Path:
+    """Each variant in its own ``softpick experiment --only NAME`` process, ``parallel`` at a time, each
+    on its own GPUs; then the comparison of all of them. Returns the summary path."""
+    exp = config["experiment"]
+    nproc, names = int(exp["nproc"]), list(exp["variants"])
+    gpus = torch.cuda.device_count()
+    if gpus and parallel * nproc > gpus:
+        raise ValueError(f"--parallel {parallel} x nproc {nproc} needs {parallel * nproc} GPUs; {gpus} are visible.")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+    out = Path(exp["out"])
+    base = [a for a in _strip_flags(argv, {"--parallel": 1, "--only": 1, "--reuse": 0, "--out": 1})]
+    command = [sys.executable, "-m", "softpick", "experiment", *base, "--out", str(out)] + (["--reuse"] if reuse else [])
+    free = list(range(parallel))  # slots; slot k owns GPUs ids[k * nproc: (k + 1) * nproc]
+    running: list[tuple[str, int, subprocess.Popen, Any]] = []
+    failed = []
+    pending = list(names)
+    while pending or running:
+        while pending and free:
+            name, slot = pending.pop(0), free.pop(0)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * nproc:(slot + 1) * nproc])
+            log = open(out / name / "experiment.log", "w")
+            print(f"[{name}] started on {'GPUs ' + env['CUDA_VISIBLE_DEVICES'] if gpus else 'the CPU'}; "
+                  f"log {out / name / 'experiment.log'}", flush=True)
+            proc = subprocess.Popen([*command, "--only", name], stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((name, slot, proc, log))
+        time.sleep(0.5)
+        for item in [r for r in running if r[2].poll() is not None]:
+            name, slot, proc, log = item
+            log.close()
+            running.remove(item)
+            free.append(slot)
+            print(f"[{name}] finished (exit {proc.returncode})", flush=True)
+            if proc.returncode != 0:
+                failed.append(name)
+    if failed:
+        raise RuntimeError(f"variants {failed} failed; see OUT/NAME/experiment.log.")
+    return run(config, argv, reuse=True)
+
+
+def _strip_flags(argv: list[str], flags: dict[str, int]) -> list[str]:
+    """argv without the given flags (flag -> number of values it takes; --flag=value forms too)."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg in flags:
+            skip = flags[arg]
+        elif not any(arg.startswith(f + "=") for f in flags):
+            kept.append(arg)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,10 +408,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the file, e.g. --set train.training.steps=50 (repeatable)")
     p.add_argument("--reuse", action="store_true", help="keep variants that have an export and a report; resume the others from their checkpoints")
+    p.add_argument("--only", default=None, help="comma-separated variants to train and analyse (no comparison)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="variants run at the same time, each in its own process on its own nproc GPUs")
     args = p.parse_args(argv)
     try:
         config = load_experiment(args.config, args.set + ([f"experiment.out={json.dumps(args.out)}"] if args.out else []))
-        run(config, argv, reuse=args.reuse)
+        only = args.only.split(",") if args.only else None
+        unknown = [n for n in only or [] if n not in config["experiment"]["variants"]]
+        if unknown:
+            raise ValueError(f"--only names {unknown}, not in experiment.variants {config['experiment']['variants']}.")
+        if args.parallel < 1:
+            raise ValueError(f"--parallel must be >= 1, got {args.parallel}.")
+        if args.parallel > 1 and only:
+            raise ValueError("--parallel runs every variant; leave out --only.")
+        if args.parallel > 1:
+            run_parallel(config, argv, args.parallel, reuse=args.reuse)
+        else:
+            run(config, argv, reuse=args.reuse, only=only)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"softpick experiment: {error}", file=sys.stderr)
         return 2

@@ -111,6 +111,27 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     assert (out / "softmax" / "analysis" / "report.json").is_file()
 
 
+def test_parallel_variants_match_sequential_ones(toy_file, tmp_path):
+    """--parallel 2: each variant in its own process at the same time, then one comparison; the same
+    losses as the variants trained one after another in this process."""
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    assert experiment.main([str(toy_file), "--out", str(seq), "--set", "train.training.steps=4"]) == 0
+    assert experiment.main([str(toy_file), "--out", str(par), "--set", "train.training.steps=4", "--parallel", "2"]) == 0
+    for name in ("softpick", "softmax"):
+        losses = [[r["loss"] for r in experiment.read_metrics(out / name / "train")] for out in (seq, par)]
+        assert len(losses[1]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+        assert (par / name / "experiment.log").is_file() and (par / name / "analysis" / "report.json").is_file()
+    assert "| softpick |" in (par / "README.md").read_text()
+    assert json.loads((par / "results.json").read_text())["softmax"]["train_s"] > 0
+
+
+def test_only_trains_the_named_variant_without_a_comparison(toy_file, tmp_path):
+    out = tmp_path / "only"
+    assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=2", "--only", "softmax"]) == 0
+    assert (out / "softmax" / "analysis" / "report.json").is_file()
+    assert not (out / "softpick" / "train").exists() and not (out / "README.md").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("[experiment]\nvariants = ['a']\n[model]\nmodel_type = 'x'\n[variants.a]\n", "at least two variants"),
     ("[experiment]\nvariants = ['a', 'b']\n[model]\nmodel_type = 'x'\n[variants.a]\n", "without a [variants.NAME]"),
@@ -130,3 +151,13 @@ def test_set_parses_toml_values():
     experiment._set(config, "train.training.dataset=data/prose")
     experiment._set(config, "analyze.no_progress=true")
     assert config == {"train": {"training": {"steps": 50, "dataset": "data/prose"}}, "analyze": {"no_progress": True}}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--only", "sofpick"], "--only names ['sofpick']"),
+    (["--parallel", "0"], "--parallel must be >= 1"),
+    (["--parallel", "2", "--only", "softmax"], "leave out --only"),
+])
+def test_bad_run_flags_fail_with_one_line(toy_file, tmp_path, capsys, flags, message):
+    assert experiment.main([str(toy_file), "--out", str(tmp_path / "x"), *flags]) == 2
+    assert message in capsys.readouterr().err
