@@ -203,8 +203,11 @@ def claims(reports: dict[str, dict], reference: str = "softmax", subject: str = 
             verdict = f"cannot be tested here: {reference} forms no sinks at this scale either"
         else:
             verdict = "holds here" if sink_a == 0 else ("partly holds here" if sink_a < sink_b else "does not hold here")
+        other_a, other_b = get(a, "sink", "other_token_sink_rate"), get(b, "sink", "other_token_sink_rate")
+        other = ("" if other_a is None or other_b is None else
+                 f" Sinks on other tokens (one token id holding > eps of a head's attention): {other_a:.1f}% vs {other_b:.1f}%.")
         lines.append(f"No attention sinks with softpick (paper: 0% vs a high rate): {subject} {sink_a:.1f}% vs "
-                     f"{reference} {sink_b:.1f}% of layer-heads; {verdict}.")
+                     f"{reference} {sink_b:.1f}% of layer-heads; {verdict}.{other}")
     kurt_a, kurt_b = get(a, "activations", "max_kurtosis"), get(b, "activations", "max_kurtosis")
     if kurt_a and kurt_b:
         verdict = "holds" if kurt_a < kurt_b / 2 else ("is weak" if kurt_a < kurt_b else "does not hold")

@@ -147,7 +147,7 @@ def analyze(args: argparse.Namespace) -> dict:
             "dtype": args.dtype, "seed": args.seed, "versions": _versions(),
         },
         "perplexity": perplexity.result(),
-        "sink": sink.result(),
+        "sink": sink.result(tokenizer),
         "sparsity": sparsity.result(),
         "activations": activations.result(tokenizer),
     }

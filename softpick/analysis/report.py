@@ -74,6 +74,7 @@ def headline(report: dict) -> dict[str, float | None]:
         "perplexity": get("perplexity", "perplexity"),
         "sink rate (%)": get("sink", "sink_rate"),
         "first-token attention (mean)": get("sink", "first_token_mass"),
+        "other-token sink rate (%)": get("sink", "other_token_sink_rate"),
         "attention sparsity (%)": get("sparsity", "sparsity"),
         "max kurtosis": get("activations", "max_kurtosis"),
         "max abs activation": get("activations", "max_abs"),
@@ -224,6 +225,15 @@ def _layer_table(report: dict) -> list[str]:
     return ["## Per layer", ""] + _table(header, rows) + [""]
 
 
+def _other_token_sinks(report: dict) -> list[str]:
+    sinks = (report.get("sink") or {}).get("other_token_sinks")
+    if not sinks:
+        return []
+    rows = [[e["layer"], e["head"], repr(e.get("token", e["token_id"])).replace("|", "\\|"), e["mass"]] for e in sinks]
+    return ["## Sinks on other tokens (mean attention on one token id, first positions left out)", ""] + _table(
+        ["layer", "head", "token", "mass"], rows) + [""]
+
+
 def _top_activations(report: dict) -> list[str]:
     layers = (report.get("activations") or {}).get("layers") or []
     if not layers:
@@ -272,7 +282,8 @@ def write_markdown(report: dict, plots: list[str], path: Path) -> None:
     lines += [f"Kurtosis: {act.get('kurtosis_definition', 'n/a')}. Sink eps {report['sink']['eps'] if report.get('sink') else 'n/a'}; "
               f"sparsity threshold {report['sparsity']['threshold'] if report.get('sparsity') else 'n/a'}. "
               "Padding never counts; sums are divided once, so batch size does not change the numbers.", ""]
-    lines += _layer_table(report) + _top_activations(report) + _quantization_section(report) + _eval_sections(report)
+    lines += (_layer_table(report) + _other_token_sinks(report) + _top_activations(report)
+              + _quantization_section(report) + _eval_sections(report))
     for note in report.get("notes", []):
         lines.append(f"> {note}")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

@@ -139,7 +139,8 @@ def test_padding_and_batch_size_do_not_change_real_models(factory):
         observers = [SinkObserver(), SparsityObserver(), ActivationObserver(top_k=3), PerplexityObserver()]
         run_pass(model, make_batches(samples, batch_size, padding_side=side), observers)
         sink, sparsity, act, ppl = (o.result() for o in observers)
-        results.append((sink["first_token_mass_per_head"], sparsity["sparsity_per_head"], act["kurtosis_per_layer"],
+        results.append((sink["first_token_mass_per_head"], sink["other_token_mass_per_layer"],
+                        sparsity["sparsity_per_head"], act["kurtosis_per_layer"],
                         act["max_abs_per_layer"], ppl["perplexity"], [l["top"][0]["channel"] for l in act["layers"]]))
     assert model.config._attn_implementation == "eager"
     reference = results[0]
@@ -165,3 +166,33 @@ def test_attention_maps_are_dropped_after_reduction():
     assert seen == [(0, (2, 4, 6, 6)), (1, (2, 4, 6, 6))]
     attentions = captured["out"].attentions
     assert attentions is None or all(a is None for a in attentions) or len(attentions) == 0
+
+
+def test_other_token_sinks_name_the_token_and_leave_the_first_position_out():
+    """Head 0 attends to the latest key holding token 7 (past the first position), else to itself;
+    head 1 puts everything on the first token, which the first-token metric counts, not this one."""
+    from softpick.analysis.data import Batch
+
+    ids = torch.tensor([[5, 7, 9, 7, 4, 3], [0, 6, 7, 8, 9, 2]])  # row 1 is left-padded by one
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]])
+    batch = Batch(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), 0)
+    weights = torch.zeros(2, 2, 6, 6)
+    for b in range(2):
+        first = int(mask[b].argmax())
+        for i in range(first, 6):
+            sevens = [j for j in range(first + 1, i + 1) if ids[b, j] == 7]
+            weights[b, 0, i, sevens[-1] if sevens else i] = 1.0
+            weights[b, 1, i, first] = 1.0
+    observer = SinkObserver(eps=0.3)
+    observer.on_attention(0, weights, batch)
+
+    class Tok:
+        def decode(self, ids):
+            return f"<{ids[0]}>"
+
+    result = observer.result(Tok())
+    assert result["first_token_mass_per_head"] == [pytest.approx([2 / 11, 1.0])]  # 11 real queries
+    assert result["sink_rate"] == 50.0
+    # 9 of the 11 queries see a 7 past their first position: 5 in row 0 (from i = 1), 4 in row 1 (from i = 2)
+    assert result["other_token_sinks"] == [{"layer": 0, "head": 0, "token_id": 7, "token": "<7>", "mass": pytest.approx(9 / 11)}]
+    assert result["other_token_sink_rate"] == 50.0 and result["other_token_mass_per_layer"] == [pytest.approx(9 / 11)]
