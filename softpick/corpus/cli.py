@@ -9,7 +9,10 @@ Usage::
 ``build`` reads every .txt/.md/.rst/.html/.htm/.jsonl/.json/.parquet file under the inputs (also
 .gz/.bz2/.xz compressed), cleans and deduplicates the documents and splits them by content hash
 (:mod:`softpick.corpus.local`); writes the cleaned text to ``OUT/text/{train,validation}.jsonl``
-(usable with ``--training.dataset json``); trains a byte-level BPE tokenizer on the train split unless
+(usable with ``--training.dataset json``) in the order of the documents' content hashes, a
+deterministic shuffle: inputs stored source by source (one manual, then a dictionary, ...) come out
+mixed, so a tokenizer trained on the first documents, the analysis's first N validation documents
+and any reader that takes the files in order see every source; trains a byte-level BPE tokenizer on the train split unless
 ``--tokenizer`` gives one; and writes memory-mapped token files (:mod:`softpick.corpus.tokenized`).
 Train on the result with ``softpick train --training.dataset OUT --model.tokenizer_path OUT/tokenizer``.
 """
@@ -17,6 +20,7 @@ Train on the result with ``softpick train --training.dataset OUT --model.tokeniz
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -36,6 +40,21 @@ def _jsonl_texts(path: Path):
             yield json.loads(line)["text"]
 
 
+def write_in_hash_order(source: Path, target: Path) -> None:
+    """Copy the lines of ``source`` to ``target`` sorted by a hash of each line (memory: 24 bytes a line)."""
+    index = []  # (hash, offset, length)
+    with open(source, "rb") as f:
+        offset = 0
+        for line in f:
+            index.append((hashlib.blake2b(line, digest_size=8).digest(), offset, len(line)))
+            offset += len(line)
+    index.sort()
+    with open(source, "rb") as f, open(target, "wb") as out:
+        for _, offset, length in index:
+            f.seek(offset)
+            out.write(f.read(length))
+
+
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     out = Path(args.out)
@@ -43,7 +62,8 @@ def build(args: argparse.Namespace) -> dict:
     text_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     stats = GatherStats()
-    files = {split: open(text_dir / f"{split}.jsonl", "w", encoding="utf-8") for split in ("train", "validation")}
+    unordered = {split: text_dir / f"{split}.unordered.jsonl" for split in ("train", "validation")}
+    files = {split: open(path, "w", encoding="utf-8") for split, path in unordered.items()}
     try:
         for split, text in gather_documents(args.inputs, min_chars=args.min_chars, min_letter_share=args.min_letter_share,
                                             max_chars=args.max_chars, val_fraction=args.val_fraction, stats=stats,
@@ -52,6 +72,9 @@ def build(args: argparse.Namespace) -> dict:
     finally:
         for f in files.values():
             f.close()
+    for split, path in unordered.items():
+        write_in_hash_order(path, text_dir / f"{split}.jsonl")
+        path.unlink()
     print(f"read {stats.files} files: {stats.raw_documents} documents, {stats.rejected} rejected by the cleaner, "
           f"{stats.duplicates} duplicates; kept {stats.kept['train']} train ({stats.chars['train'] / 1e6:.1f} M chars) "
           f"and {stats.kept['validation']} validation", flush=True)
