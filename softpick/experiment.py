@@ -23,8 +23,8 @@ the learning curves (``OUT/learning_curves.png``), and the paper's claims checke
 from its last checkpoint (an interrupted run goes on where it stopped). ``--only NAME`` trains and
 analyses the named variants and writes no comparison. ``--parallel N`` runs up to N variants at a time,
 each in its own process (``softpick experiment ... --only NAME``, log in ``OUT/NAME/experiment.log``)
-on its own ``nproc`` GPUs (``CUDA_VISIBLE_DEVICES``), then compares them: on a node with 8 GPUs,
-8 one-GPU variants train side by side.
+on its own ``nproc`` GPUs (``CUDA_VISIBLE_DEVICES``; torchrun gets ``MASTER_PORT`` + slot), then
+compares them: on a node with 8 GPUs, 8 one-GPU variants train side by side.
 """
 
 from __future__ import annotations
@@ -357,7 +357,8 @@ def run_parallel(config: dict, argv: list[str], parallel: int, reuse: bool = Fal
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
     out = Path(exp["out"])
-    base = [a for a in _strip_flags(argv, {"--parallel": 1, "--only": 1, "--reuse": 0, "--out": 1})]
+    base = _strip_flags(argv, {"--parallel": 1, "--only": 1, "--reuse": 0, "--out": 1})
+    port = int(os.environ.get("MASTER_PORT", 29500))  # train.sh's torchrun rendezvous: one port per slot
     command = [sys.executable, "-m", "softpick", "experiment", *base, "--out", str(out)] + (["--reuse"] if reuse else [])
     free = list(range(parallel))  # slots; slot k owns GPUs ids[k * nproc: (k + 1) * nproc]
     running: list[tuple[str, int, subprocess.Popen, Any]] = []
@@ -367,7 +368,7 @@ def run_parallel(config: dict, argv: list[str], parallel: int, reuse: bool = Fal
         while pending and free:
             name, slot = pending.pop(0), free.pop(0)
             (out / name).mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ)
+            env = {**os.environ, "MASTER_PORT": str(port + slot)}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * nproc:(slot + 1) * nproc])
             log = open(out / name / "experiment.log", "w")

@@ -125,6 +125,17 @@ def test_parallel_variants_match_sequential_ones(toy_file, tmp_path):
     assert json.loads((par / "results.json").read_text())["softmax"]["train_s"] > 0
 
 
+def test_parallel_torchrun_variants_get_their_own_rendezvous_port(toy_file, tmp_path):
+    """nproc 2 x --parallel 2: two torchrun jobs (gloo on the CPU) at once, on ports 29500 and 29501."""
+    config = tmp_path / "two.toml"
+    config.write_text(toy_file.read_text().replace('name = "toy"', 'name = "toy"\nnproc = 2'))
+    out = tmp_path / "two"
+    assert experiment.main([str(config), "--out", str(out), "--set", "train.training.steps=3", "--parallel", "2"]) == 0
+    ports = {line.split(":")[-1] for name in ("softpick", "softmax")
+             for line in (out / name / "train.log").read_text().splitlines() if line.startswith("launching")}
+    assert ports == {"29500", "29501"} and (out / "README.md").is_file()
+
+
 def test_only_trains_the_named_variant_without_a_comparison(toy_file, tmp_path):
     out = tmp_path / "only"
     assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=2", "--only", "softmax"]) == 0
