@@ -125,8 +125,9 @@ def test_parallel_variants_match_sequential_ones(toy_file, tmp_path):
     assert json.loads((par / "results.json").read_text())["softmax"]["train_s"] > 0
 
 
-def test_parallel_torchrun_variants_get_their_own_rendezvous_port(toy_file, tmp_path):
+def test_parallel_torchrun_variants_get_their_own_rendezvous_port(toy_file, tmp_path, monkeypatch):
     """nproc 2 x --parallel 2: two torchrun jobs (gloo on the CPU) at once, on ports 29500 and 29501."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
     config = tmp_path / "two.toml"
     config.write_text(toy_file.read_text().replace('name = "toy"', 'name = "toy"\nnproc = 2'))
     out = tmp_path / "two"
