@@ -34,12 +34,14 @@ import json
 import math
 import os
 import platform
+import queue
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -346,61 +348,44 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
     return summary
 
 
-def run_parallel(config: dict, argv: list[str], parallel: int, reuse: bool = False) -> Path:
-    """Each variant in its own ``softpick experiment --only NAME`` process, ``parallel`` at a time, each
-    on its own GPUs; then the comparison of all of them. Returns the summary path."""
+def run_parallel(config: dict, argv: list[str], child: list[str], parallel: int, reuse: bool = False) -> Path:
+    """Each variant in its own ``softpick experiment CHILD --only NAME`` process, ``parallel`` at a time,
+    each on its own GPUs; then the comparison of all of them. Returns the summary path."""
     exp = config["experiment"]
-    nproc, names = int(exp["nproc"]), list(exp["variants"])
+    nproc, out = int(exp["nproc"]), Path(exp["out"])
     gpus = torch.cuda.device_count()
     if gpus and parallel * nproc > gpus:
         raise ValueError(f"--parallel {parallel} x nproc {nproc} needs {parallel * nproc} GPUs; {gpus} are visible.")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-    out = Path(exp["out"])
-    base = _strip_flags(argv, {"--parallel": 1, "--only": 1, "--reuse": 0, "--out": 1})
     port = int(os.environ.get("MASTER_PORT", 29500))  # train.sh's torchrun rendezvous: one port per slot
-    command = [sys.executable, "-m", "softpick", "experiment", *base, "--out", str(out)] + (["--reuse"] if reuse else [])
-    free = list(range(parallel))  # slots; slot k owns GPUs ids[k * nproc: (k + 1) * nproc]
-    running: list[tuple[str, int, subprocess.Popen, Any]] = []
-    failed = []
-    pending = list(names)
-    while pending or running:
-        while pending and free:
-            name, slot = pending.pop(0), free.pop(0)
-            (out / name).mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "softpick", "experiment", *child, "--out", str(out)] + (["--reuse"] if reuse else [])
+    slots: queue.Queue[int] = queue.Queue()  # slot k owns GPUs ids[k * nproc: (k + 1) * nproc]
+    for slot in range(parallel):
+        slots.put(slot)
+
+    def one(name: str) -> int:
+        slot = slots.get()
+        try:
             env = {**os.environ, "MASTER_PORT": str(port + slot)}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * nproc:(slot + 1) * nproc])
-            log = open(out / name / "experiment.log", "w")
+            (out / name).mkdir(parents=True, exist_ok=True)
             print(f"[{name}] started on {'GPUs ' + env['CUDA_VISIBLE_DEVICES'] if gpus else 'the CPU'}; "
                   f"log {out / name / 'experiment.log'}", flush=True)
-            proc = subprocess.Popen([*command, "--only", name], stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((name, slot, proc, log))
-        time.sleep(0.5)
-        for item in [r for r in running if r[2].poll() is not None]:
-            name, slot, proc, log = item
-            log.close()
-            running.remove(item)
-            free.append(slot)
-            print(f"[{name}] finished (exit {proc.returncode})", flush=True)
-            if proc.returncode != 0:
-                failed.append(name)
+            with open(out / name / "experiment.log", "w") as log:
+                code = subprocess.run([*command, "--only", name], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            print(f"[{name}] finished (exit {code})", flush=True)
+            return code
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(parallel) as pool:
+        codes = dict(zip(exp["variants"], pool.map(one, exp["variants"])))
+    failed = [name for name, code in codes.items() if code != 0]
     if failed:
         raise RuntimeError(f"variants {failed} failed; see OUT/NAME/experiment.log.")
     return run(config, argv, reuse=True)
-
-
-def _strip_flags(argv: list[str], flags: dict[str, int]) -> list[str]:
-    """argv without the given flags (flag -> number of values it takes; --flag=value forms too)."""
-    kept, skip = [], 0
-    for arg in argv:
-        if skip:
-            skip -= 1
-        elif arg in flags:
-            skip = flags[arg]
-        elif not any(arg.startswith(f + "=") for f in flags):
-            kept.append(arg)
-    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallel > 1 and only:
             raise ValueError("--parallel runs every variant; leave out --only.")
         if args.parallel > 1:
-            run_parallel(config, argv, args.parallel, reuse=args.reuse)
+            child = [args.config] + [f for assignment in args.set for f in ("--set", assignment)]
+            run_parallel(config, argv, child, args.parallel, reuse=args.reuse)
         else:
             run(config, argv, reuse=args.reuse, only=only)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
