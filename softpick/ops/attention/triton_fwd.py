@@ -29,6 +29,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
+PTX = tl.constexpr(not INTERPRET)  # inline PTX (the kernels run on NVIDIA GPUs of compute capability >= 8.0)
 
 
 def _fwd_configs() -> list[triton.Config]:
@@ -61,6 +62,22 @@ def _prune_fwd(configs, nargs, **kwargs):
 
 
 @triton.jit
+def relu_cast(x, dtype: tl.constexpr):
+    """max(x, 0) of float32 x cast to dtype: for bf16 and fp16 one ``cvt.rn.relu`` per pair of values
+    on the GPU (ptxas emits F2FP.RELU), instead of a max per value and then the pack."""
+    if PTX and dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            "cvt.rn.relu.bf16x2.f32 $0, $2, $1;", "=r,r,r", [x], dtype=tl.bfloat16, is_pure=True, pack=2
+        )
+    elif PTX and dtype == tl.float16:
+        return tl.inline_asm_elementwise(
+            "cvt.rn.relu.f16x2.f32 $0, $2, $1;", "=r,r,r", [x], dtype=tl.float16, is_pure=True, pack=2
+        )
+    else:
+        return tl.maximum(x, 0.0).to(dtype)
+
+
+@triton.jit
 def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constexpr, SOFTPICK: tl.constexpr):
     """Fold one block into the running state: raw scores b_s [BM, BN] (hidden keys already -inf, and
     ``visible`` their mask when MASKED), values b_v [BN, BV]; (o [BM, BV], acc [BM], m [BM]) in log2 units."""
@@ -72,11 +89,12 @@ def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constex
         if MASKED:
             b_p = tl.where(visible, b_p, 0.0)
         b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
-        b_p = tl.maximum(b_p, 0.0)
+        b_pv = relu_cast(b_p, b_v.dtype)
     else:
         b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
         b_acc = b_acc * b_r + tl.sum(b_p, 1)
-    b_o = tl.dot(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None])
+        b_pv = b_p.to(b_v.dtype)
+    b_o = tl.dot(b_pv, b_v, b_o * b_r[:, None])
     return b_o, b_acc, b_m_new
 
 
