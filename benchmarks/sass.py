@@ -63,7 +63,7 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
     if name == "dkdv":
         const["G"] = 1
     names = fn.arg_names
-    ptr_types = {"lse": "*fp32", "sink": "*fp32", "delta": "*fp32", "exp_neg_lse": "*fp32", "cu_seqlens": "*i32"}
+    ptr_types = {"lse": "*fp32", "sink": "*fp32", "delta": "*fp32", "cu_seqlens": "*i32"}
     scalar_types = {"T": "i32", "HQ": "i32", "H": "i32", "qk_scale": "fp32", "scale": "fp32", "eps": "fp32"}
     signature = {n: "constexpr" if n in const else scalar_types.get(n) or ptr_types.get(n, "*bf16") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names

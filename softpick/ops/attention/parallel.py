@@ -137,17 +137,16 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     dims = _dims(q, k, v)
     n_docs, max_len = _docs(q, cu_seqlens)
     delta = torch.empty_like(lse)  # [B, T, HQ] float32
-    exp_neg_lse = torch.empty_like(lse) if softpick else delta  # softmax never reads it
     n_rows = B * T * HQ
     attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
-        o, do, lse, delta, exp_neg_lse, n_rows, V=V, BT=64, BV=dims["BV"], SOFTPICK=softpick
+        o, do, delta, n_rows, V=V, BT=64, BV=dims["BV"]
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
-        q, k, v, do, lse, delta, exp_neg_lse, dk, dv, cu_seqlens, T, scale * LOG2E, scale, G=HQ // H, **dims, **flags
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, scale * LOG2E, scale, G=HQ // H, **dims, **flags
     )
     attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
         q, k, v, do, lse, delta, dq, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags

@@ -11,9 +11,9 @@ With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (so
     softmax:  P = exp(s - lse);                            dS = P * (dP - delta)
 
 then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
-The kernels take sign(0) as -1, i.e. ``dS = e * (dP - delta)`` where s > 0 and ``e * delta`` elsewhere
-(one compare and one select per score), which differs from the formula only at scores of exactly 0,
-where both are subgradients of |e^s - 1|. ``exp(-lse)`` comes per row from the preprocess kernel.
+The dq kernel takes sign(0) as -1 (``e * delta`` wherever s <= 0: one compare and one select per score,
+1% faster f+b on an H200); the dk/dv kernel keeps sign(0) = 0, as the two-way form made it 10% slower
+at D = 128 (benchmarks/RESULTS.md). Both are subgradients of |e^s - 1|; they differ only at s exactly 0.
 """
 
 from __future__ import annotations
@@ -75,24 +75,19 @@ def _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
-def attention_bwd_preprocess_kernel(
-    o, do, lse, delta, exp_neg_lse, N, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, SOFTPICK: tl.constexpr
-):
-    """delta[i] = sum_v o[i, v] * do[i, v] in float32, over the N = tokens * heads rows of o [N, V];
-    with SOFTPICK also exp_neg_lse[i] = exp(-lse[i]) (float32 [N]), the dk/dv kernel's threshold."""
+def attention_bwd_preprocess_kernel(o, do, delta, N, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """delta[i] = sum_v o[i, v] * do[i, v] in float32, over the N = tokens * heads rows of o [N, V]."""
     o_t = tl.program_id(0) * BT + tl.arange(0, BT)
     o_v = tl.arange(0, BV)
     m = (o_t[:, None] < N) & (o_v[None, :] < V)
     b_o = tl.load(o + o_t[:, None].to(tl.int64) * V + o_v[None, :], mask=m, other=0.0).to(tl.float32)
     b_do = tl.load(do + o_t[:, None].to(tl.int64) * V + o_v[None, :], mask=m, other=0.0).to(tl.float32)
     tl.store(delta + o_t, tl.sum(b_o * b_do, 1), mask=o_t < N)
-    if SOFTPICK:
-        tl.store(exp_neg_lse + o_t, tl.exp(-tl.load(lse + o_t, mask=o_t < N, other=0.0)), mask=o_t < N)
 
 
 @triton.jit
 def _dkdv_inner(
-    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_c, o_n, lo, hi, L, qk_scale,
+    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
     SQ, SO, SL, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
@@ -113,13 +108,9 @@ def _dkdv_inner(
         if MASKED:
             b_lse = tl.load(p_lse + o_m * SL, mask=m_r, other=0.0) * LOG2E  # [BM]
             b_delta = tl.load(p_delta + o_m * SL, mask=m_r, other=0.0)
-            if SOFTPICK:
-                b_c = tl.load(p_c + o_m * SL, mask=m_r, other=0.0)  # exp(-lse)
         else:
             b_lse = tl.load(p_lse + o_m * SL) * LOG2E
             b_delta = tl.load(p_delta + o_m * SL)
-            if SOFTPICK:
-                b_c = tl.load(p_c + o_m * SL)
         # [BN, BM] scores, transposed, in log2 units
         b_sT = tl.dot(b_k, tl.trans(b_q)) * qk_scale
         if MASKED:
@@ -127,14 +118,14 @@ def _dkdv_inner(
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
         b_eT = tl.math.exp2(b_sT - b_lse[None, :])
         if SOFTPICK:
-            b_pT = tl.maximum(b_eT - b_c[None, :], 0.0)
+            b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
         else:
             b_pT = b_eT
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
         # [BN, BM]
         b_dpT = tl.dot(b_v, tl.trans(b_do))
         if SOFTPICK:
-            b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], b_delta[None, :])
+            b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
         else:
             b_dsT = b_pT * (b_dpT - b_delta[None, :])
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
@@ -148,13 +139,12 @@ def _dkdv_inner(
 )
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    q, k, v, do, lse, delta, exp_neg_lse, dk, dv, cu_seqlens, T, qk_scale, scale,
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, qk_scale, scale,
     HQ, H, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BN), documents, H); G = HQ // H. dk [*, H, K], dv [*, H, V] in k's dtype;
-    exp_neg_lse [*, HQ] float32 is read only with SOFTPICK."""
+    """Grid (cdiv(max_len, BN), documents, H); G = HQ // H. dk [*, H, K], dv [*, H, V] in k's dtype."""
     tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
@@ -184,22 +174,21 @@ def attention_bwd_dkdv_kernel(
         p_do = do + bos * (HQ * V) + i_hq * V
         p_lse = lse + bos * HQ + i_hq
         p_delta = delta + bos * HQ + i_hq
-        p_c = exp_neg_lse + bos * HQ + i_hq
         if CAUSAL:
             lo = start_n + BN  # query rows [start_n, start_n + BN) straddle the diagonal
             b_dk, b_dv = _dkdv_inner(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_c, o_n, start_n, tl.minimum(lo, L), L,
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_n, tl.minimum(lo, L), L,
                 qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, True, True, SOFTPICK,
             )
         else:
             lo = 0
         full = tl.maximum(lo, lo + ((L - lo) // BM) * BM)
         b_dk, b_dv = _dkdv_inner(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_c, o_n, lo, full, L,
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, full, L,
             qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, False, CAUSAL, SOFTPICK,
         )
         b_dk, b_dv = _dkdv_inner(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_c, o_n, full, L, L,
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, full, L, L,
             qk_scale, HQ * K, HQ * V, HQ, K, V, BM, BK, BV, True, False, SOFTPICK,
         )
 
