@@ -30,7 +30,7 @@ def _bwd_configs(small: dict) -> list[triton.Config]:
     if INTERPRET:
         return [triton.Config(small, num_warps=4, num_stages=1)]
     tiles = [  # (BM, BN, num_warps, num_stages)
-        (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3),
+        (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
         (32, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 32, 4, 3),
     ]
     return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
@@ -51,8 +51,8 @@ def _prune(keep_small, keep_mid, keep_big):
 
 # dkdv: BN keys per program (the resident block, with its fp32 dk and dv), BM queries per step.
 _prune_dkdv = _prune(
-    keep_small=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3)],
-    keep_mid=[(32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],
+    keep_small=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
+    keep_mid=[(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
     keep_big=[(32, 64, 4, 3), (64, 64, 4, 2)],
 )
 # dq: BM queries per program (the resident block), BN keys per step.
