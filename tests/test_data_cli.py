@@ -146,3 +146,48 @@ def test_cleaning_helpers():
     assert "alert" not in html_to_text("<p>Hi</p><script>alert(1)</script>")
     pieces = split_long("\n\n".join(["x" * 100] * 10), max_chars=250)
     assert len(pieces) == 5 and all(len(p) <= 250 for p in pieces)
+
+
+def test_span_overlap_finds_edited_copies():
+    from softpick.corpus.overlap import overlaps, span_index
+
+    original = prose(7000, n_words=200)
+    words = original.split()
+    words[100] = "zebra"  # one word changed: the 13 spans through it are new, the rest are shared
+    edited = " ".join(words)
+    index = span_index([original, prose(7001)])
+    near, unrelated, short = overlaps([edited, prose(7002, n_words=200), "too few words here"], index)
+    assert 0.9 < near < 1.0 and unrelated < 0.05 and short == 0.0
+    assert overlaps([original], index, workers=2) == [1.0]
+
+
+def test_build_moves_leaked_validation_documents_to_train(tmp_path):
+    """Pairs of a document and an edited copy: wherever the pair straddles the split, the validation
+    copy goes to train; with --max-val-overlap 1 the split is the plain content-hash one."""
+    from softpick.corpus.overlap import overlaps, span_index
+
+    docs = []
+    for i in range(20):
+        words = prose(8000 + i, n_words=160).split()
+        docs.append(" ".join(words))
+        words[80] = "zebra"
+        docs.append(" ".join(words))
+    docs += [prose(9000 + i, n_words=160) for i in range(20)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    def build(name, *extra):
+        out = tmp_path / name
+        assert data_cli.main(["build", str(tmp_path / "docs.jsonl"), "--out", str(out), "--vocab-size", "300",
+                              "--val-fraction", "0.3", "--workers", "1", *extra]) == 0
+        return {split: [json.loads(line)["text"] for line in (out / "text" / f"{split}.jsonl").read_text().splitlines()]
+                for split in ("train", "validation")}, read_meta(out)
+
+    plain, plain_meta = build("plain", "--max-val-overlap", "1")
+    clean_split, meta = build("clean")
+    assert plain_meta["validation_leakage"] is None
+    leaked = [share > 0.3 for share in overlaps(plain["validation"], span_index(plain["train"]))]
+    assert any(leaked) and not all(leaked)
+    assert meta["validation_leakage"]["moved_to_train"] == sum(leaked)
+    assert max(overlaps(clean_split["validation"], span_index(clean_split["train"]))) <= 0.3
+    assert sorted(clean_split["train"] + clean_split["validation"]) == sorted(plain["train"] + plain["validation"])
+    assert meta["stats"]["kept"]["validation"] == len(clean_split["validation"]) == meta["splits"]["validation"]["documents"]

@@ -8,7 +8,9 @@ Usage::
 
 ``build`` reads every .txt/.md/.rst/.html/.htm/.jsonl/.json/.parquet file under the inputs (also
 .gz/.bz2/.xz compressed), cleans and deduplicates the documents and splits them by content hash
-(:mod:`softpick.corpus.local`); writes the cleaned text to ``OUT/text/{train,validation}.jsonl``
+(:mod:`softpick.corpus.local`); moves to train every validation document that shares more than
+``--max-val-overlap`` of its 13-word spans with the train split (near-duplicates such as the same
+licence or man page in two packages, :mod:`softpick.corpus.overlap`); writes the cleaned text to ``OUT/text/{train,validation}.jsonl``
 (usable with ``--training.dataset json``) in the order of the documents' content hashes, a
 deterministic shuffle: inputs stored source by source (one manual, then a dictionary, ...) come out
 mixed, so a tokenizer trained on the first documents, the analysis's first N validation documents
@@ -30,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from softpick.corpus.local import GatherStats, gather_documents
+from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
 from softpick.corpus.tokenized import TokenizedWriter, read_meta
 from softpick.corpus.tokenizer import train_tokenizer
 
@@ -55,6 +58,23 @@ def write_in_hash_order(source: Path, target: Path) -> None:
             out.write(f.read(length))
 
 
+def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, workers: int) -> dict:
+    """Move validation documents whose span overlap with train exceeds ``max_overlap`` into train
+    (both files rewritten in place); returns what was measured and moved."""
+    index = span_index(_jsonl_texts(unordered["train"]), workers)
+    texts = list(_jsonl_texts(unordered["validation"]))
+    shares = overlaps(texts, index, workers)
+    kept = [t for t, share in zip(texts, shares) if share <= max_overlap]
+    moved = [t for t, share in zip(texts, shares) if share > max_overlap]
+    with open(unordered["validation"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in kept)
+    with open(unordered["train"], "a", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in moved)
+    mean = sum(shares) / len(shares) if shares else 0.0
+    return {"span_words": SPAN_WORDS, "max_overlap": max_overlap, "moved_to_train": len(moved),
+            "moved_chars": sum(map(len, moved)), "mean_overlap_before": round(mean, 4), "train_spans": len(index)}
+
+
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     out = Path(args.out)
@@ -72,12 +92,25 @@ def build(args: argparse.Namespace) -> dict:
     finally:
         for f in files.values():
             f.close()
+    leakage = None
+    if args.max_val_overlap < 1:
+        leakage = move_leaked_validation(unordered, args.max_val_overlap, args.workers)
+        stats.kept["validation"] -= leakage["moved_to_train"]
+        stats.kept["train"] += leakage["moved_to_train"]
+        stats.chars["validation"] -= leakage["moved_chars"]
+        stats.chars["train"] += leakage["moved_chars"]
     for split, path in unordered.items():
         write_in_hash_order(path, text_dir / f"{split}.jsonl")
         path.unlink()
     print(f"read {stats.files} files: {stats.raw_documents} documents, {stats.rejected} rejected by the cleaner, "
           f"{stats.duplicates} duplicates; kept {stats.kept['train']} train ({stats.chars['train'] / 1e6:.1f} M chars) "
           f"and {stats.kept['validation']} validation", flush=True)
+    if leakage is not None:
+        print(f"moved {leakage['moved_to_train']} validation documents sharing more than {args.max_val_overlap:.0%} of "
+              f"their {SPAN_WORDS}-word spans with train to train (mean overlap before: "
+              f"{leakage['mean_overlap_before']:.1%})", flush=True)
+    if stats.kept["validation"] == 0 and args.val_fraction > 0:
+        print("warning: the validation split is empty; raise --val-fraction or --max-val-overlap", file=sys.stderr)
     if stats.kept["train"] == 0:
         raise ValueError("no document survived cleaning; lower --min-chars or --min-letter-share.")
 
@@ -96,7 +129,8 @@ def build(args: argparse.Namespace) -> dict:
             writer.add(split, text)
     meta = writer.close({"sources": [str(p) for p in args.inputs], "cleaning": {
         "min_chars": args.min_chars, "min_letter_share": args.min_letter_share, "max_chars": args.max_chars,
-        "val_fraction": args.val_fraction}, "stats": asdict(stats)})
+        "val_fraction": args.val_fraction, "max_val_overlap": args.max_val_overlap}, "stats": asdict(stats),
+        "validation_leakage": leakage})
     seconds = time.perf_counter() - start
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['tokens'] / 1e6:.2f} M tokens ({meta['dtype']})")
@@ -114,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab-size", type=int, default=32000, help="vocabulary of the trained tokenizer")
     b.add_argument("--tokenizer-docs", type=int, default=200_000, help="train documents the tokenizer learns from")
     b.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out for validation")
+    b.add_argument("--max-val-overlap", type=float, default=0.3,
+                   help=f"validation documents sharing more than this share of their {SPAN_WORDS}-word spans with "
+                        "train are moved to train (1 keeps them all)")
     b.add_argument("--min-chars", type=int, default=200, help="shorter documents are dropped")
     b.add_argument("--min-letter-share", type=float, default=0.6,
                    help="documents whose non-space characters are less than this share letters are dropped")

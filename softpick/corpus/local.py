@@ -12,7 +12,8 @@ Readers by suffix (a trailing ``.gz``, ``.dz``, ``.bz2`` or ``.xz`` is decompres
 Cleaning (:func:`clean`): Unicode NFC, control characters removed, runs of spaces and of blank lines
 collapsed; a document is kept when it has at least ``min_chars`` characters and at least
 ``min_letter_share`` of its non-space characters are letters (which drops code listings, tables
-and binary junk). Deduplication is exact, on the lower-cased text with whitespace collapsed.
+and binary junk). Deduplication is exact, on the lower-cased text with whitespace collapsed
+(near-duplicates across the split are handled by ``softpick data build``, :mod:`softpick.corpus.overlap`).
 The validation split takes the documents whose content hash falls in the first ``val_fraction`` of
 the hash range, so the split does not depend on the order or the number of input files.
 """
