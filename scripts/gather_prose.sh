@@ -5,7 +5,7 @@
 # to download and unpack (nothing is installed).
 #
 #   bash scripts/gather_prose.sh /data/debian-prose          # downloads ~150 MB of .deb, unpacks them
-#   softpick data build /data/debian-prose/root --out data/prose
+#   softpick data build /data/debian-prose/root --out data/prose --val-fraction 0.04
 #
 # The package list is fixed, so a given Debian release gives the same text; the versions downloaded
 # are written to OUT/packages.txt.
