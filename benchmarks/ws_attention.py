@@ -182,6 +182,18 @@ def saved_for_backward(q, k, v, do, *, softpick: bool):
     return lse, (o.float() * do.float()).sum(-1)
 
 
+def _first_call(fn, rows: list, shape: str, attention: str, impl: str):
+    """fn()'s result, or None after recording and printing why it failed (a prototype that does not
+    compile on this GPU must not cost the rows after it)."""
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001 - any compile or launch failure is a result here
+        message = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200] if str(error).strip() else ''}"
+        rows.append({"shape": shape, "attention": attention, "impl": impl, "error": message})
+        print(f"{shape:<16} {attention:<9} {impl:<20} failed: {message}", flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["4x4096x16x64", "2x8192x8x128"], help="BxTxHxD")
@@ -207,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
             if not softpick:
                 cases["sdpa"] = lambda: softmax_attention(q, k, v, impl="sdpa")
             for impl, fn in cases.items():
-                out = fn()
+                out = _first_call(fn, rows, shape, name, impl)
+                if out is None:
+                    continue
                 diff = (out.float() - ref.float()).abs().max().item()
                 ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
                 rows.append({"shape": shape, "attention": name, "impl": impl, "ms": ms,
@@ -220,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
             for ws in (False, True):
                 cases[f"dk/dv, ws={ws}"] = lambda w=ws: ws_dkdv(q, k, v, do, lse, delta, softpick=softpick, warp_specialize=w)
             for impl, fn in cases.items():
-                dk, dv = fn()
+                out = _first_call(fn, rows, shape, name, impl)
+                if out is None:
+                    continue
+                dk, dv = out
                 diff = max((dk.float() - ref_dk.float()).abs().max().item(), (dv.float() - ref_dv.float()).abs().max().item())
                 ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
                 rows.append({"shape": shape, "attention": name, "impl": impl, "ms": ms,
