@@ -117,6 +117,8 @@ def test_missing_input_and_empty_result_fail_with_one_line(tmp_path, capsys):
     (tmp_path / "tiny.txt").write_text("short")
     assert data_cli.main(["build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o")]) == 2
     assert "no document survived cleaning" in capsys.readouterr().err
+    assert data_cli.main(["build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o"), "--max-val-overlap", "30"]) == 2
+    assert "--max-val-overlap must be a share in [0, 1], got 30.0" in capsys.readouterr().err
 
 
 def test_workers_give_the_same_documents(sources):

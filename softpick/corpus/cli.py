@@ -10,12 +10,13 @@ Usage::
 .gz/.bz2/.xz compressed), cleans and deduplicates the documents and splits them by content hash
 (:mod:`softpick.corpus.local`); moves to train every validation document that shares more than
 ``--max-val-overlap`` of its 13-word spans with the train split (near-duplicates such as the same
-licence or man page in two packages, :mod:`softpick.corpus.overlap`); writes the cleaned text to ``OUT/text/{train,validation}.jsonl``
-(usable with ``--training.dataset json``) in the order of the documents' content hashes, a
-deterministic shuffle: inputs stored source by source (one manual, then a dictionary, ...) come out
-mixed, so a tokenizer trained on the first documents, the analysis's first N validation documents
-and any reader that takes the files in order see every source; trains a byte-level BPE tokenizer on the train split unless
-``--tokenizer`` gives one; and writes memory-mapped token files (:mod:`softpick.corpus.tokenized`).
+licence or man page in two packages, :mod:`softpick.corpus.overlap`); writes the cleaned text to
+``OUT/text/{train,validation}.jsonl`` (usable with ``--training.dataset json``) in the order of the
+documents' content hashes, a deterministic shuffle: inputs stored source by source (one manual, then
+a dictionary, ...) come out mixed, so a tokenizer trained on the first documents, the analysis's
+first N validation documents and any reader that takes the files in order see every source; trains
+a byte-level BPE tokenizer on the train split unless ``--tokenizer`` gives one; and writes
+memory-mapped token files (:mod:`softpick.corpus.tokenized`).
 Train on the result with ``softpick train --training.dataset OUT --model.tokenizer_path OUT/tokenizer``.
 """
 
@@ -77,6 +78,8 @@ def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, worke
 
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
+    if not 0 <= args.max_val_overlap <= 1:
+        raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
     out = Path(args.out)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)
