@@ -4,7 +4,7 @@ Triton 3.6's Hopper pass splits a key (or query) loop marked ``warp_specialize=T
 and consumer warps (USETMAXREG and mbarriers in the SASS) when the loop loads through tensor
 descriptors, the kernel runs 4 warps and it has one such loop; it leaves our pointer-based kernels
 as they are (benchmarks/RESULTS.md). This script times two such kernels, built on the library's own
-math (``online_step`` for the forward, the same dS as ``attention_bwd_dkdv_kernel``), before any of
+math (``online_step`` for the forward, ``probs_T`` and ``grad_scores_T`` for the backward), before any of
 it moves into ``softpick/ops``: the forward, and the dk/dv half of the backward. Dense causal
 batches, one key head per query head, layout [B, T, H, D], T a multiple of 128.
 
@@ -30,9 +30,15 @@ import triton.language as tl
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention import parallel
-from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel
+from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, grad_scores_T, probs_T
 from softpick.ops.attention.triton_fwd import LOG2E, NEG_BIG, online_step
 from softpick.ops.softpick.naive import DEFAULT_EPS
+
+
+@triton.jit
+def _head_rows(x, N, H, D: tl.constexpr, ROWS: tl.constexpr):
+    """Descriptor of x [B, T, H, D] seen as [N = B * T, H * D], in blocks of ROWS tokens of one head."""
+    return tl.make_tensor_descriptor(x, shape=[N, H * D], strides=[H * D, 1], block_shape=[ROWS, D])
 
 
 @triton.jit
@@ -46,10 +52,10 @@ def ws_fwd_kernel(
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_b = tl.program_id(1) // H
     i_h = tl.program_id(1) % H
-    desc_q = tl.make_tensor_descriptor(q, shape=[N, H * D], strides=[H * D, 1], block_shape=[BM, D])
-    desc_k = tl.make_tensor_descriptor(k, shape=[N, H * D], strides=[H * D, 1], block_shape=[BN, D])
-    desc_v = tl.make_tensor_descriptor(v, shape=[N, H * D], strides=[H * D, 1], block_shape=[BN, D])
-    desc_o = tl.make_tensor_descriptor(o, shape=[N, H * D], strides=[H * D, 1], block_shape=[BM, D])
+    desc_q = _head_rows(q, N, H, D, BM)
+    desc_k = _head_rows(k, N, H, D, BN)
+    desc_v = _head_rows(v, N, H, D, BN)
+    desc_o = _head_rows(o, N, H, D, BM)
     row = i_b * T
     start_m = i_m * BM
     col = i_h * D
@@ -114,10 +120,10 @@ def ws_dkdv_kernel(
     i_n = tl.num_programs(0) - 1 - tl.program_id(0)
     i_b = tl.program_id(1) // H
     i_h = tl.program_id(1) % H
-    desc_q = tl.make_tensor_descriptor(q, shape=[N, H * D], strides=[H * D, 1], block_shape=[BM, D])
-    desc_do = tl.make_tensor_descriptor(do, shape=[N, H * D], strides=[H * D, 1], block_shape=[BM, D])
-    desc_k = tl.make_tensor_descriptor(k, shape=[N, H * D], strides=[H * D, 1], block_shape=[BN, D])
-    desc_v = tl.make_tensor_descriptor(v, shape=[N, H * D], strides=[H * D, 1], block_shape=[BN, D])
+    desc_q = _head_rows(q, N, H, D, BM)
+    desc_do = _head_rows(do, N, H, D, BM)
+    desc_k = _head_rows(k, N, H, D, BN)
+    desc_v = _head_rows(v, N, H, D, BN)
     row = i_b * T
     start_n = i_n * BN
     col = i_h * D
@@ -133,17 +139,9 @@ def ws_dkdv_kernel(
         b_lse = tl.load(lse + (row + o_m) * H + i_h) * LOG2E
         b_delta = tl.load(delta + (row + o_m) * H + i_h)
         b_sT = tl.where(o_m[None, :] >= o_n[:, None], tl.dot(b_k, b_q.T) * qk_scale, float("-inf"))  # [BN, BM]
-        b_eT = tl.math.exp2(b_sT - b_lse[None, :])
-        if SOFTPICK:
-            b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
-        else:
-            b_pT = b_eT
+        b_eT, b_pT = probs_T(b_sT, b_lse, SOFTPICK)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
-        b_dpT = tl.dot(b_v, b_do.T)
-        if SOFTPICK:
-            b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
-        else:
-            b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dsT = grad_scores_T(b_sT, b_eT, b_pT, tl.dot(b_v, b_do.T), b_delta, SOFTPICK)
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     p_out = (row + o_n[:, None]) * (H * D) + col + tl.arange(0, D)[None, :]
     tl.store(dk + p_out, (b_dk * scale).to(dk.dtype.element_ty))

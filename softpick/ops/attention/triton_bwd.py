@@ -86,6 +86,23 @@ def attention_bwd_preprocess_kernel(o, do, delta, N, V: tl.constexpr, BT: tl.con
 
 
 @triton.jit
+def probs_T(b_sT, b_lse, SOFTPICK: tl.constexpr):
+    """(e, P) [BN, BM] of transposed scores b_sT in log2 units (hidden ones -inf) and lse [BM] (log2 units)."""
+    b_eT = tl.math.exp2(b_sT - b_lse[None, :])
+    if SOFTPICK:
+        return b_eT, tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
+    return b_eT, b_eT
+
+
+@triton.jit
+def grad_scores_T(b_sT, b_eT, b_pT, b_dpT, b_delta, SOFTPICK: tl.constexpr):
+    """dS [BN, BM] from the scores, (e, P) of :func:`probs_T`, dP = v do^T [BN, BM] and delta [BM]."""
+    if SOFTPICK:
+        return b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
+    return b_pT * (b_dpT - b_delta[None, :])
+
+
+@triton.jit
 def _dkdv_inner(
     b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
     SQ, SO, SL, K: tl.constexpr, V: tl.constexpr,
@@ -116,18 +133,9 @@ def _dkdv_inner(
         if MASKED:
             if CAUSAL:
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
-        b_eT = tl.math.exp2(b_sT - b_lse[None, :])
-        if SOFTPICK:
-            b_pT = tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
-        else:
-            b_pT = b_eT
+        b_eT, b_pT = probs_T(b_sT, b_lse, SOFTPICK)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
-        # [BN, BM]
-        b_dpT = tl.dot(b_v, tl.trans(b_do))
-        if SOFTPICK:
-            b_dsT = b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
-        else:
-            b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dsT = grad_scores_T(b_sT, b_eT, b_pT, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK)
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     return b_dk, b_dv
 
