@@ -12,7 +12,8 @@ batches, one key head per query head, layout [B, T, H, D], T a multiple of 128.
 
 Prints, per shape and attention type, ms and TFLOP/s of: our forward (autotuned); the prototype
 forward as ours is built (unmasked blocks, then the diagonal) at 4 and 8 warps, and with one key
-loop that masks every block, without and with warp specialization; SDPA's forward for softmax;
+loop that masks every block, without and with warp specialization (key blocks of 64, and with
+specialization also 32 and 128); SDPA's forward for softmax;
 our dk/dv kernel (autotuned) and the prototype's (one masked query loop, without and with warp
 specialization) on the same o, lse and delta; and each output's largest difference from ours.
 FLOPs as benchmarks/attention.py: forward 2 B H T^2 D (causal), dk/dv 4 B H T^2 D (four matmuls,
@@ -210,10 +211,12 @@ def main(argv: list[str] | None = None) -> None:
             ours = softpick_attention if softpick else softmax_attention
             ref = ours(q, k, v, impl="triton")
             cases = {"ours": lambda: ours(q, k, v, impl="triton")}
-            for label, one_loop, ws, warps in [("two loops, 4 warps", False, False, 4), ("two loops, 8 warps", False, False, 8),
-                                               ("one loop, 4 warps", True, False, 4), ("one loop, ws", True, True, 4)]:
-                cases[label] = lambda o=one_loop, w=ws, n=warps: ws_forward(
-                    q, k, v, softpick=softpick, one_loop=o, warp_specialize=w, num_warps=n)
+            for label, one_loop, ws, warps, bn in [
+                ("two loops, 4 warps", False, False, 4, 64), ("two loops, 8 warps", False, False, 8, 64),
+                ("one loop, 4 warps", True, False, 4, 64), ("one loop, ws", True, True, 4, 64),
+                ("one loop, ws, BN=128", True, True, 4, 128), ("one loop, ws, BN=32", True, True, 4, 32)]:
+                cases[label] = lambda o=one_loop, w=ws, n=warps, b=bn: ws_forward(
+                    q, k, v, softpick=softpick, one_loop=o, warp_specialize=w, num_warps=n, bn=b)
             if not softpick:
                 cases["sdpa"] = lambda: softmax_attention(q, k, v, impl="sdpa")
             for impl, fn in cases.items():
