@@ -52,14 +52,16 @@ def _jit_function(kernel):
     return kernel
 
 
-def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, int, int, int], arch: int = 90):
-    """The compiled kernel (``.asm`` holds ptx and cubin) for causal, dense, bf16 inputs."""
+def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, int, int, int], arch: int = 90,
+                   tma: bool = False):
+    """The compiled kernel (``.asm`` holds ptx and cubin) for causal, dense, bf16 inputs; ``tma``: the
+    forward's tensor-descriptor loads."""
     fn = _jit_function(KERNELS[name])
     bm, bn, warps, stages = tile
     const = {"K": head_dim, "V": head_dim, "BK": head_dim, "BV": head_dim, "BM": bm, "BN": bn,
              "SOFTPICK": softpick, "CAUSAL": True, "IS_VARLEN": False}
     if name == "fwd":
-        const["HAS_SINK"] = False
+        const.update(HAS_SINK=False, TMA_OK=tma, TMA=tma)
     if name == "dkdv":
         const["G"] = 1
     names = fn.arg_names
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", nargs="+", default=["HGMMA", "LDGSTS", "MUFU", "FFMA", "FADD", "FMUL", "FMNMX",
                                                      "FSEL", "FSETP", "F2FP", "LOP3", "STL", "LDL"])
     parser.add_argument("--tile", nargs=4, type=int, metavar=("BM", "BN", "WARPS", "STAGES"), default=None)
+    parser.add_argument("--tma", action="store_true", help="the forward with tensor-descriptor (TMA) loads")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
     args = parser.parse_args(argv)
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in args.head_dims:
             for softpick in (True, False):
                 tile = tuple(args.tile) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
-                listing = sass(compile_kernel(name, d, softpick, tile, args.arch))
+                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, args.tma and name == "fwd"))
                 counts = opcode_counts(listing)
                 kind = "softpick" if softpick else "softmax"
                 if args.dump:

@@ -2,7 +2,8 @@
 
 Without a GPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 in float32 (the interpreter's bf16 dot is wrong). The interpreter uses one small tile (BM=32, BN=16
-forward), so T = 63 / 100 cross several key and query blocks and both the unmasked and masked passes.
+forward, with pointer loads or tensor descriptors), so T = 63 / 100 cross several key and query blocks
+and both the unmasked and masked passes; on the GPU every autotuned forward tile is checked as well.
 The bf16 grid of the same cases runs on the GPU in benchmarks/gpu_check.py.
 """
 
@@ -13,6 +14,8 @@ import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
+from softpick.ops.attention.triton_fwd import attention_fwd_kernel
+from softpick.ops.softpick.naive import DEFAULT_EPS
 
 from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
 
@@ -60,13 +63,19 @@ def run_case(case, variant: str, causal: bool):
     return outs
 
 
+@pytest.mark.parametrize("tma", ["tma", "pointers"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_triton_matches_naive(case, variant, causal):
+def test_triton_matches_naive(case, variant, causal, tma, monkeypatch):
+    """Both forward load paths: tensor descriptors (where the head dim allows them) and pointers."""
+    monkeypatch.setenv("SOFTPICK_TMA", "1" if tma == "tma" else "0")
     tri, ref = run_case(case, variant, causal)
     for name, a, b in zip(("o", "dq", "dk", "dv"), tri, ref):
         assert_close(f"{variant} {name}", b, a)
+    if DEVICE == "cpu":  # the interpreter's one tile per path shows which one ran
+        d = case[4]
+        assert attention_fwd_kernel.best_config.kwargs["TMA"] == (tma == "tma" and d & (d - 1) == 0)
 
 
 def test_all_negative_scores_give_exact_zeros():
@@ -170,3 +179,34 @@ def test_missing_or_old_triton_is_named(monkeypatch):
         assert softpick_attention(q, q, q).shape == q.shape  # the default dispatch falls back
     finally:
         parallel.triton_problem.cache_clear()
+
+
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_every_forward_tile_matches_naive(variant, head_dim):
+    """Each tile the autotuner may pick (not only the one it picks here), on an odd-length varlen batch:
+    with pointer loads and with tensor descriptors, whose document edges the hardware clips."""
+    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton_fwd import _prune_fwd
+
+    cu = torch.tensor([0, 130, 131, 300], dtype=torch.int32, device=DEVICE)
+    q, k, v = (torch.randn(1, 300, 2, head_dim, device=DEVICE).to(DTYPE) for _ in range(3))
+    ref = naive_attention(q.float(), k.float(), v.float(), cu_seqlens=cu, variant=variant)
+    dims = parallel._dims(q, k, v)
+    tma_ok = parallel.tma_allowed(q, k, v)
+    configs = _prune_fwd(attention_fwd_kernel.configs, {**dims, "TMA_OK": tma_ok})
+    if DEVICE == "cpu":
+        configs = [c for tma in (False, True) for c in _prune_fwd(attention_fwd_kernel.configs, {**dims, "TMA_OK": tma})]
+    assert len(configs) >= 2
+    if tma_ok and DEVICE == "cuda":
+        parallel._ensure_allocator()
+    for config in configs:
+        o = torch.empty_like(q)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=DEVICE)
+        grid = (-(-169 // config.kwargs["BM"]), 3, q.shape[2])  # the longest document: 169 tokens
+        attention_fwd_kernel.fn[grid](
+            q, k, v, o, lse, None, cu, 300, head_dim**-0.5 * parallel.LOG2E, DEFAULT_EPS, **dims,
+            SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True, HAS_SINK=False,
+            TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
+        )
+        assert_close(f"{variant} D{head_dim} {config}", ref, o)

@@ -101,6 +101,36 @@ def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     return dict(HQ=HQ, H=H, K=K, V=V, BK=max(16, 1 << (K - 1).bit_length()), BV=max(16, 1 << (V - 1).bit_length()))
 
 
+def tma_allowed(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels may move these [B, T, H, D] tensors through tensor descriptors (Hopper's TMA):
+    a Triton that has them, a GPU of compute capability >= 9.0 (or the interpreter), head dims that are
+    powers of two (a block never reads the next head's columns) and 16-byte aligned data.
+    ``SOFTPICK_TMA=0`` in the environment turns them off."""
+    import triton.language as tl
+
+    if os.environ.get("SOFTPICK_TMA", "1") == "0" or not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    first = tensors[0]
+    if first.is_cuda and torch.cuda.get_device_capability(first.device) < (9, 0):
+        return False
+    return all(t.shape[-1] & (t.shape[-1] - 1) == 0 and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global memory Triton asks for at launch (the kernels' tensor descriptors are built on the GPU)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """Give Triton an allocator for descriptor scratch unless the caller set one. Triton keeps it in a
+    context variable, so each thread (autograd's backward runs in its own) needs it set."""
+    import triton
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
 def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
     from softpick.ops.attention.triton_fwd import attention_fwd_kernel
@@ -113,9 +143,12 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     def grid(meta):
         return (math.ceil(max_len / meta["BM"]), n_docs, HQ)
 
+    tma = tma_allowed(q, k, v, o)
+    if tma and q.is_cuda:
+        _ensure_allocator()
     attention_fwd_kernel[grid](
         q, k, v, o, lse, sink, cu_seqlens, T, scale * LOG2E, eps, **_dims(q, k, v),
-        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None,
+        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None, TMA_OK=tma,
     )
     return o, lse
 

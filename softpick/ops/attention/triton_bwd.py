@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from softpick.ops.attention.triton_fwd import INTERPRET
+from softpick.ops.attention.triton_fwd import INTERPRET, relu_cast
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -86,20 +86,24 @@ def attention_bwd_preprocess_kernel(o, do, delta, N, V: tl.constexpr, BT: tl.con
 
 
 @triton.jit
-def probs_T(b_sT, b_lse, SOFTPICK: tl.constexpr):
-    """(e, P) [BN, BM] of transposed scores b_sT in log2 units (hidden ones -inf) and lse [BM] (log2 units)."""
+def probs_T(b_sT, b_lse, dtype: tl.constexpr, SOFTPICK: tl.constexpr):
+    """(e [BN, BM], c [BM], P [BN, BM] in dtype) of transposed scores b_sT in log2 units (hidden ones -inf)
+    and lse [BM] (log2 units): e = exp2(s - lse); softpick: c = exp2(-lse), P = relu(e - c); softmax: P = e
+    (c is then unused). The scores are not needed after this: s > 0 exactly where e > c."""
     b_eT = tl.math.exp2(b_sT - b_lse[None, :])
     if SOFTPICK:
-        return b_eT, tl.maximum(b_eT - tl.math.exp2(-b_lse)[None, :], 0.0)
-    return b_eT, b_eT
+        b_c = tl.math.exp2(-b_lse)
+        return b_eT, b_c, relu_cast(b_eT - b_c[None, :], dtype)
+    return b_eT, b_lse, b_eT.to(dtype)
 
 
 @triton.jit
-def grad_scores_T(b_sT, b_eT, b_pT, b_dpT, b_delta, SOFTPICK: tl.constexpr):
-    """dS [BN, BM] from the scores, (e, P) of :func:`probs_T`, dP = v do^T [BN, BM] and delta [BM]."""
+def grad_scores_T(b_eT, b_c, b_dpT, b_delta, SOFTPICK: tl.constexpr):
+    """dS [BN, BM] from (e, c) of :func:`probs_T`, dP = v do^T [BN, BM] and delta [BM]."""
     if SOFTPICK:
-        return b_eT * tl.where(b_sT > 0, b_dpT - b_delta[None, :], tl.where(b_sT < 0, b_delta[None, :], 0.0))
-    return b_pT * (b_dpT - b_delta[None, :])
+        b_sign = tl.where(b_eT < b_c[None, :], b_delta[None, :], 0.0)
+        return b_eT * tl.where(b_eT > b_c[None, :], b_dpT - b_delta[None, :], b_sign)
+    return b_eT * (b_dpT - b_delta[None, :])
 
 
 @triton.jit
@@ -133,9 +137,9 @@ def _dkdv_inner(
         if MASKED:
             if CAUSAL:
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
-        b_eT, b_pT = probs_T(b_sT, b_lse, SOFTPICK)
-        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
-        b_dsT = grad_scores_T(b_sT, b_eT, b_pT, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK)
+        b_eT, b_c, b_pT = probs_T(b_sT, b_lse, b_do.dtype, SOFTPICK)
+        b_dv = tl.dot(b_pT, b_do, b_dv)
+        b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK)
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     return b_dk, b_dv
 
@@ -207,12 +211,13 @@ def attention_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_inner(
-    b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo, hi, L, qk_scale,
+    b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, lo, hi, L, qk_scale,
     SK, SV, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
 ):
-    """Add the key blocks [lo, hi) to dq [BM, BK]; MASKED steps hide keys >= L and, if CAUSAL, j > i."""
+    """Add the key blocks [lo, hi) to dq [BM, BK]; MASKED steps hide keys >= L and, if CAUSAL, j > i.
+    lse [BM] in log2 units and (softpick) c = exp2(-lse)."""
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     for start_n in range(lo, hi, BN):
@@ -232,8 +237,8 @@ def _dq_inner(
             b_s = tl.where(m_s, b_s, float("-inf"))
         b_e = tl.math.exp2(b_s - b_lse[:, None])
         b_dp = tl.dot(b_do, b_vT)  # [BM, BN]
-        if SOFTPICK:
-            b_ds = b_e * tl.where(b_s > 0, b_dp - b_delta[:, None], b_delta[:, None])
+        if SOFTPICK:  # s > 0 exactly where e > c = exp2(-lse)
+            b_ds = b_e * tl.where(b_e > b_c[:, None], b_dp - b_delta[:, None], b_delta[:, None])
         else:
             b_ds = b_e * (b_dp - b_delta[:, None])
         b_dq = tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT), b_dq)
@@ -276,26 +281,27 @@ def attention_bwd_dq_kernel(
     )  # [BM, BV]
     b_lse = tl.load(lse + (bos + o_m) * HQ + i_hq, mask=m_m, other=0.0) * LOG2E
     b_delta = tl.load(delta + (bos + o_m) * HQ + i_hq, mask=m_m, other=0.0)
+    b_c = tl.math.exp2(-b_lse)
     p_k = k + bos * (H * K) + i_h * K
     p_v = v + bos * (H * V) + i_h * V
     b_dq = tl.zeros([BM, BK], dtype=tl.float32)
     if CAUSAL:
         b_dq = _dq_inner(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, 0, start_m, L, qk_scale,
+            b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, 0, start_m, L, qk_scale,
             H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK,
         )
         b_dq = _dq_inner(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, start_m, tl.minimum(start_m + BM, L), L,
+            b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, start_m, tl.minimum(start_m + BM, L), L,
             qk_scale, H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK,
         )
     else:
         full = (L // BN) * BN
         b_dq = _dq_inner(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, 0, full, L, qk_scale,
+            b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, 0, full, L, qk_scale,
             H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK,
         )
         b_dq = _dq_inner(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, full, L, L, qk_scale,
+            b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, full, L, L, qk_scale,
             H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK,
         )
     b_dq = b_dq * scale

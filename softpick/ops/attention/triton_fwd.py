@@ -33,32 +33,42 @@ PTX = tl.constexpr(not INTERPRET)  # inline PTX (the kernels run on NVIDIA GPUs 
 
 
 def _fwd_configs() -> list[triton.Config]:
-    """Hopper-chosen tiles (BM query rows x BN keys); the interpreter gets one small tile."""
+    """Hopper-chosen tiles (BM query rows x BN keys), each with pointer loads (cp.async) and, where
+    TMA is set, tensor-descriptor loads (Hopper's TMA); the interpreter gets one small tile of each."""
     if INTERPRET:
-        return [triton.Config({"BM": 32, "BN": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BM": 32, "BN": 16, "TMA": tma}, num_warps=4, num_stages=1) for tma in (False, True)]
     return [
-        triton.Config({"BM": 128, "BN": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BM": 128, "BN": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BM": 128, "BN": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BM": 128, "BN": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
+        triton.Config({"BM": bm, "BN": bn, "TMA": tma}, num_warps=warps, num_stages=stages)
+        for bm, bn, warps, stages, tma in FWD_TILES
     ]
 
 
+FWD_TILES = [  # (BM, BN, num_warps, num_stages, TMA)
+    (128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 32, 4, 3, False),
+    (64, 64, 4, 2, False), (128, 64, 4, 2, True), (128, 64, 4, 3, True), (64, 64, 4, 2, True), (128, 64, 8, 2, True),
+]
+_FWD_KEEP = {  # head dim bound -> the tiles autotuned for it
+    64: [(128, 128, 8, 2, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 64, 4, 2, True),
+         (128, 64, 4, 3, True)],
+    128: [(128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 4, 2, True),
+          (128, 64, 4, 3, True)],
+    256: [(128, 64, 8, 3, False), (64, 64, 4, 2, False), (128, 32, 4, 3, False), (64, 64, 4, 2, True),
+          (128, 64, 8, 2, True)],
+}
+
+
 def _prune_fwd(configs, nargs, **kwargs):
-    """Keep the tiles that fit the head dim (shared memory grows with BN * (K + V))."""
+    """Keep the tiles that fit the head dim (shared memory grows with BN * (K + V)), and descriptor
+    loads only where the launcher allows them (TMA_OK)."""
     args = {**nargs, **kwargs}
-    d = max(args["BK"], args["BV"])
+    tma_ok = bool(args["TMA_OK"])
     if INTERPRET:
-        return configs
-    if d <= 64:
-        keep = [(128, 128, 8), (128, 64, 4), (128, 64, 8)]
-    elif d <= 128:
-        keep = [(128, 128, 8), (128, 64, 8), (128, 64, 4)]
-    else:
-        keep = [(128, 64, 8), (64, 64, 4), (128, 32, 4)]
-    out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps) in keep]
-    return out or configs[:1]
+        return [c for c in configs if c.kwargs["TMA"] == tma_ok]
+    d = max(args["BK"], args["BV"])
+    keep = _FWD_KEEP[64 if d <= 64 else 128 if d <= 128 else 256]
+    out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.kwargs["TMA"]) in keep
+           and (tma_ok or not c.kwargs["TMA"])]
+    return out or [c for c in configs if not c.kwargs["TMA"]][:1]
 
 
 @triton.jit
@@ -99,26 +109,37 @@ def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constex
 
 
 @triton.jit
+def _doc_rows(x, bos, L, width, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Tensor descriptor of one document's rows of x [tokens, width] (row-major), from token bos, L rows,
+    loaded and stored in [ROWS, COLS] blocks; rows past L read as 0 and are not written."""
+    return tl.make_tensor_descriptor(x + bos * width, shape=[L, width], strides=[width, 1], block_shape=[ROWS, COLS])
+
+
+@triton.jit
 def _fwd_inner(
     b_o, b_acc, b_m, b_q, p_k, p_v, o_m, lo, hi, L, qk_scale,
-    SK, SV, K: tl.constexpr, V: tl.constexpr,
+    SK, SV, col_k, col_v, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Fold the key blocks [lo, hi) into (o, acc, m); MASKED blocks hide keys >= L and, if CAUSAL, j > i."""
+    """Fold the key blocks [lo, hi) into (o, acc, m); MASKED blocks hide keys >= L and, if CAUSAL, j > i.
+    With TMA, p_k and p_v are the document's tensor descriptors (rows >= L read as 0) and col_k, col_v
+    the head's first column; else pointers to the head's first key and value."""
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     for start_n in range(lo, hi, BN):
         o_n = start_n + tl.arange(0, BN)
-        m_k = o_k[:, None] < K
-        m_v = o_v[None, :] < V
-        if MASKED:
-            m_k = m_k & (o_n[None, :] < L)
-            m_v = m_v & (o_n[:, None] < L)
-        # [BK, BN]
-        b_kT = tl.load(p_k + o_n[None, :] * SK + o_k[:, None], mask=m_k, other=0.0)
-        # [BN, BV]
-        b_v = tl.load(p_v + o_n[:, None] * SV + o_v[None, :], mask=m_v, other=0.0)
+        if TMA:
+            b_kT = tl.trans(p_k.load([start_n, col_k]))  # [BK, BN]
+            b_v = p_v.load([start_n, col_v])  # [BN, BV]
+        else:
+            m_k = o_k[:, None] < K
+            m_v = o_v[None, :] < V
+            if MASKED:
+                m_k = m_k & (o_n[None, :] < L)
+                m_v = m_v & (o_n[:, None] < L)
+            b_kT = tl.load(p_k + o_n[None, :] * SK + o_k[:, None], mask=m_k, other=0.0)  # [BK, BN]
+            b_v = tl.load(p_v + o_n[:, None] * SV + o_v[None, :], mask=m_v, other=0.0)  # [BN, BV]
         # -- raw scores q.k [BM, BN]; qk_scale (> 0, log2(e) folded in) is applied inside the exp2 --
         b_s = tl.dot(b_q, b_kT)
         if MASKED:
@@ -134,7 +155,7 @@ def _fwd_inner(
 
 @triton.autotune(
     configs=_fwd_configs(),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TMA_OK"],
     prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit
@@ -143,10 +164,14 @@ def attention_fwd_kernel(
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr,
+    TMA_OK: tl.constexpr, TMA: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BM), documents, HQ). q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ];
-    sink [HQ] float32 (softmax with HAS_SINK): a per-head logit in every row's denominator, with no value."""
+    sink [HQ] float32 (softmax with HAS_SINK): a per-head logit in every row's denominator, with no value.
+    TMA (a tile choice, allowed by the launcher's TMA_OK: K == BK, V == BV, 16-byte aligned tensors)
+    moves q, k, v and o through tensor descriptors of the document, so its edges need no masks."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
+    tl.static_assert(TMA_OK or not TMA, "descriptor loads need K == BK, V == BV and aligned tensors")
     # Largest query blocks first: under causal masking they carry the most work.
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
@@ -168,10 +193,15 @@ def attention_fwd_kernel(
     o_v = tl.arange(0, BV)
     m_m = o_m < L
     # load q: it stays in registers/shared memory for the whole key loop. [BM, BK]
-    p_q = q + (bos + o_m[:, None]) * (HQ * K) + i_hq * K + o_k[None, :]
-    b_q = tl.load(p_q, mask=m_m[:, None] & (o_k[None, :] < K), other=0.0)
-    p_k = k + bos * (H * K) + i_h * K
-    p_v = v + bos * (H * V) + i_h * V
+    if TMA:
+        b_q = _doc_rows(q, bos, L, HQ * K, BM, BK).load([start_m, i_hq * K])
+        p_k = _doc_rows(k, bos, L, H * K, BN, BK)
+        p_v = _doc_rows(v, bos, L, H * V, BN, BV)
+    else:
+        p_q = q + (bos + o_m[:, None]) * (HQ * K) + i_hq * K + o_k[None, :]
+        b_q = tl.load(p_q, mask=m_m[:, None] & (o_k[None, :] < K), other=0.0)
+        p_k = k + bos * (H * K) + i_h * K
+        p_v = v + bos * (H * V) + i_h * V
 
     b_o = tl.zeros([BM, BV], dtype=tl.float32)
     b_acc = tl.zeros([BM], dtype=tl.float32)
@@ -188,22 +218,22 @@ def attention_fwd_kernel(
         # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, start_m, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, True, SOFTPICK, TMA,
         )
         hi = tl.minimum(start_m + BM, L)
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, start_m, hi, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, True, SOFTPICK, TMA,
         )
     else:
         full = (L // BN) * BN
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, full, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, False, SOFTPICK, TMA,
         )
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, full, L, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, False, SOFTPICK, TMA,
         )
 
     # -- epilogue --
@@ -213,6 +243,9 @@ def attention_fwd_kernel(
         b_den = tl.where(b_acc > 0, b_acc, 1.0)  # a row that sees no key keeps o = 0
     b_lse = (b_m + tl.math.log2(b_den)) * LN2
     b_o = b_o / b_den[:, None]
-    p_o = o + (bos + o_m[:, None]) * (HQ * V) + i_hq * V + o_v[None, :]
-    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & (o_v[None, :] < V))
+    if TMA:
+        _doc_rows(o, bos, L, HQ * V, BM, BV).store([start_m, i_hq * V], b_o.to(o.dtype.element_ty))
+    else:
+        p_o = o + (bos + o_m[:, None]) * (HQ * V) + i_hq * V + o_v[None, :]
+        tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & (o_v[None, :] < V))
     tl.store(lse + (bos + o_m) * HQ + i_hq, b_lse, mask=m_m)
