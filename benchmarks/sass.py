@@ -42,7 +42,7 @@ TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages), as
     ("dq", 64, True): (64, 64, 4, 3), ("dq", 64, False): (64, 64, 4, 3),
     ("dq", 128, True): (64, 64, 4, 2), ("dq", 128, False): (64, 64, 4, 2),
 }
-SIZES = ("T", "HQ", "H")
+SIZES = ("T", "TUNE_LEN", "HQ", "H")
 """Integer arguments specialized as multiples of 16 (true for the benchmark shapes with 16 heads)."""
 
 
@@ -66,7 +66,7 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
         const["G"] = 1
     names = fn.arg_names
     ptr_types = {"lse": "*fp32", "sink": "*fp32", "delta": "*fp32", "cu_seqlens": "*i32"}
-    scalar_types = {"T": "i32", "HQ": "i32", "H": "i32", "qk_scale": "fp32", "scale": "fp32", "eps": "fp32"}
+    scalar_types = {"T": "i32", "TUNE_LEN": "i32", "HQ": "i32", "H": "i32", "qk_scale": "fp32", "scale": "fp32", "eps": "fp32"}
     signature = {n: "constexpr" if n in const else scalar_types.get(n) or ptr_types.get(n, "*bf16") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
              if signature[n].startswith("*") or n in SIZES}

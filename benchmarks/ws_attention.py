@@ -169,7 +169,8 @@ def ours_dkdv(q, k, v, do, lse, delta, *, softpick: bool):
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     scale = q.shape[-1] ** -0.5
     attention_bwd_dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BN"]), q.shape[0], H)](
-        q, k, v, do, lse, delta, dk, dv, None, T, scale * parallel.LOG2E, scale, G=1, **parallel._dims(q, k, v),
+        q, k, v, do, lse, delta, dk, dv, None, T, parallel.tune_len(T), scale * parallel.LOG2E, scale, G=1,
+        **parallel._dims(q, k, v),
         SOFTPICK=softpick, CAUSAL=True, IS_VARLEN=False,
     )
     return dk, dv

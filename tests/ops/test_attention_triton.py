@@ -205,7 +205,7 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=DEVICE)
         grid = (-(-169 // config.kwargs["BM"]), 3, q.shape[2])  # the longest document: 169 tokens
         attention_fwd_kernel.fn[grid](
-            q, k, v, o, lse, None, cu, 300, head_dim**-0.5 * parallel.LOG2E, DEFAULT_EPS, **dims,
+            q, k, v, o, lse, None, cu, 300, parallel.tune_len(169), head_dim**-0.5 * parallel.LOG2E, DEFAULT_EPS, **dims,
             SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True, HAS_SINK=False,
             TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
         )

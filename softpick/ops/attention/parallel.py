@@ -95,6 +95,13 @@ def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
     return cu_seqlens.numel() - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
+def tune_len(max_len: int) -> int:
+    """The autotuners' length class of the longest document: 1024 for short ones (tests, short
+    prompts), else 16384, so a short first call does not choose the tiles of long ones. Both are
+    multiples of 16, so Triton compiles one kernel for the two."""
+    return 1024 if max_len <= 1024 else 16384
+
+
 def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     HQ, K = q.shape[2], q.shape[3]
     H, V = k.shape[2], v.shape[3]
@@ -147,7 +154,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     if tma and q.is_cuda:
         _ensure_allocator()
     attention_fwd_kernel[grid](
-        q, k, v, o, lse, sink, cu_seqlens, T, scale * LOG2E, eps, **_dims(q, k, v),
+        q, k, v, o, lse, sink, cu_seqlens, T, tune_len(max_len), scale * LOG2E, eps, **_dims(q, k, v),
         SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None, TMA_OK=tma,
     )
     return o, lse
@@ -179,10 +186,11 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, scale * LOG2E, scale, G=HQ // H, **dims, **flags
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, G=HQ // H,
+        **dims, **flags,
     )
     attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, T, scale * LOG2E, scale, **dims, **flags
+        q, k, v, do, lse, delta, dq, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, **dims, **flags
     )
     if sink is None:
         return dq, dk, dv, lse.new_empty(0)

@@ -146,17 +146,17 @@ def _dkdv_inner(
 
 @triton.autotune(
     configs=_bwd_configs({"BM": 16, "BN": 32}),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dkdv},
 )
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, qk_scale, scale,
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
     HQ, H, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BN), documents, H); G = HQ // H. dk [*, H, K], dv [*, H, V] in k's dtype."""
+    """Grid (cdiv(max_len, BN), documents, H); G = HQ // H; TUNE_LEN only keys the autotuner. dk [*, H, K], dv [*, H, V] in k's dtype."""
     tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
@@ -247,17 +247,17 @@ def _dq_inner(
 
 @triton.autotune(
     configs=_bwd_configs({"BM": 32, "BN": 16}),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dq},
 )
 @triton.jit
 def attention_bwd_dq_kernel(
-    q, k, v, do, lse, delta, dq, cu_seqlens, T, qk_scale, scale,
+    q, k, v, do, lse, delta, dq, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BM), documents, HQ). dq [*, HQ, K] in q's dtype."""
+    """Grid (cdiv(max_len, BM), documents, HQ); TUNE_LEN only keys the autotuner. dq [*, HQ, K] in q's dtype."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)

@@ -155,18 +155,18 @@ def _fwd_inner(
 
 @triton.autotune(
     configs=_fwd_configs(),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TMA_OK"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TMA_OK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit
 def attention_fwd_kernel(
-    q, k, v, o, lse, sink, cu_seqlens, T, qk_scale, eps,
+    q, k, v, o, lse, sink, cu_seqlens, T, TUNE_LEN, qk_scale, eps,
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr,
     TMA_OK: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Grid (cdiv(max_len, BM), documents, HQ). q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ];
+    """Grid (cdiv(max_len, BM), documents, HQ); TUNE_LEN only keys the autotuner. q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ];
     sink [HQ] float32 (softmax with HAS_SINK): a per-head logit in every row's denominator, with no value.
     TMA (a tile choice, allowed by the launcher's TMA_OK: K == BK, V == BV, 16-byte aligned tensors)
     moves q, k, v and o through tensor descriptors of the document, so its edges need no masks."""
