@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh [STEP ...]     # on the GPU machine, from the repository root; OUT=dir
 #
 # Steps (default: all, in this order; budgets in seconds from STEP_<NAME> variables):
-#   tests       the kernel tests in bf16 on the GPU (tests/ops: training, KV-cache and sink kernels vs naive)
+#   tests       the kernel tests in bf16 on the GPU (tests/ops: training, KV-cache and sink kernels vs naive),
+#               in 4 parallel pytest processes (benchmarks/gpu_tests.sh)
 #   attention   benchmarks/attention.py --variants (softpick, softmax, softmax+1, sinks vs SDPA)
 #   generate    benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth)
 #   throughput  benchmarks/train_throughput.py: the 340M model with each attention variant, bf16, compile
@@ -27,7 +28,7 @@ step() {  # step NAME SECONDS COMMAND...
   tail -n 25 "$OUT/$name.log"
 }
 declare -A RUN=(
-  [tests]="python3 -m pytest -q -x -p no:cacheprovider tests/ops"
+  [tests]="bash benchmarks/gpu_tests.sh tests/ops"
   [attention]="python3 benchmarks/attention.py --variants --json $OUT/attention.json"
   [generate]="python3 benchmarks/generate.py --json $OUT/generate.json"
   [throughput]="python3 benchmarks/train_throughput.py --compile --peak-flops ${PEAK_FLOPS:-989e12} --steps 30 --batch-size 8 --seq-len 4096 --attn ${ATTN:-softpick,softmax,sink,softpick+gate,softpick+ssmax,softmax_plus_one} --json $OUT/throughput.json"

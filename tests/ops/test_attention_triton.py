@@ -182,7 +182,7 @@ def test_missing_or_old_triton_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_every_forward_tile_matches_naive(variant, head_dim):
     """Each tile the autotuner may pick (not only the one it picks here), on an odd-length varlen batch:
     with pointer loads and with tensor descriptors, whose document edges the hardware clips."""

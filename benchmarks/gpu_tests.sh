@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The kernel tests on a GPU in SHARDS parallel pytest processes (default 4): on a fresh machine the
+# autotuners' compiles dominate, and they run on the CPU, one process at a time each.
+#
+#   bash benchmarks/gpu_tests.sh [PYTEST PATHS...]      # default tests/ops; logs in $OUT/tests_shard_N.log
+set -uo pipefail
+OUT="${OUT:-gpu-out}"
+SHARDS="${SHARDS:-4}"
+mkdir -p "$OUT"
+python3 -m pytest -q --collect-only -p no:cacheprovider "${@:-tests/ops}" | grep '::' > "$OUT/test_ids.txt"
+echo "$(wc -l < "$OUT/test_ids.txt") tests in $SHARDS shards"
+pids=()
+for ((i = 0; i < SHARDS; i++)); do
+  mapfile -t ids < <(awk -v n="$SHARDS" -v i="$i" 'NR % n == i' "$OUT/test_ids.txt")
+  python3 -m pytest -q -p no:cacheprovider "${ids[@]}" > "$OUT/tests_shard_$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || status=1
+  echo "shard $i: $(tail -n 1 "$OUT/tests_shard_$i.log")"
+done
+[[ $status == 0 ]] || grep -h -E "^(FAILED|ERROR)" "$OUT"/tests_shard_*.log
+exit $status
