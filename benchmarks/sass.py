@@ -10,9 +10,10 @@ are given the same attributes here, so the code is the code of a real launch.
     python benchmarks/sass.py                                   # forward and backward, D 64 and 128
     python benchmarks/sass.py --kernels fwd --head-dims 64 --ops FADD FMNMX MUFU F2FP
     python benchmarks/sass.py --dump /tmp/sass                  # also write each kernel's SASS
+    python benchmarks/sass.py --shared                          # shared memory of every autotuned tile
 
-Tiles are the ones the autotuner picked on the H100 (benchmarks/RESULTS.md); ``--tile BM BN WARPS
-STAGES`` overrides them.
+Tiles are the ones the autotuner picked on the H200 at 7d88f90 (benchmarks/RESULTS.md; "+tma": the
+forward's tensor-descriptor loads); ``--tile BM BN WARPS STAGES`` (with ``--tma``) overrides them.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ KERNELS = {"fwd": triton_fwd.attention_fwd_kernel, "dkdv": triton_bwd.attention_
            "dq": triton_bwd.attention_bwd_dq_kernel}
 """name -> the autotuned kernel."""
 
-TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages), as autotuned on the H100
-    ("fwd", 64, True): (128, 64, 4, 3), ("fwd", 64, False): (128, 64, 8, 3),
-    ("fwd", 128, True): (128, 64, 8, 3), ("fwd", 128, False): (128, 64, 8, 3),
+TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages[, TMA]), as autotuned on the H200
+    ("fwd", 64, True): (128, 64, 4, 3, True), ("fwd", 64, False): (128, 64, 8, 3),
+    ("fwd", 128, True): (128, 64, 4, 2, True), ("fwd", 128, False): (128, 64, 4, 2, True),
     ("dkdv", 64, True): (64, 64, 4, 3), ("dkdv", 64, False): (32, 64, 4, 3),
-    ("dkdv", 128, True): (64, 64, 4, 2), ("dkdv", 128, False): (32, 64, 4, 3),
+    ("dkdv", 128, True): (32, 64, 4, 3), ("dkdv", 128, False): (32, 64, 4, 3),
     ("dq", 64, True): (64, 64, 4, 3), ("dq", 64, False): (64, 64, 4, 3),
-    ("dq", 128, True): (64, 64, 4, 2), ("dq", 128, False): (64, 64, 4, 2),
+    ("dq", 128, True): (64, 32, 4, 3), ("dq", 128, False): (64, 64, 4, 2),
 }
 SIZES = ("T", "TUNE_LEN", "HQ", "H")
 """Integer arguments specialized as multiples of 16 (true for the benchmark shapes with 16 heads)."""
@@ -76,6 +77,27 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
                           options={"num_warps": warps, "num_stages": stages})
 
 
+SHARED_LIMIT = 232448
+"""Bytes of shared memory one block may use on an H100 / H200 (227 KiB)."""
+
+
+def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool]]:
+    """(kernel, head dim, (BM, BN, warps, stages), TMA) of every tile the autotuners may try."""
+    tiles = [("fwd", d, t[:4], t[4]) for d, keep in triton_fwd.FWD_KEEP.items() for t in keep]
+    for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dq", triton_bwd.DQ_KEEP)):
+        tiles += [(name, d, t, False) for d, keep in by_dim.items() for t in keep]
+    return tiles
+
+
+def print_shared(arch: int) -> None:
+    """A table of the shared memory each autotuned tile needs (softpick, the larger of the two)."""
+    print("| kernel | D | tile | TMA | shared bytes | fits |")
+    print("|---|---|---|---|---|---|")
+    for name, d, tile, tma in autotuned_tiles():
+        shared = compile_kernel(name, d, True, tile, arch, tma).metadata.shared
+        print(f"| {name} | {d} | {'x'.join(map(str, tile))} | {tma} | {shared} | {shared <= SHARED_LIMIT} |", flush=True)
+
+
 def sass(compiled) -> str:
     """cuobjdump's SASS listing of a compiled kernel."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -98,26 +120,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", nargs="+", default=["HGMMA", "LDGSTS", "MUFU", "FFMA", "FADD", "FMUL", "FMNMX",
                                                      "FSEL", "FSETP", "F2FP", "LOP3", "STL", "LDL"])
     parser.add_argument("--tile", nargs=4, type=int, metavar=("BM", "BN", "WARPS", "STAGES"), default=None)
-    parser.add_argument("--tma", action="store_true", help="the forward with tensor-descriptor (TMA) loads")
+    parser.add_argument("--tma", action="store_true", help="with --tile: the forward's tensor-descriptor (TMA) loads")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
+    parser.add_argument("--shared", action="store_true", help="only the shared memory of every autotuned tile")
     args = parser.parse_args(argv)
+    if args.shared:
+        return print_shared(args.arch)
     print(f"triton {triton.__version__}, sm_{args.arch}; static opcode counts (both loops of each kernel)")
     print("| kernel | D | attention | tile | total | " + " | ".join(args.ops) + " | warnings |")
     print("|---" * (5 + len(args.ops)) + "|---|")
     for name in args.kernels:
         for d in args.head_dims:
             for softpick in (True, False):
-                tile = tuple(args.tile) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
-                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, args.tma and name == "fwd"))
+                tile = tuple(args.tile) + (args.tma,) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
+                tma = name == "fwd" and len(tile) == 5 and tile[4]
+                tile = tile[:4]
+                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, tma))
                 counts = opcode_counts(listing)
                 kind = "softpick" if softpick else "softmax"
                 if args.dump:
                     args.dump.mkdir(parents=True, exist_ok=True)
                     (args.dump / f"{name}_d{d}_{kind}.sass").write_text(listing)
-                warnings = [w for w, bad in (("no HGMMA", not counts["HGMMA"]), ("no LDGSTS", not counts["LDGSTS"]),
+                warnings = [w for w, bad in (("no HGMMA", not counts["HGMMA"]), ("no LDGSTS", not tma and not counts["LDGSTS"]),
+                                             ("no UTMALDG", tma and not counts["UTMALDG"]),
                                              ("spills", counts["STL"] + counts["LDL"] > 0)) if bad]
-                print(f"| {name} | {d} | {kind} | {'x'.join(map(str, tile))} | {sum(counts.values())} | "
+                print(f"| {name} | {d} | {kind} | {'x'.join(map(str, tile))}{'+tma' if tma else ''} | {sum(counts.values())} | "
                       + " | ".join(str(counts[op]) for op in args.ops) + f" | {', '.join(warnings) or '-'} |", flush=True)
 
 

@@ -36,31 +36,35 @@ def _bwd_configs(small: dict) -> list[triton.Config]:
     return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
 
 
-def _prune(keep_small, keep_mid, keep_big):
+def _prune(keep_by_dim: dict[int, list[tuple[int, int, int, int]]]):
     def prune(configs, nargs, **kwargs):
         if INTERPRET:
             return configs
         args = {**nargs, **kwargs}
         d = max(args["BK"], args["BV"])
-        keep = keep_small if d <= 64 else keep_mid if d <= 128 else keep_big
+        keep = keep_by_dim[64 if d <= 64 else 128 if d <= 128 else 256]
         out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
         return out or configs[:1]
 
     return prune
 
 
+# Head dim bound -> the (BM, BN, num_warps, num_stages) autotuned for it; each fits an H100's shared
+# memory (tests/ops/test_kernel_codegen.py).
 # dkdv: BN keys per program (the resident block, with its fp32 dk and dv), BM queries per step.
-_prune_dkdv = _prune(
-    keep_small=[(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
-    keep_mid=[(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
-    keep_big=[(32, 64, 4, 3), (64, 64, 4, 2)],
-)
+DKDV_KEEP = {
+    64: [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
+    128: [(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
+    256: [(32, 64, 4, 3), (64, 64, 4, 2)],
+}
 # dq: BM queries per program (the resident block), BN keys per step.
-_prune_dq = _prune(
-    keep_small=[(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
-    keep_mid=[(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
-    keep_big=[(64, 64, 4, 2), (64, 32, 4, 3)],
-)
+DQ_KEEP = {
+    64: [(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
+    128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
+    256: [(64, 64, 4, 2), (64, 32, 4, 3)],
+}
+_prune_dkdv = _prune(DKDV_KEEP)
+_prune_dq = _prune(DQ_KEEP)
 
 
 @triton.jit
