@@ -7,7 +7,10 @@ Layers: kernels in :mod:`.triton_fwd` / :mod:`.triton_bwd`; host launchers ``_fw
 Tile plan: forward programs own BM query rows of one head of one document and walk key blocks (an
 unmasked pass, then the causal diagonal / document end with a mask). Backward: a dk/dv kernel owns BN
 keys of one KV head and walks the queries of all G heads of its group; a dq kernel owns BM query rows.
-Tiles are autotuned over a few Hopper-chosen configs per head dim (seconds on the first call).
+Tiles are autotuned over a few Hopper-chosen configs per head dim (seconds on the first call), and
+per length class (:func:`tune_len`); on Hopper the forward may pick tiles that move q, k, v and o
+through tensor descriptors (TMA, :func:`tma_allowed`), which need a Triton allocator for their
+on-GPU set-up (:func:`_ensure_allocator` gives one unless the caller has).
 
 Saved for backward: q, k, v, o and lse [B, T, HQ] (float32), i.e. O(T) extra memory; delta =
 rowsum(o * do) is recomputed at the start of backward. Softmax may carry per-head sink logits

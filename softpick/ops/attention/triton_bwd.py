@@ -11,6 +11,8 @@ With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (so
     softmax:  P = exp(s - lse);                            dS = P * (dP - delta)
 
 then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
+The kernels read the sign of s from e against c = exp(-lse) (s > 0 exactly where e > c), so the
+scores are dead after the exp (fewer live registers: 4.5% faster at D = 128 on an H200).
 The dq kernel takes sign(0) as -1 (``e * delta`` wherever s <= 0: one compare and one select per score,
 1% faster f+b on an H200); the dk/dv kernel keeps sign(0) = 0, as the two-way form made it 10% slower
 at D = 128 (benchmarks/RESULTS.md). Both are subgradients of |e^s - 1|; they differ only at s exactly 0.
