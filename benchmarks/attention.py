@@ -13,7 +13,8 @@ FLOPs (causal, counting the two matmuls QK^T and PV at 2 FLOPs per multiply-add,
 forward = 2 * B * H * T^2 * D; forward+backward = 3.5 x forward (backward = 2.5 x: four matmuls
 plus the recomputed QK^T). A varlen batch counts sum_i 2 * H * L_i^2 * D over its documents.
 The varlen row packs documents of the lengths in ``VARLEN_DOCS`` into one row; SDPA has no varlen
-form, so only our kernels (and flash-attn's varlen function, if installed) run it.
+form, so only our kernels (and flash-attn's varlen function, if installed) run it, with the longest
+document given (``max_seqlen``), so no call reads cu_seqlens on the host.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 import triton
 
 from softpick.ops.attention import softmax_attention, softpick_attention
+from softpick.ops.attention.parallel import parallel_attention
+from softpick.ops.softpick.naive import DEFAULT_EPS
 
 SHAPES = ["4x4096x16x64", "2x8192x8x128", "1x16384x16x64", "varlen"]
 VARLEN_DOCS = [7000, 4096, 2048, 1500, 1024, 512, 204]  # sums to 16384 tokens
@@ -42,21 +45,32 @@ def _flash_attn():
     return flash_attn
 
 
+def _ours(variant: str, sink: torch.Tensor | None = None):
+    """Our Triton kernels: dense batches through the public op; a varlen batch straight through the
+    launcher with its longest document given, as a compiled model calls it (the public op's eager
+    checks read cu_seqlens on the host, a GPU sync per call that would be timed too)."""
+    public = softpick_attention if variant == "softpick" else softmax_attention
+    extra = {} if sink is None else {"sink": sink}
+
+    def run(q, k, v, cu, n):
+        if cu is None:
+            return public(q, k, v, impl="triton", **extra)
+        return parallel_attention(q, k, v, variant=variant, scale=None, causal=True, cu_seqlens=cu,
+                                  eps=DEFAULT_EPS, sink=sink, max_seqlen=n)
+
+    return run
+
+
 def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
     """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal.
 
     With ``variants``: softmax+1 (a constant 0 sink logit) and learnable per-head sinks (whose gradient
     the forward+backward timing includes), the sink-free baselines of issue 10.
     """
-    out = {
-        "softpick": lambda q, k, v, cu, n: softpick_attention(q, k, v, cu_seqlens=cu, impl="triton"),
-        "softmax": lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton"),
-    }
+    out = {"softpick": _ours("softpick"), "softmax": _ours("softmax")}
     if variants:
-        zero = torch.zeros(heads, device="cuda")
-        sinks = torch.zeros(heads, device="cuda", requires_grad=True)
-        out["softmax+1"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton", sink=zero)
-        out["sink"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, cu_seqlens=cu, impl="triton", sink=sinks)
+        out["softmax+1"] = _ours("softmax", sink=torch.zeros(heads, device="cuda"))
+        out["sink"] = _ours("softmax", sink=torch.zeros(heads, device="cuda", requires_grad=True))
     if not varlen:
         out["sdpa"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, impl="sdpa")
     fa = _flash_attn()

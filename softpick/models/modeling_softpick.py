@@ -175,6 +175,7 @@ class SoftpickAttention(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         output_attentions: bool = False,
         ssmax_log_n: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend over the cache plus the new tokens.
 
@@ -186,6 +187,7 @@ class SoftpickAttention(nn.Module):
             cu_seqlens: [N + 1] offsets of packed documents (B = 1, no cache).
             output_attentions: also return the weights, computed by the naive reference.
             ssmax_log_n: [B, T] float32 log of the number of keys each query sees (needed with ssmax).
+            max_seqlen: the longest document of cu_seqlens, if known (spares the kernels a host read).
 
         Returns:
             (output [B, T, hidden], weights [B, HQ, T, T_past + T] float32 or None).
@@ -212,6 +214,8 @@ class SoftpickAttention(nn.Module):
             )  # weights [B, HQ, T, Tk]
         else:
             extra = {} if sink is None else {"sink": sink}
+            if max_seqlen is not None:
+                extra["max_seqlen"] = max_seqlen
             o = ATTENTION_OPS[self.attn_type](
                 q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
                 eps=self.eps, impl=self.attn_impl, **extra,
@@ -241,9 +245,12 @@ class SoftpickDecoderLayer(GradientCheckpointingLayer):
         cu_seqlens: torch.Tensor | None = None,
         output_attentions: bool = False,
         ssmax_log_n: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # keyword arguments only, as in transformers' Llama, so hooks written for Llama find the same kwargs
         extra = {} if ssmax_log_n is None else {"ssmax_log_n": ssmax_log_n}
+        if max_seqlen is not None:
+            extra["max_seqlen"] = max_seqlen
         attn_out, weights = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
             attention_mask=attention_mask, past_key_values=past_key_values, cu_seqlens=cu_seqlens,
@@ -315,6 +322,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """Hidden states of input_ids [B, T] (or inputs_embeds [B, T, hidden]); see SoftpickForCausalLM.forward."""
@@ -350,6 +358,8 @@ class SoftpickModel(SoftpickPreTrainedModel):
         # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
         # document and skip left padding, as generate() computes them from the attention mask)
         extra = {"ssmax_log_n": torch.log1p(position_ids.float())} if self.config.ssmax else {}
+        if max_seqlen is not None:
+            extra["max_seqlen"] = max_seqlen
         mask = _key_padding_mask(attention_mask)
 
         all_hidden = [] if output_hidden_states else None
@@ -419,6 +429,7 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """Next-token logits, and the loss when labels are given.
@@ -440,6 +451,8 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
             logits_to_keep: int n > 0 -> logits of the last n positions only; a 1-D tensor -> those positions.
             cu_seqlens: [N + 1] int offsets of N documents packed in one row (B = 1); attention stays
                 inside each document. No cache, no attention_mask.
+            max_seqlen: the longest document of cu_seqlens, if the caller knows it without reading the
+                GPU (the trainer takes it from the loader's lengths): no host sync in the attention.
 
         Returns:
             CausalLMOutputWithPast(loss, logits [B, T', vocab], cache, hidden_states, attentions); the cache
@@ -451,7 +464,7 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=True, cu_seqlens=cu_seqlens,
+            return_dict=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
         )
         hidden_states = outputs.last_hidden_state  # [B, T, hidden]
         if isinstance(logits_to_keep, int):

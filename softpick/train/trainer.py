@@ -280,7 +280,10 @@ class Trainer:
             if self.dims.fsdp_enabled:  # reduce-scatter gradients only after the last micro-batch
                 self.model.set_requires_gradient_sync(i == accum - 1)
             input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-            kwargs = {"cu_seqlens": batch["cu_seqlens"].to(self.device)} if "cu_seqlens" in batch else {}
+            kwargs = {}
+            if "cu_seqlens" in batch:  # the longest document from the CPU copy: the kernels need not read it back
+                cu_seqlens = batch["cu_seqlens"]
+                kwargs = {"cu_seqlens": cu_seqlens.to(self.device), "max_seqlen": int(cu_seqlens.diff().max())}
             with self._autocast():
                 loss = self.model(input_ids=input_ids, labels=input_ids, **kwargs).loss / accum
             loss.backward()

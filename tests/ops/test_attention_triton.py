@@ -78,6 +78,25 @@ def test_triton_matches_naive(case, variant, causal, tma, monkeypatch):
         assert attention_fwd_kernel.best_config.kwargs["TMA"] == (tma == "tma" and d & (d - 1) == 0)
 
 
+def test_max_seqlen_gives_the_same_output_and_gradients(monkeypatch):
+    """A given longest document reaches both launchers (no host read of cu_seqlens) and runs the same
+    grid as the one read back."""
+    from softpick.ops.attention import parallel
+
+    seen = []
+    docs = parallel._docs
+    monkeypatch.setattr(parallel, "_docs", lambda q, cu, max_seqlen=0: seen.append(max_seqlen) or docs(q, cu, max_seqlen))
+    cu = torch.tensor([0, 1, 18, 19, 50], dtype=torch.int32, device=DEVICE)
+    q, k, v = (torch.randn(1, 50, 2, 32, device=DEVICE).to(DTYPE).requires_grad_() for _ in range(3))
+    outs = []
+    for max_seqlen in (None, 31):
+        o = softpick_attention(q, k, v, cu_seqlens=cu, impl="triton", max_seqlen=max_seqlen)
+        outs.append((o, *torch.autograd.grad(o.float().square().sum(), (q, k, v))))
+    assert seen == [0, 0, 31, 31]  # forward and backward, without and with max_seqlen
+    for name, a, b in zip(("o", "dq", "dk", "dv"), *outs):
+        assert torch.equal(a, b), name
+
+
 def test_all_negative_scores_give_exact_zeros():
     """Softpick of a row whose scores are all < 0 is 0, and so are all its gradients."""
     case = next(c for c in CASES if c[-1] == "negative")

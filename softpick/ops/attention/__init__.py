@@ -81,8 +81,8 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
     return "naive"
 
 
-def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl, sink=None):
-    check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
+def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl, sink=None, max_seqlen=None):
+    check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
     if sink is not None and (sink.dim() != 1 or sink.shape[0] != q.shape[2]):
         raise ValueError(f"sink must have shape [query heads] = [{q.shape[2]}], got {tuple(sink.shape)}.")
     which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens, sink)
@@ -97,7 +97,8 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         from softpick.ops.attention.parallel import parallel_attention
 
         return parallel_attention(
-            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink,
+            max_seqlen=max_seqlen,
         )
     from softpick.ops.attention.decode import decode_attention
 
@@ -117,6 +118,7 @@ def softpick_attention(
     attention_mask: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
     impl: str | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Softpick attention: ``o_i = sum_j w_ij v_j`` with
     ``w_ij = relu(exp(s_ij) - 1) / (sum_j' |exp(s_ij') - 1| + eps)``, ``s = scale * q.k``, masked j excluded.
@@ -127,6 +129,9 @@ def softpick_attention(
         scale: score scale, default K ** -0.5.
         causal: query i sees keys j <= i + T_k - T_q.
         cu_seqlens: [N + 1] int32/int64 offsets of N documents packed in one row (B must be 1).
+        max_seqlen: the longest document of cu_seqlens, if the caller knows it (e.g. from the lengths
+            on the CPU): the Triton kernels then size their grid without reading cu_seqlens on the
+            host, so a compiled model does not wait for the GPU. Eager calls check it.
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys.
         eps: constant added to the unscaled denominator (default 1e-6).
         impl: "naive", "triton" or None (fastest that supports the inputs).
@@ -137,7 +142,7 @@ def softpick_attention(
     """
     return _attention(
         q, k, v, variant="softpick", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-        attention_mask=attention_mask, eps=eps, impl=impl,
+        attention_mask=attention_mask, eps=eps, impl=impl, max_seqlen=max_seqlen,
     )
 
 
@@ -153,6 +158,7 @@ def softmax_attention(
     eps: float = DEFAULT_EPS,
     impl: str | None = None,
     sink: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Softmax attention with the same signature as :func:`softpick_attention` (``eps`` is unused).
 
@@ -163,7 +169,7 @@ def softmax_attention(
     """
     return _attention(
         q, k, v, variant="softmax", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-        attention_mask=attention_mask, eps=eps, impl=impl, sink=sink,
+        attention_mask=attention_mask, eps=eps, impl=impl, sink=sink, max_seqlen=max_seqlen,
     )
 
 

@@ -12,6 +12,7 @@ def check_attention_inputs(
     *,
     cu_seqlens: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
+    max_seqlen: int | None = None,
 ) -> None:
     """Raise ValueError unless q [B, T_q, HQ, K], k [B, T_k, H, K], v [B, T_k, H, V] fit together."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -59,7 +60,9 @@ def check_attention_inputs(
             )
         # The value checks read the tensor, a graph break under torch.compile: eager calls run them.
         if not torch.compiler.is_compiling():
-            _check_cu_seqlens_values(cu_seqlens, Tk)
+            _check_cu_seqlens_values(cu_seqlens, Tk, max_seqlen)
+    elif max_seqlen is not None:
+        raise ValueError(f"max_seqlen ({max_seqlen}) is the longest document of cu_seqlens; pass cu_seqlens too.")
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, Tk):
             raise ValueError(
@@ -67,11 +70,15 @@ def check_attention_inputs(
             )
 
 
-def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int) -> None:
-    """Raise ValueError unless cu_seqlens runs strictly upwards from 0 to ``total``."""
+def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int | None) -> None:
+    """Raise ValueError unless cu_seqlens runs strictly upwards from 0 to ``total`` and its longest
+    document is ``max_seqlen`` (when given: a smaller one would leave rows uncomputed)."""
     if cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != total:
         raise ValueError(
             f"cu_seqlens must start at 0 and end at the packed length {total}, got {cu_seqlens.tolist()}."
         )
     if bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any()):
         raise ValueError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}.")
+    if max_seqlen is not None and int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) != max_seqlen:
+        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        raise ValueError(f"max_seqlen must be the longest document of cu_seqlens, {longest}, got {max_seqlen}.")

@@ -91,10 +91,13 @@ def supports(
     return head_dim_support(q, v) or device_support(q)
 
 
-def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
-    """(number of documents, longest document) of q [B, T, HQ, K]."""
+def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None, max_seqlen: int = 0) -> tuple[int, int]:
+    """(number of documents, longest document) of q [B, T, HQ, K]; max_seqlen > 0 is taken as the
+    longest (no host read of cu_seqlens, which would wait for the GPU)."""
     if cu_seqlens is None:
         return q.shape[0], q.shape[1]
+    if max_seqlen > 0:
+        return cu_seqlens.numel() - 1, max_seqlen
     return cu_seqlens.numel() - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
@@ -141,14 +144,14 @@ def _ensure_allocator() -> None:
         triton.set_allocator(_scratch)
 
 
-def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None):
+def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None, max_seqlen: int = 0):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
     from softpick.ops.attention.triton_fwd import attention_fwd_kernel
 
     B, T, HQ, _ = q.shape
     o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(B, T, HQ, dtype=torch.float32, device=q.device)
-    n_docs, max_len = _docs(q, cu_seqlens)
+    n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
 
     def grid(meta):
         return (math.ceil(max_len / meta["BM"]), n_docs, HQ)
@@ -163,7 +166,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     return o, lse
 
 
-def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink=None):
+def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink=None, max_seqlen: int = 0):
     """dq, dk, dv shaped and typed like q, k, v, and d(sink) [HQ] float32 (empty without a sink).
 
     The sink's gradient needs no kernel: its weight in row i is exp(b - lse_i) and it carries no value,
@@ -178,7 +181,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     B, T, HQ, _ = q.shape
     H, V = k.shape[2], v.shape[3]
     dims = _dims(q, k, v)
-    n_docs, max_len = _docs(q, cu_seqlens)
+    n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
     delta = torch.empty_like(lse)  # [B, T, HQ] float32
     n_rows = B * T * HQ
     attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
@@ -212,13 +215,15 @@ def attention_fwd_op(
     causal: bool,
     eps: float,
     sink: torch.Tensor | None,
+    max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v."""
-    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink)
+    """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v; max_seqlen 0 =
+    read the longest document from cu_seqlens."""
+    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen)
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink):
+def _(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen):
     o = q.new_empty(*q.shape[:3], v.shape[-1])
     return o, q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -236,33 +241,34 @@ def attention_bwd_op(
     scale: float,
     causal: bool,
     sink: torch.Tensor | None,
+    max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused backward: (dq, dk, dv, dsink) from do and the forward's o and lse (dsink empty without a sink)."""
-    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink)
+    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
 
 
 @attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink):
+def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen):
     dsink = lse.new_empty(0) if sink is None else sink.new_empty(sink.shape, dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, softpick, scale, causal, _, sink = inputs
+    q, k, v, cu_seqlens, softpick, scale, causal, _, sink, max_seqlen = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
-    ctx.flags = (softpick, scale, causal)
+    ctx.flags = (softpick, scale, causal, max_seqlen)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, _dlse):
     """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
     q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
-    softpick, scale, causal = ctx.flags
-    dq, dk, dv, dsink = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink)
+    softpick, scale, causal, max_seqlen = ctx.flags
+    dq, dk, dv, dsink = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
     no_grad_for = (None,) * 5  # cu_seqlens, softpick, scale, causal, eps
     dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
-    return (dq, dk, dv, *no_grad_for, dsink)
+    return (dq, dk, dv, *no_grad_for, dsink, None)
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -289,6 +295,7 @@ def parallel_attention(
     cu_seqlens: torch.Tensor | None,
     eps: float,
     sink: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Fused attention; inputs as in :func:`softpick.ops.softpick_attention` with T_q == T_k.
 
@@ -300,6 +307,7 @@ def parallel_attention(
         cu_seqlens: [N + 1] offsets of N packed documents (B == 1), or None.
         eps: softpick's constant added to the unscaled denominator (unused by softmax).
         sink: [HQ] per-head sink logits (softmax only), differentiable; None for none.
+        max_seqlen: the longest document of cu_seqlens (trusted), or None to read it from cu_seqlens.
 
     Returns:
         o [B, T, HQ, V] in q.dtype.
@@ -309,6 +317,6 @@ def parallel_attention(
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, _ = attention_fwd_op(
         q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, variant == "softpick", scale,
-        bool(causal), float(eps), None if sink is None else sink.float().contiguous(),
+        bool(causal), float(eps), None if sink is None else sink.float().contiguous(), int(max_seqlen or 0),
     )
     return o
