@@ -148,6 +148,21 @@ def test_torch_compile_fullgraph_matches_eager():
         assert_close(name, b, a)
 
 
+def test_torch_compile_fullgraph_varlen_with_max_seqlen():
+    """Packed documents with a given longest document trace with no graph break, like the trainer's calls."""
+    cu = torch.tensor([0, 7, 20], dtype=torch.int32, device=DEVICE)
+    q, k, v = (torch.randn(1, 20, 2, 16, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
+
+    def loss(q, k, v):
+        return (softpick_attention(q, k, v, cu_seqlens=cu, impl="triton", max_seqlen=13).float() ** 2).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    want = torch.autograd.grad(loss(q, k, v), (q, k, v))
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert_close(name, b, a)
+
+
 SINK_CASES = [c for c in CASES if c[-1] == "random"][:5]  # GQA, T = 1, D = 48, D = 128, varlen
 
 
