@@ -13,9 +13,9 @@ With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (so
 then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
 The kernels read the sign of s from e against c = exp(-lse) (s > 0 exactly where e > c), so the
 scores are dead after the exp (fewer live registers: 4.5% faster at D = 128 on an H200).
-The dq kernel takes sign(0) as -1 (``e * delta`` wherever s <= 0: one compare and one select per score,
-1% faster f+b on an H200); the dk/dv kernel keeps sign(0) = 0, as the two-way form made it 10% slower
-at D = 128 (benchmarks/RESULTS.md). Both are subgradients of |e^s - 1|; they differ only at s exactly 0.
+Both kernels take sign(0) as -1 (``e * delta`` wherever e <= c: one compare and one select per score
+instead of two of each), a subgradient of |e^s - 1| that differs from sign(0) = 0 only at s exactly 0
+(benchmarks/RESULTS.md has the timings of both forms).
 """
 
 from __future__ import annotations
@@ -107,8 +107,7 @@ def probs_T(b_sT, b_lse, dtype: tl.constexpr, SOFTPICK: tl.constexpr):
 def grad_scores_T(b_eT, b_c, b_dpT, b_delta, SOFTPICK: tl.constexpr):
     """dS [BN, BM] from (e, c) of :func:`probs_T`, dP = v do^T [BN, BM] and delta [BM]."""
     if SOFTPICK:
-        b_sign = tl.where(b_eT < b_c[None, :], b_delta[None, :], 0.0)
-        return b_eT * tl.where(b_eT > b_c[None, :], b_dpT - b_delta[None, :], b_sign)
+        return b_eT * tl.where(b_eT > b_c[None, :], b_dpT - b_delta[None, :], b_delta[None, :])
     return b_eT * (b_dpT - b_delta[None, :])
 
 
