@@ -244,3 +244,35 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
             TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
         )
         assert_close(f"{variant} D{head_dim} {config}", ref, o)
+
+
+def test_descriptor_allocator_is_set_per_thread_and_never_replaces_the_callers():
+    """TMA descriptors are built on the GPU in memory Triton asks an allocator for; Triton keeps it per
+    thread (autograd's backward thread starts without one), and one the caller set stays."""
+    import contextvars
+    import threading
+
+    import triton
+    from triton.runtime import _allocation
+
+    from softpick.ops.attention import parallel
+
+    def in_fresh_thread(fn):
+        out = []
+        thread = threading.Thread(target=lambda: out.append(contextvars.copy_context().run(fn)))
+        thread.start()
+        thread.join()
+        return out[0]
+
+    def ours_when_unset():
+        parallel._ensure_allocator()
+        return _allocation._allocator.get()
+
+    def callers_kept():
+        mine = lambda size, alignment, stream: None  # noqa: E731
+        triton.set_allocator(mine)
+        parallel._ensure_allocator()
+        return _allocation._allocator.get() is mine
+
+    assert in_fresh_thread(ours_when_unset) is parallel._scratch
+    assert in_fresh_thread(callers_kept)

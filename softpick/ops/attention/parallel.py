@@ -140,7 +140,9 @@ def _ensure_allocator() -> None:
     import triton
     from triton.runtime import _allocation
 
-    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+    current = getattr(_allocation, "_allocator", None)  # a ContextVar in triton 3.6 - 3.9
+    current = current.get() if hasattr(current, "get") else current
+    if current is None or isinstance(current, getattr(_allocation, "NullAllocator", ())):
         triton.set_allocator(_scratch)
 
 
