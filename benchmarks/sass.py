@@ -54,9 +54,9 @@ def _jit_function(kernel):
 
 
 def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, int, int, int], arch: int = 90,
-                   tma: bool = False):
+                   tma: bool = False, maxnreg: int | None = None):
     """The compiled kernel (``.asm`` holds ptx and cubin) for causal, dense, bf16 inputs; ``tma``: the
-    forward's tensor-descriptor loads."""
+    forward's tensor-descriptor loads; ``maxnreg``: a register cap per thread."""
     fn = _jit_function(KERNELS[name])
     bm, bn, warps, stages = tile
     const = {"K": head_dim, "V": head_dim, "BK": head_dim, "BV": head_dim, "BM": bm, "BN": bn,
@@ -74,28 +74,31 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
     source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in const.items()},
                        attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": warps, "num_stages": stages})
+                          options={"num_warps": warps, "num_stages": stages, "maxnreg": maxnreg})
 
 
 SHARED_LIMIT = 232448
 """Bytes of shared memory one block may use on an H100 / H200 (227 KiB)."""
 
 
-def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool]]:
-    """(kernel, head dim, (BM, BN, warps, stages), TMA) of every tile the autotuners may try."""
-    tiles = [("fwd", d, t[:4], t[4]) for d, keep in triton_fwd.FWD_KEEP.items() for t in keep]
+def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool, int | None]]:
+    """(kernel, head dim, (BM, BN, warps, stages), TMA, maxnreg) of every tile the autotuners may try."""
+    tiles = []
+    for d, keep in triton_fwd.FWD_KEEP.items():
+        tiles += [("fwd", d, t[:4], t[4], t[5]) for t in map(triton_fwd.fwd_tile, keep)]
     for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dq", triton_bwd.DQ_KEEP)):
-        tiles += [(name, d, t, False) for d, keep in by_dim.items() for t in keep]
+        tiles += [(name, d, t[:4], False, t[4]) for d, keep in by_dim.items() for t in map(triton_bwd.bwd_tile, keep)]
     return tiles
 
 
 def print_shared(arch: int) -> None:
     """A table of the shared memory each autotuned tile needs (softpick, the larger of the two)."""
-    print("| kernel | D | tile | TMA | shared bytes | fits |")
-    print("|---|---|---|---|---|---|")
-    for name, d, tile, tma in autotuned_tiles():
-        shared = compile_kernel(name, d, True, tile, arch, tma).metadata.shared
-        print(f"| {name} | {d} | {'x'.join(map(str, tile))} | {tma} | {shared} | {shared <= SHARED_LIMIT} |", flush=True)
+    print("| kernel | D | tile | TMA | maxnreg | shared bytes | fits |")
+    print("|---|---|---|---|---|---|---|")
+    for name, d, tile, tma, maxnreg in autotuned_tiles():
+        shared = compile_kernel(name, d, True, tile, arch, tma, maxnreg).metadata.shared
+        print(f"| {name} | {d} | {'x'.join(map(str, tile))} | {tma} | {maxnreg or '-'} | {shared} | "
+              f"{shared <= SHARED_LIMIT} |", flush=True)
 
 
 def sass(compiled) -> str:

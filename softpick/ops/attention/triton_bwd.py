@@ -28,43 +28,47 @@ from softpick.ops.attention.triton_fwd import INTERPRET, relu_cast
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
-def _bwd_configs(small: dict) -> list[triton.Config]:
+def bwd_tile(t: tuple) -> tuple:
+    """A DKDV_KEEP / DQ_KEEP entry with its maxnreg (None: the compiler's choice)."""
+    return t if len(t) == 5 else (*t, None)
+
+
+def _bwd_configs(small: dict, keep_by_dim: dict[int, list[tuple]]) -> list[triton.Config]:
     if INTERPRET:
         return [triton.Config(small, num_warps=4, num_stages=1)]
-    tiles = [  # (BM, BN, num_warps, num_stages)
-        (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
-        (32, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 32, 4, 3), (32, 64, 8, 2), (128, 32, 8, 2),
-        (64, 32, 8, 2),
-    ]
-    return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
+    tiles = dict.fromkeys(bwd_tile(t) for keep in keep_by_dim.values() for t in keep)
+    return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s, maxnreg=r) for bm, bn, w, s, r in tiles]
 
 
-def _prune(keep_by_dim: dict[int, list[tuple[int, int, int, int]]]):
+def _prune(keep_by_dim: dict[int, list[tuple]]):
     def prune(configs, nargs, **kwargs):
         if INTERPRET:
             return configs
         args = {**nargs, **kwargs}
         d = max(args["BK"], args["BV"])
-        keep = keep_by_dim[64 if d <= 64 else 128 if d <= 128 else 256]
-        out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages) in keep]
+        keep = {bwd_tile(t) for t in keep_by_dim[64 if d <= 64 else 128 if d <= 128 else 256]}
+        out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.maxnreg) in keep]
         return out or configs[:1]
 
     return prune
 
 
-# Head dim bound -> the (BM, BN, num_warps, num_stages) autotuned for it; each fits an H100's shared
-# memory (tests/ops/test_kernel_codegen.py). The D=256 tiles have 8 warps, so the fp32 accumulators
-# fit the registers: in the sm_90 SASS the 4-warp 32x64 dk/dv tile spilled 711 registers, 32x64x8x2
-# spills 31 (benchmarks/RESULTS.md; chosen by spills, not yet timed against each other).
+# Head dim bound -> the (BM, BN, num_warps, num_stages[, maxnreg]) autotuned for it; each fits an
+# H100's shared memory (tests/ops/test_kernel_codegen.py). The D=256 tiles have 8 warps, so the fp32
+# accumulators fit the registers: in the sm_90 SASS the 4-warp 32x64 dk/dv tile spilled 711
+# registers, 32x64x8x2 spills 31 (benchmarks/RESULTS.md; chosen by spills, not yet timed against each
+# other). A maxnreg of 168 (dk/dv, 4 warps) or 128 (dq, 8 warps) fits one more block per SM, as
+# softmax's tiles have without it (softpick's 32x64 dk/dv tile: 180 registers, 167 for softmax's),
+# with no spills in dk/dv and 2 in dq.
 # dkdv: BN keys per program (the resident block, with its fp32 dk and dv), BM queries per step.
 DKDV_KEEP = {
-    64: [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
+    64: [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (32, 64, 4, 3, 168)],
     128: [(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
     256: [(32, 64, 8, 2), (64, 64, 8, 2)],
 }
 # dq: BM queries per program (the resident block), BN keys per step.
 DQ_KEEP = {
-    64: [(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
+    64: [(128, 64, 8, 2), (128, 64, 8, 2, 128), (64, 64, 4, 3), (128, 32, 4, 3)],
     128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
     256: [(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2)],
 }
@@ -153,7 +157,7 @@ def _dkdv_inner(
 
 
 @triton.autotune(
-    configs=_bwd_configs({"BM": 16, "BN": 32}),
+    configs=_bwd_configs({"BM": 16, "BN": 32}, DKDV_KEEP),
     key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dkdv},
 )
@@ -254,7 +258,7 @@ def _dq_inner(
 
 
 @triton.autotune(
-    configs=_bwd_configs({"BM": 32, "BN": 16}),
+    configs=_bwd_configs({"BM": 32, "BN": 16}, DQ_KEEP),
     key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dq},
 )

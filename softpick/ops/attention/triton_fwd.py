@@ -32,43 +32,50 @@ NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max: finite, so exp
 PTX = tl.constexpr(not INTERPRET)  # inline PTX (the kernels run on NVIDIA GPUs of compute capability >= 8.0)
 
 
+FWD_KEEP = {  # head dim bound -> (BM, BN, num_warps, num_stages, TMA[, maxnreg]) autotuned for it
+    64: [(128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 64, 8, 3, False, 128), (128, 64, 4, 3, True),
+         (128, 64, 8, 3, True), (128, 64, 8, 3, True, 128)],
+    128: [(128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 4, 2, True),
+          (128, 64, 4, 3, True)],
+    256: [(64, 64, 4, 2, False), (128, 32, 8, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, True)],
+}
+"""Each fits the 227 KiB of shared memory of an H100 / H200 (tests/ops/test_kernel_codegen.py). A
+maxnreg of 128 keeps an 8-warp tile at two blocks per SM, so one block's softpick math overlaps the
+other's matmuls: without it softpick's 128x64 D=64 tile needs 153 registers (softmax's 128) and
+runs one block per SM (benchmarks/RESULTS.md)."""
+
+
+def fwd_tile(t: tuple) -> tuple:
+    """A FWD_KEEP entry with its maxnreg (None: the compiler's choice)."""
+    return t if len(t) == 6 else (*t, None)
+
+
+def _config_tile(c: triton.Config) -> tuple:
+    return c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.kwargs["TMA"], c.maxnreg
+
+
 def _fwd_configs() -> list[triton.Config]:
     """Hopper-chosen tiles (BM query rows x BN keys), each with pointer loads (cp.async) and, where
     TMA is set, tensor-descriptor loads (Hopper's TMA); the interpreter gets one small tile of each."""
     if INTERPRET:
         return [triton.Config({"BM": 32, "BN": 16, "TMA": tma}, num_warps=4, num_stages=1) for tma in (False, True)]
+    tiles = dict.fromkeys(fwd_tile(t) for keep in FWD_KEEP.values() for t in keep)
     return [
-        triton.Config({"BM": bm, "BN": bn, "TMA": tma}, num_warps=warps, num_stages=stages)
-        for bm, bn, warps, stages, tma in FWD_TILES
+        triton.Config({"BM": bm, "BN": bn, "TMA": tma}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
+        for bm, bn, warps, stages, tma, maxnreg in tiles
     ]
 
 
-FWD_TILES = [  # (BM, BN, num_warps, num_stages, TMA)
-    (128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 32, 4, 3, False),
-    (64, 64, 4, 2, False), (128, 64, 4, 2, True), (128, 64, 4, 3, True), (64, 64, 4, 2, True), (128, 64, 8, 2, True),
-    (128, 64, 8, 3, True), (128, 32, 8, 2, False),
-]
-FWD_KEEP = {  # head dim bound -> the tiles autotuned for it
-    64: [(128, 128, 8, 2, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 64, 4, 3, True),
-         (128, 64, 8, 3, True)],
-    128: [(128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 4, 2, True),
-          (128, 64, 4, 3, True)],
-    256: [(64, 64, 4, 2, False), (128, 32, 8, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, True)],
-}
-"""Each fits the 227 KiB of shared memory of an H100 / H200 (tests/ops/test_kernel_codegen.py)."""
-
-
 def _prune_fwd(configs, nargs, **kwargs):
-    """Keep the tiles that fit the head dim (shared memory grows with BN * (K + V)), and descriptor
-    loads only where the launcher allows them (TMA_OK)."""
+    """Keep the tiles of the head dim (shared memory grows with BN * (K + V)), and descriptor loads
+    only where the launcher allows them (TMA_OK)."""
     args = {**nargs, **kwargs}
     tma_ok = bool(args["TMA_OK"])
     if INTERPRET:
         return [c for c in configs if c.kwargs["TMA"] == tma_ok]
     d = max(args["BK"], args["BV"])
-    keep = FWD_KEEP[64 if d <= 64 else 128 if d <= 128 else 256]
-    out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.kwargs["TMA"]) in keep
-           and (tma_ok or not c.kwargs["TMA"])]
+    keep = {fwd_tile(t) for t in FWD_KEEP[64 if d <= 64 else 128 if d <= 128 else 256]}
+    out = [c for c in configs if _config_tile(c) in keep and (tma_ok or not c.kwargs["TMA"])]
     return out or [c for c in configs if not c.kwargs["TMA"]][:1]
 
 
