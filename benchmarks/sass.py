@@ -10,7 +10,7 @@ are given the same attributes here, so the code is the code of a real launch.
     python benchmarks/sass.py                                   # forward and backward, D 64 and 128
     python benchmarks/sass.py --kernels fwd --head-dims 64 --ops FADD FMNMX MUFU F2FP
     python benchmarks/sass.py --dump /tmp/sass                  # also write each kernel's SASS
-    python benchmarks/sass.py --shared                          # shared memory of every autotuned tile
+    python benchmarks/sass.py --shared                          # shared memory, registers, blocks per SM
 
 Tiles are the ones the autotuner picked on the H200 at 7d88f90 (benchmarks/RESULTS.md; "+tma": the
 forward's tensor-descriptor loads); ``--tile BM BN WARPS STAGES`` (with ``--tma``) overrides them.
@@ -91,14 +91,28 @@ def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool, i
     return tiles
 
 
-def print_shared(arch: int) -> None:
-    """A table of the shared memory each autotuned tile needs (softpick, the larger of the two)."""
-    print("| kernel | D | tile | TMA | maxnreg | shared bytes | fits |")
-    print("|---|---|---|---|---|---|---|")
+def registers(compiled) -> int:
+    """Registers per thread of a compiled kernel (cuobjdump -res-usage)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"REG:(\d+)", usage).group(1))
+
+
+def print_resources(arch: int) -> None:
+    """A table of the shared memory and registers each autotuned tile needs (softpick, the larger of
+    the two), and the blocks an SM then holds (65,536 registers, 227 KiB): a second block is what
+    overlaps one block's exp and ALU work with the other's matmuls."""
+    print("| kernel | D | tile | TMA | maxnreg | shared bytes | fits | registers | blocks/SM |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, d, tile, tma, maxnreg in autotuned_tiles():
-        shared = compile_kernel(name, d, True, tile, arch, tma, maxnreg).metadata.shared
+        compiled = compile_kernel(name, d, True, tile, arch, tma, maxnreg)
+        shared, regs = compiled.metadata.shared, registers(compiled)
+        blocks = min(65536 // (regs * tile[2] * 32), SHARED_LIMIT // max(shared, 1))
         print(f"| {name} | {d} | {'x'.join(map(str, tile))} | {tma} | {maxnreg or '-'} | {shared} | "
-              f"{shared <= SHARED_LIMIT} |", flush=True)
+              f"{shared <= SHARED_LIMIT} | {regs} | {blocks} |", flush=True)
 
 
 def sass(compiled) -> str:
@@ -126,10 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tma", action="store_true", help="with --tile: the forward's tensor-descriptor (TMA) loads")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
-    parser.add_argument("--shared", action="store_true", help="only the shared memory of every autotuned tile")
+    parser.add_argument("--shared", action="store_true",
+                        help="only the shared memory, registers and blocks per SM of every autotuned tile")
     args = parser.parse_args(argv)
     if args.shared:
-        return print_shared(args.arch)
+        return print_resources(args.arch)
     print(f"triton {triton.__version__}, sm_{args.arch}; static opcode counts (both loops of each kernel)")
     print("| kernel | D | attention | tile | total | " + " | ".join(args.ops) + " | warnings |")
     print("|---" * (5 + len(args.ops)) + "|---|")
