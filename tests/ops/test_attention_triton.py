@@ -3,7 +3,8 @@
 Without a GPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 in float32 (the interpreter's bf16 dot is wrong). The interpreter uses one small tile (BM=32, BN=16
 forward, with pointer loads or tensor descriptors), so T = 63 / 100 cross several key and query blocks
-and both the unmasked and masked passes; on the GPU every autotuned forward tile is checked as well.
+and both the unmasked and masked passes; on the GPU every autotuned tile (forward and backward) is
+checked as well.
 The bf16 grid of the same cases runs on the GPU in benchmarks/gpu_check.py.
 """
 
@@ -244,6 +245,46 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
             TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
         )
         assert_close(f"{variant} D{head_dim} {config}", ref, o)
+
+
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_every_backward_tile_matches_naive(variant, head_dim):
+    """Each dk/dv and dq tile the autotuners may pick (register-capped ones included), on an odd-length
+    varlen batch with GQA, from the forward's o and lse, against the naive op's gradients."""
+    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton_bwd import (
+        _prune_dkdv,
+        _prune_dq,
+        attention_bwd_dkdv_kernel,
+        attention_bwd_dq_kernel,
+    )
+
+    cu = torch.tensor([0, 130, 131, 300], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(1, 300, 4, head_dim, device=DEVICE).to(DTYPE)
+    k, v = (torch.randn(1, 300, 2, head_dim, device=DEVICE).to(DTYPE) for _ in range(2))
+    do = torch.randn_like(q)
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(naive_attention(*leaves, cu_seqlens=cu, variant=variant), leaves, do.float())
+    scale = head_dim**-0.5
+    o, lse = parallel._fwd(q, k, v, cu, variant == "softpick", scale, True, DEFAULT_EPS)
+    delta = (o.float() * do.float()).sum(-1)
+    dims = parallel._dims(q, k, v)
+    flags = dict(SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True)
+    common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
+    for config in _prune_dkdv(attention_bwd_dkdv_kernel.configs, dims):
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        grid = (-(-169 // config.kwargs["BN"]), 3, 2)  # the longest document: 169 tokens
+        attention_bwd_dkdv_kernel.fn[grid](
+            q, k, v, do, lse, delta, dk, dv, *common, G=2, **dims, **flags, **config.all_kwargs()
+        )
+        assert_close(f"{variant} D{head_dim} dk {config}", ref[1], dk)
+        assert_close(f"{variant} D{head_dim} dv {config}", ref[2], dv)
+    for config in _prune_dq(attention_bwd_dq_kernel.configs, dims):
+        dq = torch.empty_like(q)
+        grid = (-(-169 // config.kwargs["BM"]), 3, 4)
+        attention_bwd_dq_kernel.fn[grid](q, k, v, do, lse, delta, dq, *common, **dims, **flags, **config.all_kwargs())
+        assert_close(f"{variant} D{head_dim} dq {config}", ref[0], dq)
 
 
 def test_descriptor_allocator_is_set_per_thread_and_never_replaces_the_callers():
