@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from softpick.ops.attention.parallel import LOG2E, device_support, head_dim_support, kernel_scale
+from softpick.ops.attention.parallel import LOG2E, device_support, head_dim_support, kernel_scale, on_device_of
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
@@ -105,7 +105,8 @@ def attention_decode_op(
     sink: torch.Tensor | None,
 ) -> torch.Tensor:
     """o [B, T_q, HQ, V] of q [B, T_q, HQ, K] over k, v [B, T_k, H, *] (last dim contiguous)."""
-    return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink)
+    with on_device_of(q):
+        return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink)
 
 
 @attention_decode_op.register_fake

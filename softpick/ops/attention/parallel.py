@@ -26,6 +26,7 @@ CPU interpreter (TRITON_INTERPRET=1, used by the tests) takes float32 and float1
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -146,6 +147,12 @@ def _ensure_allocator() -> None:
         triton.set_allocator(_scratch)
 
 
+def on_device_of(x: torch.Tensor):
+    """Make x's GPU the current one while the kernels launch: Triton launches on the current device,
+    and the descriptor scratch is allocated there."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None, max_seqlen: int = 0):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
     from softpick.ops.attention.triton_fwd import attention_fwd_kernel
@@ -221,7 +228,8 @@ def attention_fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v; max_seqlen 0 =
     read the longest document from cu_seqlens."""
-    return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen)
+    with on_device_of(q):
+        return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen)
 
 
 @attention_fwd_op.register_fake
@@ -246,7 +254,8 @@ def attention_bwd_op(
     max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused backward: (dq, dk, dv, dsink) from do and the forward's o and lse (dsink empty without a sink)."""
-    return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
+    with on_device_of(q):
+        return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
 
 
 @attention_bwd_op.register_fake
