@@ -91,14 +91,18 @@ def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool, i
     return tiles
 
 
-def registers(compiled) -> int:
-    """Registers per thread of a compiled kernel (cuobjdump -res-usage)."""
+def cuobjdump(compiled, flag: str) -> str:
+    """What Triton's cuobjdump prints with ``flag`` (e.g. -sass, -res-usage) for a compiled kernel."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"REG:(\d+)", usage).group(1))
+        return subprocess.run([str(tool), flag, str(cubin)], capture_output=True, text=True, check=True).stdout
+
+
+def registers(compiled) -> int:
+    """Registers per thread of a compiled kernel."""
+    return int(re.search(r"REG:(\d+)", cuobjdump(compiled, "-res-usage")).group(1))
 
 
 def print_resources(arch: int) -> None:
@@ -117,11 +121,7 @@ def print_resources(arch: int) -> None:
 
 def sass(compiled) -> str:
     """cuobjdump's SASS listing of a compiled kernel."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        return subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return cuobjdump(compiled, "-sass")
 
 
 def opcode_counts(listing: str) -> collections.Counter:

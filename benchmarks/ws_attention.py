@@ -32,14 +32,8 @@ import triton.language as tl
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention import parallel
 from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, grad_scores_T, probs_T
-from softpick.ops.attention.triton_fwd import LOG2E, NEG_BIG, online_step
+from softpick.ops.attention.triton_fwd import LOG2E, NEG_BIG, doc_rows, online_step
 from softpick.ops.softpick.naive import DEFAULT_EPS
-
-
-@triton.jit
-def _head_rows(x, N, H, D: tl.constexpr, ROWS: tl.constexpr):
-    """Descriptor of x [B, T, H, D] seen as [N = B * T, H * D], in blocks of ROWS tokens of one head."""
-    return tl.make_tensor_descriptor(x, shape=[N, H * D], strides=[H * D, 1], block_shape=[ROWS, D])
 
 
 @triton.jit
@@ -53,10 +47,10 @@ def ws_fwd_kernel(
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_b = tl.program_id(1) // H
     i_h = tl.program_id(1) % H
-    desc_q = _head_rows(q, N, H, D, BM)
-    desc_k = _head_rows(k, N, H, D, BN)
-    desc_v = _head_rows(v, N, H, D, BN)
-    desc_o = _head_rows(o, N, H, D, BM)
+    desc_q = doc_rows(q, 0, N, H * D, BM, D)
+    desc_k = doc_rows(k, 0, N, H * D, BN, D)
+    desc_v = doc_rows(v, 0, N, H * D, BN, D)
+    desc_o = doc_rows(o, 0, N, H * D, BM, D)
     row = i_b * T
     start_m = i_m * BM
     col = i_h * D
@@ -121,10 +115,10 @@ def ws_dkdv_kernel(
     i_n = tl.num_programs(0) - 1 - tl.program_id(0)
     i_b = tl.program_id(1) // H
     i_h = tl.program_id(1) % H
-    desc_q = _head_rows(q, N, H, D, BM)
-    desc_do = _head_rows(do, N, H, D, BM)
-    desc_k = _head_rows(k, N, H, D, BN)
-    desc_v = _head_rows(v, N, H, D, BN)
+    desc_q = doc_rows(q, 0, N, H * D, BM, D)
+    desc_do = doc_rows(do, 0, N, H * D, BM, D)
+    desc_k = doc_rows(k, 0, N, H * D, BN, D)
+    desc_v = doc_rows(v, 0, N, H * D, BN, D)
     row = i_b * T
     start_n = i_n * BN
     col = i_h * D

@@ -117,7 +117,7 @@ def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constex
 
 
 @triton.jit
-def _doc_rows(x, bos, L, width, ROWS: tl.constexpr, COLS: tl.constexpr):
+def doc_rows(x, bos, L, width, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Tensor descriptor of one document's rows of x [tokens, width] (row-major), from token bos, L rows,
     loaded and stored in [ROWS, COLS] blocks; rows past L read as 0 and are not written."""
     return tl.make_tensor_descriptor(x + bos * width, shape=[L, width], strides=[width, 1], block_shape=[ROWS, COLS])
@@ -202,9 +202,9 @@ def attention_fwd_kernel(
     m_m = o_m < L
     # load q: it stays in registers/shared memory for the whole key loop. [BM, BK]
     if TMA:
-        b_q = _doc_rows(q, bos, L, HQ * K, BM, BK).load([start_m, i_hq * K])
-        p_k = _doc_rows(k, bos, L, H * K, BN, BK)
-        p_v = _doc_rows(v, bos, L, H * V, BN, BV)
+        b_q = doc_rows(q, bos, L, HQ * K, BM, BK).load([start_m, i_hq * K])
+        p_k = doc_rows(k, bos, L, H * K, BN, BK)
+        p_v = doc_rows(v, bos, L, H * V, BN, BV)
     else:
         p_q = q + (bos + o_m[:, None]) * (HQ * K) + i_hq * K + o_k[None, :]
         b_q = tl.load(p_q, mask=m_m[:, None] & (o_k[None, :] < K), other=0.0)
@@ -252,7 +252,7 @@ def attention_fwd_kernel(
     b_lse = (b_m + tl.math.log2(b_den)) * LN2
     b_o = b_o / b_den[:, None]
     if TMA:
-        _doc_rows(o, bos, L, HQ * V, BM, BV).store([start_m, i_hq * V], b_o.to(o.dtype.element_ty))
+        doc_rows(o, bos, L, HQ * V, BM, BV).store([start_m, i_hq * V], b_o.to(o.dtype.element_ty))
     else:
         p_o = o + (bos + o_m[:, None]) * (HQ * V) + i_hq * V + o_v[None, :]
         tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & (o_v[None, :] < V))
