@@ -214,11 +214,9 @@ class SoftpickAttention(nn.Module):
             )  # weights [B, HQ, T, Tk]
         else:
             extra = {} if sink is None else {"sink": sink}
-            if max_seqlen is not None:
-                extra["max_seqlen"] = max_seqlen
             o = ATTENTION_OPS[self.attn_type](
-                q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
-                eps=self.eps, impl=self.attn_impl, **extra,
+                q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                attention_mask=attention_mask, eps=self.eps, impl=self.attn_impl, **extra,
             )  # [B, T, HQ, D]
         if self.output_gate is not None:
             gate = torch.sigmoid(self.g_proj(hidden_states)).view(B, T, self.num_heads, -1)  # [B, T, HQ, 1 or D]
@@ -249,12 +247,10 @@ class SoftpickDecoderLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # keyword arguments only, as in transformers' Llama, so hooks written for Llama find the same kwargs
         extra = {} if ssmax_log_n is None else {"ssmax_log_n": ssmax_log_n}
-        if max_seqlen is not None:
-            extra["max_seqlen"] = max_seqlen
         attn_out, weights = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states), position_embeddings=position_embeddings,
             attention_mask=attention_mask, past_key_values=past_key_values, cu_seqlens=cu_seqlens,
-            output_attentions=output_attentions, **extra,
+            max_seqlen=max_seqlen, output_attentions=output_attentions, **extra,
         )
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -358,8 +354,6 @@ class SoftpickModel(SoftpickPreTrainedModel):
         # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
         # document and skip left padding, as generate() computes them from the attention mask)
         extra = {"ssmax_log_n": torch.log1p(position_ids.float())} if self.config.ssmax else {}
-        if max_seqlen is not None:
-            extra["max_seqlen"] = max_seqlen
         mask = _key_padding_mask(attention_mask)
 
         all_hidden = [] if output_hidden_states else None
@@ -369,7 +363,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
                 all_hidden.append(hidden_states)
             hidden_states, weights = layer(
                 hidden_states, position_embeddings, attention_mask=mask, past_key_values=past_key_values,
-                cu_seqlens=cu_seqlens, output_attentions=output_attentions, **extra,
+                cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, output_attentions=output_attentions, **extra,
             )
             if all_attn is not None:
                 all_attn.append(weights)

@@ -229,9 +229,8 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
     ref = naive_attention(q.float(), k.float(), v.float(), cu_seqlens=cu, variant=variant)
     dims = parallel._dims(q, k, v)
     tma_ok = parallel.tma_allowed(q, k, v)
-    configs = _prune_fwd(attention_fwd_kernel.configs, {**dims, "TMA_OK": tma_ok})
-    if DEVICE == "cpu":
-        configs = [c for tma in (False, True) for c in _prune_fwd(attention_fwd_kernel.configs, {**dims, "TMA_OK": tma})]
+    allowed = (False, True) if DEVICE == "cpu" else (tma_ok,)  # the interpreter's two tiles: pointers and TMA
+    configs = [c for tma in allowed for c in _prune_fwd(attention_fwd_kernel.configs, {**dims, "TMA_OK": tma})]
     assert len(configs) >= 2
     if tma_ok and DEVICE == "cuda":
         parallel._ensure_allocator()

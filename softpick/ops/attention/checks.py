@@ -77,8 +77,9 @@ def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: i
         raise ValueError(
             f"cu_seqlens must start at 0 and end at the packed length {total}, got {cu_seqlens.tolist()}."
         )
-    if bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any()):
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if bool((lengths <= 0).any()):
         raise ValueError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}.")
-    if max_seqlen is not None and int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) != max_seqlen:
-        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    longest = None if max_seqlen is None else int(lengths.max())
+    if longest != max_seqlen:
         raise ValueError(f"max_seqlen must be the longest document of cu_seqlens, {longest}, got {max_seqlen}.")
