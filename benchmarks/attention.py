@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
     parser.add_argument("--impls", default=None, help="comma-separated subset, e.g. softpick,softmax")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("this benchmark times CUDA kernels and no CUDA GPU is visible.")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     commit = os.environ.get("SOFTPICK_COMMIT") or git.stdout.strip() or "unknown"
     env = {

@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", default=["4x4096x16x64", "2x8192x8x128"], help="BxTxHxD")
     parser.add_argument("--json", default=None, help="write the rows to this file")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("this benchmark times CUDA kernels and no CUDA GPU is visible.")
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     rows = []
     print(f"{'shape':<16} {'attention':<9} {'impl':<20} {'ms':>8} {'TFLOP/s':>8} {'max |diff|':>11}")
