@@ -2,7 +2,7 @@
 
 Usage (on a CUDA machine, from the repository root):
 
-    python benchmarks/attention.py [--json out.json] [--shapes 4x4096x16x64 2x8192x8x128 ...]
+    python benchmarks/attention.py [--json out.json] [--shapes 4x4096x16x64 2x8192x8x128 ...] [--kernels]
 
 Prints one row per (shape, implementation): forward and forward+backward times in ms (medians of
 ``triton.testing.do_bench``, after one untimed call that runs the autotuner), TFLOP/s and the peak
@@ -84,7 +84,27 @@ def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
     return out
 
 
-def bench_shape(shape: str, variants: bool = False, only: list[str] | None = None) -> list[dict]:
+def kernel_times(fn, calls: int = 20) -> dict[str, float]:
+    """GPU time per call of each kernel ``fn`` launches (ms, mean over ``calls`` calls under
+    torch.profiler), by kernel name, longest first: where a forward+backward spends its time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0:
+            times[e.key] = times.get(e.key, 0.0) + e.self_device_time_total / 1e3 / calls
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def bench_shape(
+    shape: str, variants: bool = False, only: list[str] | None = None, kernels: bool = False
+) -> list[dict]:
     device = torch.device("cuda")
     if shape == "varlen":
         B, T, H, D = 1, sum(VARLEN_DOCS), VARLEN_H, VARLEN_D
@@ -121,6 +141,7 @@ def bench_shape(shape: str, variants: bool = False, only: list[str] | None = Non
         with torch.no_grad():
             ms_f = triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median")
         ms_fb = triton.testing.do_bench(fwd_bwd, warmup=25, rep=200, return_mode="median")
+        per_kernel = kernel_times(fwd_bwd) if kernels else None
         rows.append({
             "shape": shape if cu is None else f"varlen {B}x{T}x{H}x{D} docs={VARLEN_DOCS}",
             "impl": name,
@@ -130,6 +151,7 @@ def bench_shape(shape: str, variants: bool = False, only: list[str] | None = Non
             "fwdbwd_tflops": 3.5 * flops_fwd / ms_fb * 1e-9,
             "peak_mib": peak / 2**20,
             "first_call_s": first_s,
+            **({"kernels_ms": per_kernel} if kernels else {}),
         })
         print(_fmt(rows[-1]), flush=True)
     return rows
@@ -173,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write rows and environment to this file")
     parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
     parser.add_argument("--impls", default=None, help="comma-separated subset, e.g. softpick,softmax")
+    parser.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per forward+backward")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA kernels and no CUDA GPU is visible.")
@@ -190,11 +213,15 @@ def main(argv: list[str] | None = None) -> None:
     print(env, flush=True)
     print(_header(), flush=True)
     only = args.impls.split(",") if args.impls else None
-    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only)]
+    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only, args.kernels)]
     print("\n" + _header())
     for r in rows:
         print(_fmt(r))
     print("\n".join(["", *_ratios(rows)]))
+    if args.kernels:
+        print("\nGPU time per forward+backward by kernel (ms, torch.profiler):")
+        for r in rows:
+            print(f"  {r['shape'][:22]} {r['impl']}: " + ", ".join(f"{k[:40]} {ms:.3f}" for k, ms in r["kernels_ms"].items()))
     print("\nautotuned tiles (key: BK, BV, CAUSAL, SOFTPICK, dtypes):")
     from softpick.ops.attention import triton_bwd, triton_fwd
 

@@ -162,8 +162,9 @@ def ours_dkdv(q, k, v, do, lse, delta, *, softpick: bool):
     T, H = q.shape[1], k.shape[2]
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     scale = q.shape[-1] ** -0.5
+    lse_c = torch.stack((lse * parallel.LOG2E, torch.exp(-lse)), -1) if softpick else lse  # as _bwd_rows
     attention_bwd_dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BN"]), q.shape[0], H)](
-        q, k, v, do, lse, delta, dk, dv, None, T, parallel.tune_len(T), scale * parallel.LOG2E, scale, G=1,
+        q, k, v, do, lse_c, delta, dk, dv, None, T, parallel.tune_len(T), scale * parallel.LOG2E, scale, G=1,
         **parallel._dims(q, k, v),
         SOFTPICK=softpick, CAUSAL=True, IS_VARLEN=False,
     )

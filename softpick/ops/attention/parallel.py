@@ -175,33 +175,39 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     return o, lse
 
 
+def _bwd_rows(o, do, lse, softpick: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta [B, T, HQ] = rowsum(o * do) in float32, the dk/dv kernel's lse argument): lse itself for
+    softmax, for softpick [B, T, HQ, 2] float32 pairs (lse in log2 units, exp(-lse))."""
+    from softpick.ops.attention.triton_bwd import attention_bwd_preprocess_kernel
+
+    delta = torch.empty_like(lse)
+    lse_c = lse.new_empty(*lse.shape, 2) if softpick else lse
+    n_rows, V = lse.numel(), o.shape[-1]
+    attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
+        o, do, lse, delta, lse_c, n_rows, V=V, BT=64, BV=max(16, 1 << (V - 1).bit_length()), SOFTPICK=softpick
+    )
+    return delta, lse_c
+
+
 def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink=None, max_seqlen: int = 0):
     """dq, dk, dv shaped and typed like q, k, v, and d(sink) [HQ] float32 (empty without a sink).
 
     The sink's gradient needs no kernel: its weight in row i is exp(b - lse_i) and it carries no value,
     so dL/db = -sum_i exp(b - lse_i) * delta_i.
     """
-    from softpick.ops.attention.triton_bwd import (
-        attention_bwd_dkdv_kernel,
-        attention_bwd_dq_kernel,
-        attention_bwd_preprocess_kernel,
-    )
+    from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 
     B, T, HQ, _ = q.shape
     H, V = k.shape[2], v.shape[3]
     dims = _dims(q, k, v)
     n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
-    delta = torch.empty_like(lse)  # [B, T, HQ] float32
-    n_rows = B * T * HQ
-    attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
-        o, do, delta, n_rows, V=V, BT=64, BV=dims["BV"]
-    )
+    delta, lse_c = _bwd_rows(o, do, lse, softpick)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, G=HQ // H,
+        q, k, v, do, lse_c, delta, dk, dv, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, G=HQ // H,
         **dims, **flags,
     )
     attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
