@@ -34,7 +34,7 @@ PTX = tl.constexpr(not INTERPRET)  # inline PTX (the kernels run on NVIDIA GPUs 
 
 FWD_KEEP = {  # head dim bound -> (BM, BN, num_warps, num_stages, TMA[, maxnreg]) autotuned for it
     64: [(128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 64, 8, 3, False, 128), (128, 64, 4, 3, True),
-         (128, 64, 8, 3, True), (128, 64, 8, 3, True, 128)],
+         (128, 64, 8, 3, True), (128, 64, 8, 3, True, 128), (128, 128, 8, 2, False), (128, 128, 8, 2, True)],
     128: [(128, 128, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 4, 2, True),
           (128, 64, 4, 3, True), (128, 64, 8, 2, True, 128)],
     256: [(64, 64, 4, 2, False), (128, 32, 8, 2, False), (64, 64, 4, 2, True), (128, 64, 8, 2, True)],
