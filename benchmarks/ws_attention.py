@@ -134,7 +134,8 @@ def ws_dkdv_kernel(
         b_lse = tl.load(lse + (row + o_m) * H + i_h) * LOG2E
         b_delta = tl.load(delta + (row + o_m) * H + i_h)
         b_sT = tl.where(o_m[None, :] >= o_n[:, None], tl.dot(b_k, b_q.T) * qk_scale, float("-inf"))  # [BN, BM]
-        b_eT, b_c, b_pT = probs_T(b_sT, b_lse, b_do.dtype, SOFTPICK)
+        b_c = tl.math.exp2(-b_lse)  # as our dk/dv kernel took it before it read it beside lse
+        b_eT, b_pT = probs_T(b_sT, b_lse, b_c, b_do.dtype, SOFTPICK)
         b_dv = tl.dot(b_pT, b_do, b_dv)
         b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, b_do.T), b_delta, SOFTPICK)
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
