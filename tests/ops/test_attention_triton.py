@@ -264,10 +264,14 @@ def test_every_backward_tile_matches_naive(variant, head_dim):
     k, v = (torch.randn(1, 300, 2, head_dim, device=DEVICE).to(DTYPE) for _ in range(2))
     do = torch.randn_like(q)
     leaves = [t.float().requires_grad_() for t in (q, k, v)]
-    ref = torch.autograd.grad(naive_attention(*leaves, cu_seqlens=cu, variant=variant), leaves, do.float())
+    o_ref = naive_attention(*leaves, cu_seqlens=cu, variant=variant)
+    ref = torch.autograd.grad(o_ref, leaves, do.float())
     scale = head_dim**-0.5
-    o, lse = parallel._fwd(q, k, v, cu, variant == "softpick", scale, True, DEFAULT_EPS)
-    delta, lse_c = parallel._bwd_rows(o, do, lse, variant == "softpick")
+    _, lse = parallel._fwd(q, k, v, cu, variant == "softpick", scale, True, DEFAULT_EPS)
+    # delta from the float32 o: softpick's dS scales delta by 1/den, so in a row whose denominator is
+    # tiny (one key, score near 0) the rounding of a bf16 o alone gives errors of order 1 (this grid at
+    # D=256 on an H200: dq and dk off by 1.8 in every tile); the public-op tests cover delta from o
+    delta, lse_c = parallel._bwd_rows(o_ref.detach().contiguous(), do.float(), lse, variant == "softpick")
     dims = parallel._dims(q, k, v)
     flags = dict(SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True)
     common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
