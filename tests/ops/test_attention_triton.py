@@ -216,17 +216,35 @@ def test_missing_or_old_triton_is_named(monkeypatch):
         parallel.triton_problem.cache_clear()
 
 
+def reference_lse(q, k, cu, variant: str) -> torch.Tensor:
+    """lse [T, HQ] in float32 of causal attention over the documents of cu: ln(sum_j |e^s - 1| + eps)
+    for softpick, ln(sum_j e^s) for softmax (k's heads shared by HQ // H query heads)."""
+    q, k = q[0].float(), k[0].float().repeat_interleave(q.shape[2] // k.shape[2], dim=1)
+    out = torch.empty(q.shape[:2], device=q.device)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        s = torch.einsum("thd,shd->hts", q[a:b], k[a:b]) * q.shape[-1] ** -0.5
+        s = s.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+        if variant == "softpick":  # e^-inf - 1 = -1: hidden keys leave the sum
+            den = torch.where(s.isinf(), 0.0, (s.exp() - 1).abs()).sum(-1) + DEFAULT_EPS
+            out[a:b] = den.log().T
+        else:
+            out[a:b] = torch.logsumexp(s, -1).T
+    return out
+
+
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_every_forward_tile_matches_naive(variant, head_dim):
     """Each tile the autotuner may pick (not only the one it picks here), on an odd-length varlen batch:
-    with pointer loads and with tensor descriptors, whose document edges the hardware clips."""
+    with pointer loads and with tensor descriptors, whose document edges the hardware clips; o and the
+    lse the backward reads."""
     from softpick.ops.attention import parallel
     from softpick.ops.attention.triton_fwd import _prune_fwd
 
     cu = torch.tensor([0, 130, 131, 300], dtype=torch.int32, device=DEVICE)
     q, k, v = (torch.randn(1, 300, 2, head_dim, device=DEVICE).to(DTYPE) for _ in range(3))
     ref = naive_attention(q.float(), k.float(), v.float(), cu_seqlens=cu, variant=variant)
+    ref_lse = reference_lse(q, k, cu, variant)
     dims = parallel._dims(q, k, v)
     tma_ok = parallel.tma_allowed(q, k, v)
     allowed = (False, True) if DEVICE == "cpu" else (tma_ok,)  # the interpreter's two tiles: pointers and TMA
@@ -244,6 +262,7 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
             TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
         )
         assert_close(f"{variant} D{head_dim} {config}", ref, o)
+        assert_close(f"{variant} D{head_dim} lse {config}", ref_lse, lse[0])
 
 
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
