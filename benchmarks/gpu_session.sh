@@ -36,7 +36,7 @@ declare -A RUN=(
   [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"
   [ws]="python3 benchmarks/ws_attention.py --json $OUT/ws_attention.json"
 )
-declare -A BUDGET=([tests]=180 [attention]=200 [generate]=240 [throughput]=420 [check]=200 [ws]=240)
+declare -A BUDGET=([tests]=180 [attention]=300 [generate]=240 [throughput]=420 [check]=200 [ws]=240)
 for name in "${@:-tests attention generate throughput check}"; do
   for one in $name; do
     [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check ws)"; exit 2; }
