@@ -11,8 +11,9 @@ of order (2^-9 |o| |do|) / |s|. Two tables, errors as max |out - ref| against fl
 
 1. the inputs of tests/ops/test_attention_triton.py::test_every_backward_tile_matches_naive
    (seed 0; documents of 130, 1 and 169 tokens, GQA 4:2) through the public op, D = 128 and 256;
-2. one-key rows made to score s0 (row 131 of the same batch, query head 0), with the backward
-   kernels given delta from o rounded to bf16 and from the exact o.
+2. one-key rows made to score s0 (row 131 of the same batch, query head 0; s is the score left after
+   the inputs' rounding to the kernels' dtype), with the backward kernels given delta from o rounded to
+   bf16 and from the exact o.
 """
 
 from __future__ import annotations
@@ -61,31 +62,40 @@ def public_op_table() -> None:
             print(f"  D{head_dim} {variant:<8} o {(o.double() - o_ref).abs().max().item():.2e}  {errors(got, ref)}")
 
 
-def one_key_rows_table(head_dim: int = 64) -> None:
+def one_key_row(s0: float, head_dim: int = 64) -> tuple[float, list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+    """Row 131 (one visible key) of the batch made to score s0 in query head 0: (its score after the
+    inputs' rounding to DTYPE, [(dq, dk, dv) of the backward kernels given delta from o rounded to bf16,
+    the same from the exact o], the float64 reference gradients)."""
     cu = torch.tensor(CU, dtype=torch.int32, device=DEVICE)
-    print(f"2. row 131 (one key) at score s0, D = {head_dim}: backward kernels ({DTYPE}) with delta from")
-    print("   o rounded to bf16 | from the exact o; error / max |ref|")
     scale = head_dim**-0.5
+    q, k, v, do = (t.float() for t in inputs(head_dim))
+    key = k[0, 131, 0]  # query heads 0 and 1 read kv head 0
+    q[0, 131, 0] -= (q[0, 131, 0] @ key - s0 / scale) / (key @ key) * key
+    q, k, v, do = (t.to(DTYPE) for t in (q, k, v, do))
+    s_row = (q[0, 131, 0].double() @ k[0, 131, 0].double()).item() * scale
+    o_ref, ref = reference(q, k, v, do, cu, "softpick")
+    _, lse = parallel._fwd(q, k, v, cu, True, scale, True, DEFAULT_EPS)
+    dims = parallel._dims(q, k, v)
+    common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
+    flags = dict(SOFTPICK=True, CAUSAL=True, IS_VARLEN=True)
+    grads = []
+    for o in (o_ref.to(torch.bfloat16).float(), o_ref.float()):
+        delta, lse_c = parallel._bwd_rows(o.contiguous(), do.float(), lse, True)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        attention_bwd_dkdv_kernel[lambda m: (-(-169 // m["BN"]), 3, 2)](
+            q, k, v, do, lse_c, delta, dk, dv, lse.new_empty(0), *common, G=2, **dims, **flags, ATOMIC_DQ=False
+        )
+        attention_bwd_dq_kernel[lambda m: (-(-169 // m["BM"]), 3, 4)](q, k, v, do, lse, delta, dq, *common, **dims, **flags)
+        grads.append((dq, dk, dv))
+    return s_row, grads, ref
+
+
+def one_key_rows_table() -> None:
+    print(f"2. row 131 (one key) at score s0, D = 64: backward kernels ({DTYPE}) with delta from")
+    print("   o rounded to bf16 | from the exact o; error / max |ref|")
     for s0 in (1.0, 0.1, 0.01, 0.001):
-        q, k, v, do = (t.float() for t in inputs(head_dim))
-        key = k[0, 131, 0]  # query heads 0 and 1 read kv head 0
-        q[0, 131, 0] -= (q[0, 131, 0] @ key - s0 / scale) / (key @ key) * key
-        q, k, v, do = (t.to(DTYPE) for t in (q, k, v, do))
-        o_ref, ref = reference(q, k, v, do, cu, "softpick")
-        _, lse = parallel._fwd(q, k, v, cu, True, scale, True, DEFAULT_EPS)
-        row = []
-        for o in (o_ref.to(torch.bfloat16).float(), o_ref.float()):
-            delta, lse_c = parallel._bwd_rows(o.contiguous(), do.float(), lse, True)
-            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-            dims = parallel._dims(q, k, v)
-            common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
-            flags = dict(SOFTPICK=True, CAUSAL=True, IS_VARLEN=True)
-            attention_bwd_dkdv_kernel[lambda m: (-(-169 // m["BN"]), 3, 2)](
-                q, k, v, do, lse_c, delta, dk, dv, *common, G=2, **dims, **flags
-            )
-            attention_bwd_dq_kernel[lambda m: (-(-169 // m["BM"]), 3, 4)](q, k, v, do, lse, delta, dq, *common, **dims, **flags)
-            row.append(errors((dq, dk, dv), ref))
-        print(f"  s0 = {s0:<6g} {row[0]} | {row[1]}")
+        s_row, (rounded, exact), ref = one_key_row(s0)
+        print(f"  s0 = {s0:<6g} (s = {s_row:+.2e}) {errors(rounded, ref)} | {errors(exact, ref)}")
 
 
 if __name__ == "__main__":
