@@ -2,7 +2,7 @@
 # The kernel tests on a GPU in SHARDS parallel pytest processes (default 4): on a fresh machine the
 # autotuners' compiles dominate, and they run on the CPU, one process at a time each.
 #
-#   bash benchmarks/gpu_tests.sh [PYTEST PATHS...]      # default tests/ops; logs in $OUT/tests_shard_N.log
+#   bash benchmarks/gpu_tests.sh [PYTEST PATHS...]      # default tests/ops; all shards' logs in $OUT/tests_shards.log
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
 SHARDS="${SHARDS:-4}"
@@ -20,5 +20,8 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || status=1
   echo "shard $i: $(tail -n 1 "$OUT/tests_shard_$i.log")"
 done
-[[ $status == 0 ]] || grep -h -E "^(FAILED|ERROR)" "$OUT"/tests_shard_*.log
+# one file back instead of SHARDS (the device tool returns at most 8 files from $OUT)
+for i in "${!pids[@]}"; do echo "===== shard $i"; cat "$OUT/tests_shard_$i.log"; done > "$OUT/tests_shards.log"
+rm -f "$OUT"/tests_shard_*.log "$OUT/test_ids.txt"
+[[ $status == 0 ]] || grep -h -E "^(FAILED|ERROR|E  )" "$OUT/tests_shards.log" | head -n 60
 exit $status
