@@ -88,7 +88,7 @@ def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool, i
     tiles = []
     for d, keep in triton_fwd.FWD_KEEP.items():
         tiles += [("fwd", d, t[:4], t[4], t[5]) for t in map(triton_fwd.fwd_tile, keep)]
-    for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dkdv-atomic-dq", triton_bwd.DKDV_KEEP),
+    for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dkdv-atomic-dq", triton_bwd.DKDV_ATOMIC_KEEP),
                          ("dq", triton_bwd.DQ_KEEP)):
         tiles += [(name, d, t[:4], False, t[4]) for d, keep in by_dim.items() for t in map(triton_bwd.bwd_tile, keep)]
     return tiles

@@ -10,8 +10,6 @@ The bf16 grid of the same cases runs on the GPU in benchmarks/gpu_check.py.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -332,7 +330,12 @@ def test_every_backward_tile_matches_naive(variant, head_dim):
         except AssertionError as error:
             wrong.append(str(error).splitlines()[0])
 
-    for config, atomic in itertools.product(_prune_dkdv(attention_bwd_dkdv_kernel.configs, dims), (False, True)):
+    dkdv_tiles = [
+        (config, atomic)
+        for atomic in (False, True)
+        for config in _prune_dkdv(attention_bwd_dkdv_kernel.configs, {**dims, "ATOMIC_DQ": atomic})
+    ]
+    for config, atomic in dkdv_tiles:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=DEVICE)  # ATOMIC_DQ: dq by atomic adds
         grid = (-(-169 // config.kwargs["BN"]), 3, 2)  # the longest document: 169 tokens

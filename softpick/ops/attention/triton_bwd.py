@@ -46,13 +46,17 @@ def _bwd_configs(small: dict, keep_by_dim: dict[int, list[tuple]]) -> list[trito
     return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s, maxnreg=r) for bm, bn, w, s, r in tiles]
 
 
-def _prune(keep_by_dim: dict[int, list[tuple]]):
+def _prune(keep_by_dim: dict[int, list[tuple]], atomic_keep_by_dim: dict[int, list[tuple]] | None = None):
+    """An early_config_prune keeping the tiles listed for the call's head dim (from atomic_keep_by_dim
+    when it adds dq with atomics, ATOMIC_DQ)."""
+
     def prune(configs, nargs, **kwargs):
         if INTERPRET:
             return configs
         args = {**nargs, **kwargs}
+        by_dim = atomic_keep_by_dim if atomic_keep_by_dim is not None and args.get("ATOMIC_DQ") else keep_by_dim
         d = max(args["BK"], args["BV"])
-        keep = {bwd_tile(t) for t in keep_by_dim[64 if d <= 64 else 128 if d <= 128 else 256]}
+        keep = {bwd_tile(t) for t in by_dim[64 if d <= 64 else 128 if d <= 128 else 256]}
         out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.maxnreg) in keep]
         return out or configs[:1]
 
@@ -72,13 +76,15 @@ DKDV_KEEP = {
     128: [(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
     256: [(32, 64, 8, 2), (64, 64, 8, 2)],
 }
+# With ATOMIC_DQ the dk/dv kernel also stages dS^T for the dq matmul: 64x64x8x2 at D=256 needs 257 KiB.
+DKDV_ATOMIC_KEEP = {**DKDV_KEEP, 256: [(32, 64, 8, 2)]}
 # dq: BM queries per program (the resident block), BN keys per step.
 DQ_KEEP = {
     64: [(128, 64, 8, 2), (128, 64, 8, 2, 128), (64, 64, 4, 3), (128, 32, 4, 3)],
     128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2)],  # 64x32x4x2: 3 blocks per SM
     256: [(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2)],
 }
-_prune_dkdv = _prune(DKDV_KEEP)
+_prune_dkdv = _prune(DKDV_KEEP, DKDV_ATOMIC_KEEP)
 _prune_dq = _prune(DQ_KEEP)
 
 
