@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The kernel tests on a GPU in SHARDS parallel pytest processes (default 4): on a fresh machine the
+# The kernel tests on a GPU in SHARDS parallel pytest processes (default 8): on a fresh machine the
 # autotuners' compiles dominate, and they run on the CPU, one process at a time each.
 #
 #   bash benchmarks/gpu_tests.sh [PYTEST PATHS...]      # default tests/ops; all shards' logs in $OUT/tests_shards.log
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
-SHARDS="${SHARDS:-4}"
+SHARDS="${SHARDS:-8}"
 mkdir -p "$OUT"
 python3 -m pytest -q --collect-only -p no:cacheprovider "${@:-tests/ops}" | grep '::' > "$OUT/test_ids.txt"
 echo "$(wc -l < "$OUT/test_ids.txt") tests in $SHARDS shards"
