@@ -1,6 +1,8 @@
 """Where the kernel tests run and how close they must come: bf16 on a GPU, else fp32 in the Triton interpreter."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,3 +22,12 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float = 
     err = (out.float() - ref.float()).abs().max().item()
     scale = ref.float().abs().max().item()
     assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e}, max |ref| {scale:.3e}"
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/<name>.py, loaded from its file (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

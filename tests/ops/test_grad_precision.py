@@ -1,14 +1,10 @@
 """benchmarks/grad_precision.py: the bf16 backward's one precision limit, reproduced in float32 kernels."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-from kernel_env import DEVICE  # skips the module without CUDA or the interpreter
+from kernel_env import DEVICE, load_benchmark  # skips the module without CUDA or the interpreter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import grad_precision  # noqa: E402
+grad_precision = load_benchmark("grad_precision")
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the inputs' bf16 rounding moves the score off s0")

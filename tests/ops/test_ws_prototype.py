@@ -1,24 +1,17 @@
 """benchmarks/ws_attention.py's prototype kernels (tensor-descriptor loads, optional warp specialization)
 compute the same attention and the same dk, dv as the naive op, in every form the benchmark times."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 
-from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ws_attention.py"
+from kernel_env import DEVICE, DTYPE, assert_close, load_benchmark  # skips the module without CUDA or the interpreter
 
 
 @pytest.fixture(scope="module")
 def prototype():
-    spec = importlib.util.spec_from_file_location("ws_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("ws_attention")
     if DEVICE == "cuda":
         import triton
 

@@ -14,7 +14,14 @@ import math
 
 import torch
 
-from softpick.ops.attention.parallel import LOG2E, device_support, head_dim_support, kernel_scale, on_device_of
+from softpick.ops.attention.parallel import (
+    LOG2E,
+    device_support,
+    head_dim_support,
+    kernel_scale,
+    on_device_of,
+    pow2_block,
+)
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
@@ -51,10 +58,6 @@ def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
     return max(1, min(2 * sms // programs, math.ceil(Tk / MIN_KEYS_PER_SPLIT)))
 
 
-def _pow2(n: int, low: int = 16) -> int:
-    return max(low, 1 << (n - 1).bit_length())
-
-
 def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None):
     from softpick.ops.attention.triton_decode import attention_combine_kernel, attention_decode_kernel
 
@@ -62,9 +65,9 @@ def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool,
     Tk, H, V = k.shape[1], k.shape[2], v.shape[3]
     G = HQ // H
     interpret = not q.is_cuda
-    BM = min(_pow2(Tq * G), 16 if interpret else 64)
+    BM = min(pow2_block(Tq * G), 16 if interpret else 64)
     BN = 16 if interpret else 64
-    BK, BV = _pow2(K), _pow2(V)
+    BK, BV = pow2_block(K), pow2_block(V)
     if splits <= 0:
         splits = num_splits(q, k, BM)
     keys_per_split = math.ceil(math.ceil(Tk / splits) / BN) * BN

@@ -109,10 +109,15 @@ def tune_len(max_len: int) -> int:
     return 1024 if max_len <= 1024 else 16384
 
 
+def pow2_block(n: int, low: int = 16) -> int:
+    """The block size that covers n: the next power of two, at least low."""
+    return max(low, 1 << (n - 1).bit_length())
+
+
 def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     HQ, K = q.shape[2], q.shape[3]
     H, V = k.shape[2], v.shape[3]
-    return dict(HQ=HQ, H=H, K=K, V=V, BK=max(16, 1 << (K - 1).bit_length()), BV=max(16, 1 << (V - 1).bit_length()))
+    return dict(HQ=HQ, H=H, K=K, V=V, BK=pow2_block(K), BV=pow2_block(V))
 
 
 def tma_allowed(*tensors: torch.Tensor) -> bool:
@@ -192,7 +197,7 @@ def _bwd_rows(o, do, lse, softpick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     lse_c = lse.new_empty(*lse.shape, 2) if softpick else lse
     n_rows, V = lse.numel(), o.shape[-1]
     attention_bwd_preprocess_kernel[(math.ceil(n_rows / 64),)](
-        o, do, lse, delta, lse_c, n_rows, V=V, BT=64, BV=max(16, 1 << (V - 1).bit_length()), SOFTPICK=softpick
+        o, do, lse, delta, lse_c, n_rows, V=V, BT=64, BV=pow2_block(V), SOFTPICK=softpick
     )
     return delta, lse_c
 
@@ -205,12 +210,10 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     """
     from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 
-    B, T, HQ, _ = q.shape
-    H, V = k.shape[2], v.shape[3]
+    T, HQ, H = q.shape[1], q.shape[2], k.shape[2]
     dims = _dims(q, k, v)
     n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
     delta, lse_c = _bwd_rows(o, do, lse, softpick)
-    dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
@@ -221,8 +224,9 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
         G=HQ // H, **dims, **flags, ATOMIC_DQ=atomic,
     )
     if atomic:
-        dq.copy_(dq32)
+        dq = dq32.to(q.dtype)
     else:
+        dq = torch.empty_like(q)
         attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
             q, k, v, do, lse, delta, dq, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, **dims, **flags
         )
