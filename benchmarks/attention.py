@@ -2,7 +2,7 @@
 
 Usage (on a CUDA machine, from the repository root):
 
-    python benchmarks/attention.py [--json out.json] [--shapes 4x4096x16x64 2x8192x8x128 ...] [--kernels] [--atomic-dq]
+    python benchmarks/attention.py [--json out.json] [--shapes 4x4096x16x64 2x8192x8x128 ...] [--kernels]
 
 Prints one row per (shape, implementation): forward and forward+backward times in ms (medians of
 ``triton.testing.do_bench``, after one untimed call that runs the autotuner), TFLOP/s and the peak
@@ -61,16 +61,13 @@ def _ours(variant: str, sink: torch.Tensor | None = None):
     return run
 
 
-def impls(varlen: bool, heads: int, variants: bool = False, atomic_dq: bool = False) -> dict:
+def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
     """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal.
 
     With ``variants``: softmax+1 (a constant 0 sink logit) and learnable per-head sinks (whose gradient
     the forward+backward timing includes), the sink-free baselines of issue 10.
     """
     out = {"softpick": _ours("softpick"), "softmax": _ours("softmax")}
-    if atomic_dq:  # the same kernels with SOFTPICK_ATOMIC_DQ=1 (bench_shape sets it per row)
-        out["softpick atomic-dq"] = _ours("softpick")
-        out["softmax atomic-dq"] = _ours("softmax")
     if variants:
         out["softmax+1"] = _ours("softmax", sink=torch.zeros(heads, device="cuda"))
         out["sink"] = _ours("softmax", sink=torch.zeros(heads, device="cuda", requires_grad=True))
@@ -106,8 +103,7 @@ def kernel_times(fn, calls: int = 20) -> dict[str, float]:
 
 
 def bench_shape(
-    shape: str, variants: bool = False, only: list[str] | None = None, kernels: bool = False,
-    atomic_dq: bool = False,
+    shape: str, variants: bool = False, only: list[str] | None = None, kernels: bool = False
 ) -> list[dict]:
     device = torch.device("cuda")
     if shape == "varlen":
@@ -123,10 +119,9 @@ def bench_shape(
     q, k, v, do = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     rows = []
-    for name, fn in impls(cu is not None, H, variants, atomic_dq).items():
-        if only and name.removesuffix(" atomic-dq") not in only:
+    for name, fn in impls(cu is not None, H, variants).items():
+        if only and name not in only:
             continue
-        os.environ["SOFTPICK_ATOMIC_DQ"] = "1" if name.endswith("atomic-dq") else "0"  # read in each backward
 
         def fwd():
             return fn(q, k, v, cu, max_len)
@@ -164,13 +159,13 @@ def bench_shape(
 
 def _fmt(r: dict) -> str:
     return (
-        f"{r['shape'][:22]:<22} {r['impl']:<18} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
+        f"{r['shape'][:22]:<22} {r['impl']:<10} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
         f"{r['fwdbwd_ms']:8.3f} {r['fwdbwd_tflops']:7.1f} {r['peak_mib']:9.1f} {r['first_call_s']:7.1f}"
     )
 
 
 def _header() -> str:
-    return f"{'shape':<22} {'impl':<18} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9} {'first s':>7}"
+    return f"{'shape':<22} {'impl':<10} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9} {'first s':>7}"
 
 
 def _ratios(rows: list[dict]) -> list[str]:
@@ -185,10 +180,6 @@ def _ratios(rows: list[dict]) -> list[str]:
                     f"{shape[:22]:<22} softpick/{ref:<8} fwd {by[ref]['fwd_ms'] / sp['fwd_ms']:.2f}x "
                     f"f+b {by[ref]['fwdbwd_ms'] / sp['fwdbwd_ms']:.2f}x"
                 )
-        for plain in ("softpick", "softmax"):
-            if f"{plain} atomic-dq" in by:
-                out.append(f"{shape[:22]:<22} {plain} atomic-dq/{plain} f+b "
-                           f"{by[plain]['fwdbwd_ms'] / by[f'{plain} atomic-dq']['fwdbwd_ms']:.2f}x")
         for variant in ("softmax+1", "sink"):
             if variant in by and "softmax" in by:
                 out.append(
@@ -205,8 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
     parser.add_argument("--impls", default=None, help="comma-separated subset, e.g. softpick,softmax")
     parser.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per forward+backward")
-    parser.add_argument("--atomic-dq", action="store_true",
-                        help="also time our kernels with SOFTPICK_ATOMIC_DQ=1 (dq added in the dk/dv kernel)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA kernels and no CUDA GPU is visible.")
@@ -224,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     print(env, flush=True)
     print(_header(), flush=True)
     only = args.impls.split(",") if args.impls else None
-    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only, args.kernels, args.atomic_dq)]
+    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only, args.kernels)]
     print("\n" + _header())
     for r in rows:
         print(_fmt(r))

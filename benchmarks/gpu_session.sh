@@ -10,8 +10,8 @@
 # Steps (default: all, in this order; budgets in seconds from STEP_<NAME> variables):
 #   tests       the kernel tests in bf16 on the GPU (tests/ops: training, KV-cache and sink kernels vs naive),
 #               in 8 parallel pytest processes (benchmarks/gpu_tests.sh)
-#   attention   benchmarks/attention.py --variants --atomic-dq --kernels (softpick, softmax, softmax+1, sinks
-#               vs SDPA; our kernels again with dq summed by atomics; each kernel's time)
+#   attention   benchmarks/attention.py --variants --kernels (softpick, softmax, softmax+1, sinks vs SDPA;
+#               each kernel's time)
 #   generate    benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth)
 #   throughput  benchmarks/train_throughput.py: the 340M model with each attention variant, bf16, compile
 #   check       benchmarks/gpu_check.py (bf16/fp16 against float64, compile)
@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 declare -A RUN=(
   [tests]="bash benchmarks/gpu_tests.sh tests/ops"
-  [attention]="python3 benchmarks/attention.py --variants --atomic-dq --kernels --json $OUT/attention.json"
+  [attention]="python3 benchmarks/attention.py --variants --kernels --json $OUT/attention.json"
   [generate]="python3 benchmarks/generate.py --json $OUT/generate.json"
   [throughput]="python3 benchmarks/train_throughput.py --compile --peak-flops ${PEAK_FLOPS:-989e12} --steps 30 --batch-size 8 --seq-len 4096 --attn ${ATTN:-softpick,softmax,sink,softpick+gate,softpick+ssmax,softmax_plus_one} --json $OUT/throughput.json"
   [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"

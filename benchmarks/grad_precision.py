@@ -83,7 +83,7 @@ def one_key_row(s0: float, head_dim: int = 64) -> tuple[float, list[tuple[torch.
         delta, lse_c = parallel._bwd_rows(o.contiguous(), do.float(), lse, True)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         attention_bwd_dkdv_kernel[lambda m: (-(-169 // m["BN"]), 3, 2)](
-            q, k, v, do, lse_c, delta, dk, dv, lse.new_empty(0), *common, G=2, **dims, **flags, ATOMIC_DQ=False
+            q, k, v, do, lse_c, delta, dk, dv, *common, G=2, **dims, **flags
         )
         attention_bwd_dq_kernel[lambda m: (-(-169 // m["BM"]), 3, 4)](q, k, v, do, lse, delta, dq, *common, **dims, **flags)
         grads.append((dq, dk, dv))

@@ -32,8 +32,8 @@ from triton.compiler import ASTSource
 from softpick.ops.attention import triton_bwd, triton_fwd
 
 KERNELS = {"fwd": triton_fwd.attention_fwd_kernel, "dkdv": triton_bwd.attention_bwd_dkdv_kernel,
-           "dq": triton_bwd.attention_bwd_dq_kernel, "dkdv-atomic-dq": triton_bwd.attention_bwd_dkdv_kernel}
-"""name -> the autotuned kernel; dkdv-atomic-dq: the dk/dv kernel that also adds dq (SOFTPICK_ATOMIC_DQ=1)."""
+           "dq": triton_bwd.attention_bwd_dq_kernel}
+"""name -> the autotuned kernel."""
 
 TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages[, TMA]), as autotuned on the H200
     ("fwd", 64, True): (128, 64, 4, 3, True), ("fwd", 64, False): (128, 64, 8, 3),
@@ -63,12 +63,10 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
              "SOFTPICK": softpick, "CAUSAL": True, "IS_VARLEN": False}
     if name == "fwd":
         const.update(HAS_SINK=False, TMA_OK=tma, TMA=tma)
-    if name.startswith("dkdv"):
-        const.update(G=1, ATOMIC_DQ=name == "dkdv-atomic-dq")
+    if name == "dkdv":
+        const["G"] = 1
     names = fn.arg_names
     ptr_types = {"lse": "*fp32", "sink": "*fp32", "delta": "*fp32", "cu_seqlens": "*i32"}
-    if name.startswith("dkdv"):
-        ptr_types["dq"] = "*fp32"  # the float32 sum of the atomic adds
     scalar_types = {"T": "i32", "TUNE_LEN": "i32", "HQ": "i32", "H": "i32", "qk_scale": "fp32", "scale": "fp32", "eps": "fp32"}
     signature = {n: "constexpr" if n in const else scalar_types.get(n) or ptr_types.get(n, "*bf16") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
@@ -88,8 +86,7 @@ def autotuned_tiles() -> list[tuple[str, int, tuple[int, int, int, int], bool, i
     tiles = []
     for d, keep in triton_fwd.FWD_KEEP.items():
         tiles += [("fwd", d, t[:4], t[4], t[5]) for t in map(triton_fwd.fwd_tile, keep)]
-    for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dkdv-atomic-dq", triton_bwd.DKDV_ATOMIC_KEEP),
-                         ("dq", triton_bwd.DQ_KEEP)):
+    for name, by_dim in (("dkdv", triton_bwd.DKDV_KEEP), ("dq", triton_bwd.DQ_KEEP)):
         tiles += [(name, d, t[:4], False, t[4]) for d, keep in by_dim.items() for t in map(triton_bwd.bwd_tile, keep)]
     return tiles
 
@@ -135,7 +132,7 @@ def opcode_counts(listing: str) -> collections.Counter:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kernels", nargs="+", default=["fwd", "dkdv", "dq"], choices=list(KERNELS))
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     parser.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--ops", nargs="+", default=["HGMMA", "LDGSTS", "MUFU", "FFMA", "FADD", "FMUL", "FMNMX",
                                                      "FSEL", "FSETP", "F2FP", "LOP3", "STL", "LDL"])
@@ -154,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.kernels:
         for d in args.head_dims:
             for softpick in (True, False):
-                tuned = TILES.get((name.removesuffix("-atomic-dq"), d, softpick), (64, 64, 4, 2))
-                tile = tuple(args.tile) + (args.tma,) if args.tile else tuned
+                tile = tuple(args.tile) + (args.tma,) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
                 tma = name == "fwd" and len(tile) == 5 and tile[4]
                 tile = tile[:4]
                 listing = sass(compile_kernel(name, d, softpick, tile, args.arch, tma))

@@ -165,8 +165,8 @@ def ours_dkdv(q, k, v, do, lse, delta, *, softpick: bool):
     scale = q.shape[-1] ** -0.5
     lse_c = torch.stack((lse * parallel.LOG2E, torch.exp(-lse)), -1) if softpick else lse  # as _bwd_rows
     attention_bwd_dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BN"]), q.shape[0], H)](
-        q, k, v, do, lse_c, delta, dk, dv, lse.new_empty(0), None, T, parallel.tune_len(T), scale * parallel.LOG2E,
-        scale, G=1, **parallel._dims(q, k, v), SOFTPICK=softpick, CAUSAL=True, IS_VARLEN=False, ATOMIC_DQ=False,
+        q, k, v, do, lse_c, delta, dk, dv, None, T, parallel.tune_len(T), scale * parallel.LOG2E, scale, G=1,
+        **parallel._dims(q, k, v), SOFTPICK=softpick, CAUSAL=True, IS_VARLEN=False,
     )
     return dk, dv
 

@@ -216,34 +216,6 @@ def test_missing_or_old_triton_is_named(monkeypatch):
         parallel.triton_problem.cache_clear()
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("variant", ["softpick", "softmax"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[3]], ids=case_id)  # GQA, varlen, D 128
-def test_atomic_dq_matches_naive(case, variant, causal, monkeypatch):
-    """SOFTPICK_ATOMIC_DQ=1: dq summed by the dk/dv kernel's atomic adds, no dq kernel."""
-    from softpick.ops.attention import parallel
-
-    monkeypatch.setenv("SOFTPICK_ATOMIC_DQ", "1")
-    assert parallel.atomic_dq()
-    tri, ref = run_case(case, variant, causal)
-    for name, a, b in zip(("o", "dq", "dk", "dv"), tri, ref):
-        assert_close(f"{variant} atomic {name}", b, a)
-
-
-def test_atomic_dq_is_off_by_default_and_under_deterministic_algorithms(monkeypatch):
-    from softpick.ops.attention import parallel
-
-    monkeypatch.delenv("SOFTPICK_ATOMIC_DQ", raising=False)
-    assert not parallel.atomic_dq()
-    monkeypatch.setenv("SOFTPICK_ATOMIC_DQ", "1")
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert not parallel.atomic_dq()
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-
-
 def reference_lse(q, k, cu, variant: str) -> torch.Tensor:
     """lse [T, HQ] in float32 of causal attention over the documents of cu: ln(sum_j |e^s - 1| + eps)
     for softpick, ln(sum_j e^s) for softmax (k's heads shared by HQ // H query heads)."""
@@ -330,24 +302,14 @@ def test_every_backward_tile_matches_naive(variant, head_dim):
         except AssertionError as error:
             wrong.append(str(error).splitlines()[0])
 
-    dkdv_tiles = [
-        (config, atomic)
-        for atomic in (False, True)
-        for config in _prune_dkdv(attention_bwd_dkdv_kernel.configs, {**dims, "ATOMIC_DQ": atomic})
-    ]
-    for config, atomic in dkdv_tiles:
+    for config in _prune_dkdv(attention_bwd_dkdv_kernel.configs, dims):
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=DEVICE)  # ATOMIC_DQ: dq by atomic adds
         grid = (-(-169 // config.kwargs["BN"]), 3, 2)  # the longest document: 169 tokens
         attention_bwd_dkdv_kernel.fn[grid](
-            q, k, v, do, lse_c, delta, dk, dv, dq, *common, G=2, **dims, **flags, ATOMIC_DQ=atomic,
-            **config.all_kwargs(),
+            q, k, v, do, lse_c, delta, dk, dv, *common, G=2, **dims, **flags, **config.all_kwargs()
         )
-        tag = f"{variant} D{head_dim} {config}{' atomic dq' if atomic else ''}"
-        check(f"{tag} dk", ref[1], dk)
-        check(f"{tag} dv", ref[2], dv)
-        if atomic:
-            check(f"{tag} dq", ref[0], dq)
+        check(f"{variant} D{head_dim} dk {config}", ref[1], dk)
+        check(f"{variant} D{head_dim} dv {config}", ref[2], dv)
     for config in _prune_dq(attention_bwd_dq_kernel.configs, dims):
         dq = torch.empty_like(q)
         grid = (-(-169 // config.kwargs["BM"]), 3, 4)

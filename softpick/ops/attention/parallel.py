@@ -180,14 +180,6 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     return o, lse
 
 
-def atomic_dq() -> bool:
-    """Whether the backward adds dq inside the dk/dv kernel with float32 atomics (``SOFTPICK_ATOMIC_DQ=1``)
-    instead of a dq kernel that recomputes S and dP: one launch and two matmuls fewer per block pair,
-    but the sum's order varies, so dq's last bits differ between runs; never under
-    ``torch.use_deterministic_algorithms(True)``. Off by default until timed (benchmarks/RESULTS.md)."""
-    return os.environ.get("SOFTPICK_ATOMIC_DQ", "0") == "1" and not torch.are_deterministic_algorithms_enabled()
-
-
 def _bwd_rows(o, do, lse, softpick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(delta [B, T, HQ] = rowsum(o * do) in float32, the dk/dv kernel's lse argument): lse itself for
     softmax, for softpick [B, T, HQ, 2] float32 pairs (lse in log2 units, exp(-lse))."""
@@ -214,22 +206,17 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     dims = _dims(q, k, v)
     n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
     delta, lse_c = _bwd_rows(o, do, lse, softpick)
+    dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
-    atomic = atomic_dq()
-    dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else lse.new_empty(0)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
-        q, k, v, do, lse_c, delta, dk, dv, dq32, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale,
-        G=HQ // H, **dims, **flags, ATOMIC_DQ=atomic,
+        q, k, v, do, lse_c, delta, dk, dv, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, G=HQ // H,
+        **dims, **flags,
     )
-    if atomic:
-        dq = dq32.to(q.dtype)
-    else:
-        dq = torch.empty_like(q)
-        attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
-            q, k, v, do, lse, delta, dq, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, **dims, **flags
-        )
+    attention_bwd_dq_kernel[lambda meta: (math.ceil(max_len / meta["BM"]), n_docs, HQ)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, **dims, **flags
+    )
     if sink is None:
         return dq, dk, dv, lse.new_empty(0)
     dsink = -(torch.exp(sink.float() - lse) * delta).sum(dim=(0, 1))  # [HQ]

@@ -46,17 +46,13 @@ def _bwd_configs(small: dict, keep_by_dim: dict[int, list[tuple]]) -> list[trito
     return [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s, maxnreg=r) for bm, bn, w, s, r in tiles]
 
 
-def _prune(keep_by_dim: dict[int, list[tuple]], atomic_keep_by_dim: dict[int, list[tuple]] | None = None):
-    """An early_config_prune keeping the tiles listed for the call's head dim (from atomic_keep_by_dim
-    when it adds dq with atomics, ATOMIC_DQ)."""
-
+def _prune(keep_by_dim: dict[int, list[tuple]]):
     def prune(configs, nargs, **kwargs):
         if INTERPRET:
             return configs
         args = {**nargs, **kwargs}
-        by_dim = atomic_keep_by_dim if atomic_keep_by_dim is not None and args.get("ATOMIC_DQ") else keep_by_dim
         d = max(args["BK"], args["BV"])
-        keep = {bwd_tile(t) for t in by_dim[64 if d <= 64 else 128 if d <= 128 else 256]}
+        keep = {bwd_tile(t) for t in keep_by_dim[64 if d <= 64 else 128 if d <= 128 else 256]}
         out = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.num_warps, c.num_stages, c.maxnreg) in keep]
         return out or configs[:1]
 
@@ -76,15 +72,13 @@ DKDV_KEEP = {
     128: [(32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)],  # 64x64x8x2: no spills at D 128
     256: [(32, 64, 8, 2), (64, 64, 8, 2)],
 }
-# With ATOMIC_DQ the dk/dv kernel also stages dS^T for the dq matmul: 64x64x8x2 at D=256 needs 257 KiB.
-DKDV_ATOMIC_KEEP = {**DKDV_KEEP, 256: [(32, 64, 8, 2)]}
 # dq: BM queries per program (the resident block), BN keys per step.
 DQ_KEEP = {
     64: [(128, 64, 8, 2), (128, 64, 8, 2, 128), (64, 64, 4, 3), (128, 32, 4, 3)],
     128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2)],  # 64x32x4x2: 3 blocks per SM
     256: [(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2)],
 }
-_prune_dkdv = _prune(DKDV_KEEP, DKDV_ATOMIC_KEEP)
+_prune_dkdv = _prune(DKDV_KEEP)
 _prune_dq = _prune(DQ_KEEP)
 
 
@@ -139,15 +133,14 @@ def grad_scores_T(b_eT, b_c, b_dpT, b_delta, SOFTPICK: tl.constexpr):
 
 @triton.jit
 def _dkdv_inner(
-    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, lo, hi, L, qk_scale, scale,
+    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
     SQ, SO, SL, SD, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
 ):
     """Add the query blocks [lo, hi) to dk, dv [BN, *]; MASKED steps hide rows >= L and, if CAUSAL, j > i.
     p_lse points at lse (natural log, softmax) or at lse_c (softpick: pairs (lse in log2 units,
-    exp(-lse)) of :func:`attention_bwd_preprocess_kernel`), SL apart. With ATOMIC_DQ each step also
-    adds scale * dS k to the float32 dq rows at p_dq (SQ apart), so no dq kernel recomputes S and dP."""
+    exp(-lse)) of :func:`attention_bwd_preprocess_kernel`), SL apart."""
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     for start_m in range(lo, hi, BM):
@@ -183,31 +176,26 @@ def _dkdv_inner(
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
         b_eT, b_pT = probs_T(b_sT, b_lse, b_c, b_do.dtype, SOFTPICK)
         b_dv = tl.dot(b_pT, b_do, b_dv)
-        b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK).to(b_q.dtype)
-        b_dk = tl.dot(b_dsT, b_q, b_dk)
-        if ATOMIC_DQ:  # [BM, BK]; relaxed: only the sum matters, read after the kernel ends
-            b_dq = tl.dot(tl.trans(b_dsT), b_k) * scale
-            tl.atomic_add(p_dq + o_m[:, None] * SQ + o_k[None, :], b_dq, mask=m_q, sem="relaxed")
+        b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK)
+        b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     return b_dk, b_dv
 
 
 @triton.autotune(
     configs=_bwd_configs({"BM": 16, "BN": 32}, DKDV_KEEP),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN", "ATOMIC_DQ"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dkdv},
-    reset_to_zero=["dq"],  # the atomic adds of each timed run start from zeros
 )
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    q, k, v, do, lse, delta, dk, dv, dq, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
     HQ, H, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BN), documents, H); G = HQ // H; TUNE_LEN only keys the autotuner. dk [*, H, K],
     dv [*, H, V] in k's dtype. lse: [*, HQ] float32 (softmax), or lse_c [*, HQ, 2] of the preprocess
-    kernel (softpick). With ATOMIC_DQ, dq [*, HQ, K] float32 (zeros) receives scale * dS k by atomic adds
-    (then no dq kernel runs; the sum's order, hence its last bits, varies between runs); else unused."""
+    kernel (softpick)."""
     tl.static_assert(BN % BM == 0, "BN must be a multiple of BM so the diagonal starts on a query block")
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
@@ -237,26 +225,22 @@ def attention_bwd_dkdv_kernel(
         p_do = do + bos * (HQ * V) + i_hq * V
         p_lse = lse + (bos * HQ + i_hq) * (2 if SOFTPICK else 1)
         p_delta = delta + bos * HQ + i_hq
-        p_dq = dq + bos * (HQ * K) + i_hq * K
         if CAUSAL:
             lo = start_n + BN  # query rows [start_n, start_n + BN) straddle the diagonal
             b_dk, b_dv = _dkdv_inner(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, start_n, tl.minimum(lo, L), L,
-                qk_scale, scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, True, SOFTPICK,
-                ATOMIC_DQ,
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_n, tl.minimum(lo, L), L,
+                qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, True, SOFTPICK,
             )
         else:
             lo = 0
         full = tl.maximum(lo, lo + ((L - lo) // BM) * BM)
         b_dk, b_dv = _dkdv_inner(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, lo, full, L,
-            qk_scale, scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, False, CAUSAL, SOFTPICK,
-            ATOMIC_DQ,
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, full, L,
+            qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, False, CAUSAL, SOFTPICK,
         )
         b_dk, b_dv = _dkdv_inner(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, full, L, L,
-            qk_scale, scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, False, SOFTPICK,
-            ATOMIC_DQ,
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, full, L, L,
+            qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, False, SOFTPICK,
         )
 
     b_dk = b_dk * scale
