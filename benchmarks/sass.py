@@ -12,8 +12,9 @@ are given the same attributes here, so the code is the code of a real launch.
     python benchmarks/sass.py --dump /tmp/sass                  # also write each kernel's SASS
     python benchmarks/sass.py --shared                          # shared memory, registers, blocks per SM
 
-Tiles are the ones the autotuner picked on the H200 at 7d88f90 (benchmarks/RESULTS.md; "+tma": the
-forward's tensor-descriptor loads); ``--tile BM BN WARPS STAGES`` (with ``--tma``) overrides them.
+Tiles are the ones the autotuner picked on the H100 at c37da2b (benchmarks/RESULTS.md; "+tma": the
+forward's tensor-descriptor loads, "r": a register cap); ``--tile BM BN WARPS STAGES`` (with ``--tma``
+and ``--maxnreg``) overrides them.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ KERNELS = {"fwd": triton_fwd.attention_fwd_kernel, "dkdv": triton_bwd.attention_
            "dq": triton_bwd.attention_bwd_dq_kernel}
 """name -> the autotuned kernel."""
 
-TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages[, TMA]), as autotuned on the H200
-    ("fwd", 64, True): (128, 64, 4, 3, True), ("fwd", 64, False): (128, 64, 8, 3),
-    ("fwd", 128, True): (128, 64, 4, 2, True), ("fwd", 128, False): (128, 64, 4, 2, True),
-    ("dkdv", 64, True): (64, 64, 4, 3), ("dkdv", 64, False): (32, 64, 4, 3),
-    ("dkdv", 128, True): (32, 64, 4, 3), ("dkdv", 128, False): (32, 64, 4, 3),
-    ("dq", 64, True): (64, 64, 4, 3), ("dq", 64, False): (64, 64, 4, 3),
-    ("dq", 128, True): (64, 32, 4, 3), ("dq", 128, False): (64, 64, 4, 2),
+TILES = {  # (kernel, head dim, softpick) -> (BM, BN, num_warps, num_stages, TMA, maxnreg), autotuned on the H100
+    ("fwd", 64, True): (128, 64, 8, 3, False, 128), ("fwd", 64, False): (128, 64, 8, 3, False, None),
+    ("fwd", 128, True): (128, 64, 4, 2, True, None), ("fwd", 128, False): (128, 64, 8, 3, False, None),
+    ("dkdv", 64, True): (32, 64, 4, 3, False, 168), ("dkdv", 64, False): (32, 64, 4, 3, False, 168),
+    ("dkdv", 128, True): (32, 64, 4, 3, False, None), ("dkdv", 128, False): (32, 64, 4, 3, False, None),
+    ("dq", 64, True): (64, 64, 4, 3, False, None), ("dq", 64, False): (64, 64, 4, 3, False, None),
+    ("dq", 128, True): (128, 64, 8, 3, False, None), ("dq", 128, False): (128, 64, 8, 3, False, None),
 }
 SIZES = ("T", "TUNE_LEN", "HQ", "H")
 """Integer arguments specialized as multiples of 16 (true for the benchmark shapes with 16 heads)."""
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      "FSEL", "FSETP", "F2FP", "LOP3", "STL", "LDL"])
     parser.add_argument("--tile", nargs=4, type=int, metavar=("BM", "BN", "WARPS", "STAGES"), default=None)
     parser.add_argument("--tma", action="store_true", help="with --tile: the forward's tensor-descriptor (TMA) loads")
+    parser.add_argument("--maxnreg", type=int, default=None, help="with --tile: a register cap per thread")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
     parser.add_argument("--shared", action="store_true",
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.kernels:
         for d in args.head_dims:
             for softpick in (True, False):
-                tile = tuple(args.tile) + (args.tma,) if args.tile else TILES.get((name, d, softpick), (64, 64, 4, 2))
-                tma = name == "fwd" and len(tile) == 5 and tile[4]
+                tile = (*args.tile, args.tma, args.maxnreg) if args.tile else TILES.get(
+                    (name, d, softpick), (64, 64, 4, 2, False, None))
+                tma, maxnreg = name == "fwd" and tile[4], tile[5]
                 tile = tile[:4]
-                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, tma))
+                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, tma, maxnreg))
                 counts = opcode_counts(listing)
                 kind = "softpick" if softpick else "softmax"
                 if args.dump:
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                 warnings = [w for w, bad in (("no HGMMA", not counts["HGMMA"]), ("no LDGSTS", not tma and not counts["LDGSTS"]),
                                              ("no UTMALDG", tma and not counts["UTMALDG"]),
                                              ("spills", counts["STL"] + counts["LDL"] > 0)) if bad]
-                print(f"| {name} | {d} | {kind} | {'x'.join(map(str, tile))}{'+tma' if tma else ''} | {sum(counts.values())} | "
+                shown = "x".join(map(str, tile)) + ("+tma" if tma else "") + (f" r{maxnreg}" if maxnreg else "")
+                print(f"| {name} | {d} | {kind} | {shown} | {sum(counts.values())} | "
                       + " | ".join(str(counts[op]) for op in args.ops) + f" | {', '.join(warnings) or '-'} |", flush=True)
 
 
