@@ -30,6 +30,10 @@ CASES = [
     (1, 50, 1, 2, 32, [0, 1, 18, 19, 50], 1.0, "random"),  # varlen with length-1 documents
     (1, 40, 2, 2, 16, None, 1.0, "negative"),  # every score < 0
     (1, 40, 1, 1, 32, None, 20.0, "random"),  # scores of a few hundred
+    # the forward's max-free first pass overflows (scores ~140) or, for softmax, flushes every
+    # exp to 0 (scores ~ -100): the blocks must run again with the running max
+    (1, 40, 1, 1, 32, None, 40.0, "random"),
+    (1, 40, 2, 2, 16, None, 40.0, "negative"),
 ]
 
 

@@ -28,6 +28,7 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
+MAX_FREE_SUM = tl.constexpr(2.0**100)  # a max-free row sum outside [2^-100, 2^100] reruns its block
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max: finite, so exp2(m_old - m) is never inf - inf
 PTX = tl.constexpr(not INTERPRET)  # inline PTX (the kernels run on NVIDIA GPUs of compute capability >= 8.0)
 
@@ -96,23 +97,40 @@ def relu_cast(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constexpr, SOFTPICK: tl.constexpr):
+def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constexpr, SOFTPICK: tl.constexpr,
+                FIXED_MAX: tl.constexpr):
     """Fold one block into the running state: raw scores b_s [BM, BN] (hidden keys already -inf, and
-    ``visible`` their mask when MASKED), values b_v [BN, BV]; (o [BM, BV], acc [BM], m [BM]) in log2 units."""
-    b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-    b_r = tl.math.exp2(b_m - b_m_new)  # rescales what came before
-    if SOFTPICK:
-        # [BM, BN] exp(-m) (e^s - 1); hidden keys must not add |0 - exp(-m)| to the sum
-        b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
-        if MASKED:
-            b_p = tl.where(visible, b_p, 0.0)
-        b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
-        b_pv = relu_cast(b_p, b_v.dtype)
+    ``visible`` their mask when MASKED), values b_v [BN, BV]; (o [BM, BV], acc [BM], m [BM]) in log2 units.
+    FIXED_MAX keeps m at 0 (exp2 of the raw scores): no row max, no rescale of o; the caller checks
+    the sums for overflow and underflow (MAX_FREE_SUM)."""
+    if FIXED_MAX:
+        if SOFTPICK:
+            b_p = tl.math.exp2(b_s * qk_scale) - 1.0  # e^s - 1
+            if MASKED:
+                b_p = tl.where(visible, b_p, 0.0)
+            b_acc = b_acc + tl.sum(tl.abs(b_p), 1)
+            b_pv = relu_cast(b_p, b_v.dtype)
+        else:
+            b_p = tl.math.exp2(b_s * qk_scale)
+            b_acc = b_acc + tl.sum(b_p, 1)
+            b_pv = b_p.to(b_v.dtype)
+        b_o = tl.dot(b_pv, b_v, b_o)
+        b_m_new = b_m
     else:
-        b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
-        b_acc = b_acc * b_r + tl.sum(b_p, 1)
-        b_pv = b_p.to(b_v.dtype)
-    b_o = tl.dot(b_pv, b_v, b_o * b_r[:, None])
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+        b_r = tl.math.exp2(b_m - b_m_new)  # rescales what came before
+        if SOFTPICK:
+            # [BM, BN] exp(-m) (e^s - 1); hidden keys must not add |0 - exp(-m)| to the sum
+            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
+            if MASKED:
+                b_p = tl.where(visible, b_p, 0.0)
+            b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
+            b_pv = relu_cast(b_p, b_v.dtype)
+        else:
+            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
+            b_acc = b_acc * b_r + tl.sum(b_p, 1)
+            b_pv = b_p.to(b_v.dtype)
+        b_o = tl.dot(b_pv, b_v, b_o * b_r[:, None])
     return b_o, b_acc, b_m_new
 
 
@@ -129,6 +147,7 @@ def _fwd_inner(
     SK, SV, col_k, col_v, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, TMA: tl.constexpr,
+    FIXED_MAX: tl.constexpr,
 ):
     """Fold the key blocks [lo, hi) into (o, acc, m); MASKED blocks hide keys >= L and, if CAUSAL, j > i.
     With TMA, p_k and p_v are the document's tensor descriptors (rows >= L read as 0) and col_k, col_v
@@ -155,9 +174,60 @@ def _fwd_inner(
             if CAUSAL:
                 m_s = m_s & (o_m[:, None] >= o_n[None, :])
             b_s = tl.where(m_s, b_s, float("-inf"))
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, m_s, qk_scale, True, SOFTPICK)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, m_s, qk_scale, True, SOFTPICK, FIXED_MAX)
         else:
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK, FIXED_MAX)
+    return b_o, b_acc, b_m
+
+
+@triton.jit
+def _fwd_keys(
+    b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K: tl.constexpr, V: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, HAS_SINK: tl.constexpr, TMA: tl.constexpr,
+    FIXED_MAX: tl.constexpr,
+):
+    """(o, acc, m) of the query block [start_m, start_m + BM) over all the keys it sees: the running
+    state from its start (softpick m = 0, softmax's sink as the first "key") through every key block."""
+    b_o = tl.zeros([BM, BV], dtype=tl.float32)
+    b_acc = tl.zeros([BM], dtype=tl.float32)
+    if SOFTPICK:
+        b_m = tl.zeros([BM], dtype=tl.float32)  # the clamp: m never drops below 0
+    elif HAS_SINK:
+        # the sink is the first "key": running max = its logit (log2 units), sum = exp2(0) = 1
+        b_logit = tl.load(sink + i_hq).to(tl.float32) * LOG2E
+        if FIXED_MAX:
+            b_m = tl.zeros([BM], dtype=tl.float32)
+            b_acc = b_acc + tl.math.exp2(b_logit)
+        else:
+            b_m = tl.zeros([BM], dtype=tl.float32) + b_logit
+            b_acc = b_acc + 1.0
+    elif FIXED_MAX:
+        b_m = tl.zeros([BM], dtype=tl.float32)
+    else:
+        b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
+
+    if CAUSAL:
+        # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, start_m, L, qk_scale,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, True, SOFTPICK, TMA, FIXED_MAX,
+        )
+        hi = tl.minimum(start_m + BM, L)
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, start_m, hi, L, qk_scale,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, True, SOFTPICK, TMA, FIXED_MAX,
+        )
+    else:
+        full = (L // BN) * BN
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, full, L, qk_scale,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, False, SOFTPICK, TMA, FIXED_MAX,
+        )
+        b_o, b_acc, b_m = _fwd_inner(
+            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, full, L, L, qk_scale,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, False, SOFTPICK, TMA, FIXED_MAX,
+        )
     return b_o, b_acc, b_m
 
 
@@ -211,37 +281,20 @@ def attention_fwd_kernel(
         p_k = k + bos * (H * K) + i_h * K
         p_v = v + bos * (H * V) + i_h * V
 
-    b_o = tl.zeros([BM, BV], dtype=tl.float32)
-    b_acc = tl.zeros([BM], dtype=tl.float32)
-    if SOFTPICK:
-        b_m = tl.zeros([BM], dtype=tl.float32)  # the clamp: m never drops below 0
-    elif HAS_SINK:
-        # the sink is the first "key": running max = its logit (log2 units), sum = exp2(0) = 1
-        b_m = tl.zeros([BM], dtype=tl.float32) + tl.load(sink + i_hq).to(tl.float32) * LOG2E
-        b_acc = tl.zeros([BM], dtype=tl.float32) + 1.0
-    else:
-        b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
-
-    if CAUSAL:
-        # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
-        b_o, b_acc, b_m = _fwd_inner(
-            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, start_m, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, True, SOFTPICK, TMA,
-        )
-        hi = tl.minimum(start_m + BM, L)
-        b_o, b_acc, b_m = _fwd_inner(
-            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, start_m, hi, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, True, SOFTPICK, TMA,
-        )
-    else:
-        full = (L // BN) * BN
-        b_o, b_acc, b_m = _fwd_inner(
-            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, full, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, False, SOFTPICK, TMA,
-        )
-        b_o, b_acc, b_m = _fwd_inner(
-            b_o, b_acc, b_m, b_q, p_k, p_v, o_m, full, L, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, False, SOFTPICK, TMA,
+    # First every key block with the running max held at 0 (no row max, no rescale of o); a row whose
+    # sum left [2^-100, 2^100] (a score above ~100 in log2 units, or for softmax all below ~-100) may
+    # have overflowed or flushed to 0, and then the block runs again with the running max.
+    b_o, b_acc, b_m = _fwd_keys(
+        b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K, V, BM, BN, BK, BV,
+        SOFTPICK, CAUSAL, HAS_SINK, TMA, True,
+    )
+    b_ok = b_acc <= MAX_FREE_SUM  # NaN compares false
+    if not SOFTPICK:
+        b_ok = b_ok & (b_acc >= 1.0 / MAX_FREE_SUM)
+    if tl.max(tl.where(m_m & ~b_ok, 1, 0), 0) > 0:
+        b_o, b_acc, b_m = _fwd_keys(
+            b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K, V, BM, BN, BK, BV,
+            SOFTPICK, CAUSAL, HAS_SINK, TMA, False,
         )
 
     # -- epilogue --
