@@ -68,19 +68,19 @@ def ws_fwd_kernel(
             b_v = desc_v.load([row + start_n, col])
             visible = o_m[:, None] >= (start_n + tl.arange(0, BN))[None, :]
             b_s = tl.where(visible, tl.dot(b_q, b_k.T), float("-inf"))
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, True, SOFTPICK)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, True, SOFTPICK, False)
     else:  # the blocks every row sees, unmasked, then the diagonal (as our forward)
         for start_n in tl.range(0, start_m, BN):
             b_k = desc_k.load([row + start_n, col])
             b_v = desc_v.load([row + start_n, col])
             b_s = tl.dot(b_q, b_k.T)
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK, False)
         for start_n in range(start_m, start_m + BM, BN):
             b_k = desc_k.load([row + start_n, col])
             b_v = desc_v.load([row + start_n, col])
             visible = o_m[:, None] >= (start_n + tl.arange(0, BN))[None, :]
             b_s = tl.where(visible, tl.dot(b_q, b_k.T), float("-inf"))
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, True, SOFTPICK)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, True, SOFTPICK, False)
     if SOFTPICK:
         b_den = b_acc + eps * tl.math.exp2(-b_m)
     else:

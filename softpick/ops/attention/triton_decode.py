@@ -84,7 +84,7 @@ def attention_decode_kernel(
             visible = visible & (keep != 0)[None, :]
         b_s = tl.dot(b_q, b_kT)  # [BM, BN] raw scores; qk_scale (log2(e) folded in) goes into the exp2
         b_s = tl.where(visible, b_s, float("-inf"))
-        b_o, b_l, b_m = online_step(b_s, b_v, b_o, b_l, b_m, visible, qk_scale, True, SOFTPICK)
+        b_o, b_l, b_m = online_step(b_s, b_v, b_o, b_l, b_m, visible, qk_scale, True, SOFTPICK, False)
 
     row = ((i_s * B + i_b) * Tq + t).to(tl.int64) * HQ + hq  # index into [S, B, Tq, HQ]
     tl.store(o_part + row[:, None] * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))
