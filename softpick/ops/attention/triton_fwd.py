@@ -16,6 +16,13 @@ Softpick (running max clamped at 0, so ``exp2(-m)`` <= 1 never overflows):
 Softmax is FlashAttention-2: ``lse = ln(sum_j e^s_j)``, and a row that sees no key gives o = 0.
 With a sink (``HAS_SINK``: softmax+1 is a sink of 0) the denominator also holds ``e^b`` of a per-head
 logit b that has no value: the running state starts at m = b, acc = 1, and lse = ln(e^b + sum_j e^s_j).
+
+Max-free first pass: the running max only guards float32's range, so each query block first runs with
+m held at 0 (``p = exp2(s2) - 1`` for softpick, ``exp2(s2)`` for softmax): no row max, no rescale of
+o, a quarter fewer instructions per key block. Float32 keeps the same relative precision at any
+scale, so this gives the same numbers whenever no sum leaves [2^-100, 2^100]; a block where some row's
+sum does (a score above ~100 in log2 units, or for softmax a row whose scores are all below ~-100)
+runs again with the running max.
 """
 
 from __future__ import annotations
