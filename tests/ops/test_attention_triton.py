@@ -198,6 +198,22 @@ def test_sink_softmax_matches_naive_with_sink_gradient(case, causal):
         assert_close(f"sink {name}", b, a)
 
 
+def test_sink_beyond_the_max_free_range():
+    """A sink logit of 100 (2^144 in the exp2 of the forward's max-free pass: inf in float32) makes
+    that head's blocks rerun with the running max; lse = ln(e^b + sum_j e^s_j) stays finite."""
+    from softpick.ops.attention import parallel
+
+    q, k, v = (torch.randn(1, 40, 2, 16, device=DEVICE).to(DTYPE) for _ in range(3))
+    sink = torch.tensor([100.0, -2.0], device=DEVICE)
+    o, lse = parallel._fwd(q, k, v, None, False, 16**-0.5, True, 0.0, sink=sink)
+    s = torch.einsum("thd,shd->hts", q[0].float(), k[0].float()) * 16**-0.5
+    s = s.masked_fill(~torch.ones(40, 40, dtype=torch.bool, device=DEVICE).tril(), float("-inf"))
+    ref_lse = torch.logaddexp(torch.logsumexp(s, -1), sink[:, None]).T  # [T, H]
+    assert_close("lse with a sink of 100", ref_lse, lse[0])
+    ref_o = softmax_attention(q.float(), k.float(), v.float(), impl="naive", sink=sink)
+    assert_close("o with a sink of 100", ref_o, o)
+
+
 def test_softmax_plus_one_rows_sum_below_one():
     """sink = 0 is softmax+1: with all scores very negative the row attends to (almost) nothing."""
     q = -torch.ones(1, 8, 2, 16, device=DEVICE, dtype=DTYPE) * 4
