@@ -198,22 +198,6 @@ def test_sink_softmax_matches_naive_with_sink_gradient(case, causal):
         assert_close(f"sink {name}", b, a)
 
 
-def test_sink_beyond_the_max_free_range():
-    """A sink logit of 100 (2^144 in the exp2 of the forward's max-free pass: inf in float32) makes
-    that head's blocks rerun with the running max; lse = ln(e^b + sum_j e^s_j) stays finite."""
-    from softpick.ops.attention import parallel
-
-    q, k, v = (torch.randn(1, 40, 2, 16, device=DEVICE).to(DTYPE) for _ in range(3))
-    sink = torch.tensor([100.0, -2.0], device=DEVICE)
-    o, lse = parallel._fwd(q, k, v, None, False, 16**-0.5, True, 0.0, sink=sink)
-    s = torch.einsum("thd,shd->hts", q[0].float(), k[0].float()) * 16**-0.5
-    s = s.masked_fill(~torch.ones(40, 40, dtype=torch.bool, device=DEVICE).tril(), float("-inf"))
-    ref_lse = torch.logaddexp(torch.logsumexp(s, -1), sink[:, None]).T  # [T, H]
-    assert_close("lse with a sink of 100", ref_lse, lse[0])
-    ref_o = softmax_attention(q.float(), k.float(), v.float(), impl="naive", sink=sink)
-    assert_close("o with a sink of 100", ref_o, o)
-
-
 def test_softmax_plus_one_rows_sum_below_one():
     """sink = 0 is softmax+1: with all scores very negative the row attends to (almost) nothing."""
     q = -torch.ones(1, 8, 2, 16, device=DEVICE, dtype=DTYPE) * 4
@@ -242,9 +226,10 @@ def test_missing_or_old_triton_is_named(monkeypatch):
         parallel.triton_problem.cache_clear()
 
 
-def reference_lse(q, k, cu, variant: str) -> torch.Tensor:
+def reference_lse(q, k, cu, variant: str, sink: torch.Tensor | None = None) -> torch.Tensor:
     """lse [T, HQ] in float32 of causal attention over the documents of cu: ln(sum_j |e^s - 1| + eps)
-    for softpick, ln(sum_j e^s) for softmax (k's heads shared by HQ // H query heads)."""
+    for softpick, ln(sum_j e^s) for softmax, ln(e^b + sum_j e^s) with a sink logit b [HQ] (k's heads
+    shared by HQ // H query heads)."""
     q, k = q[0].float(), k[0].float().repeat_interleave(q.shape[2] // k.shape[2], dim=1)
     out = torch.empty(q.shape[:2], device=q.device)
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
@@ -253,9 +238,25 @@ def reference_lse(q, k, cu, variant: str) -> torch.Tensor:
         if variant == "softpick":  # e^-inf - 1 = -1: hidden keys leave the sum
             den = torch.where(s.isinf(), 0.0, (s.exp() - 1).abs()).sum(-1) + DEFAULT_EPS
             out[a:b] = den.log().T
-        else:
+        elif sink is None:
             out[a:b] = torch.logsumexp(s, -1).T
+        else:
+            out[a:b] = torch.logaddexp(torch.logsumexp(s, -1), sink[:, None].float()).T
     return out
+
+
+def test_sink_beyond_the_max_free_range():
+    """A sink logit of 100 (2^144 in the exp2 of the forward's max-free pass: inf in float32) makes
+    that head's blocks rerun with the running max; lse = ln(e^b + sum_j e^s_j) stays finite."""
+    from softpick.ops.attention import parallel
+
+    q, k, v = (torch.randn(1, 40, 2, 16, device=DEVICE).to(DTYPE) for _ in range(3))
+    sink = torch.tensor([100.0, -2.0], device=DEVICE)
+    o, lse = parallel._fwd(q, k, v, None, False, 16**-0.5, True, 0.0, sink=sink)
+    cu = torch.tensor([0, 40], dtype=torch.int32, device=DEVICE)
+    assert_close("lse with a sink of 100", reference_lse(q, k, cu, "softmax", sink), lse[0])
+    ref_o = softmax_attention(q.float(), k.float(), v.float(), impl="naive", sink=sink)
+    assert_close("o with a sink of 100", ref_o, o)
 
 
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])

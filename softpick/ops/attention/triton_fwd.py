@@ -111,32 +111,30 @@ def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constex
     FIXED_MAX keeps m at 0 (exp2 of the raw scores): no row max, no rescale of o; the caller checks
     the sums for overflow and underflow (MAX_FREE_SUM)."""
     if FIXED_MAX:
-        if SOFTPICK:
-            b_p = tl.math.exp2(b_s * qk_scale) - 1.0  # e^s - 1
-            if MASKED:
-                b_p = tl.where(visible, b_p, 0.0)
-            b_acc = b_acc + tl.sum(tl.abs(b_p), 1)
-            b_pv = relu_cast(b_p, b_v.dtype)
-        else:
-            b_p = tl.math.exp2(b_s * qk_scale)
-            b_acc = b_acc + tl.sum(b_p, 1)
-            b_pv = b_p.to(b_v.dtype)
-        b_o = tl.dot(b_pv, b_v, b_o)
         b_m_new = b_m
+        b_x = b_s * qk_scale  # [BM, BN] exp2 arguments
+        b_c = 1.0  # exp2(-m)
     else:
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
         b_r = tl.math.exp2(b_m - b_m_new)  # rescales what came before
-        if SOFTPICK:
-            # [BM, BN] exp(-m) (e^s - 1); hidden keys must not add |0 - exp(-m)| to the sum
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None]) - tl.math.exp2(-b_m_new)[:, None]
-            if MASKED:
-                b_p = tl.where(visible, b_p, 0.0)
-            b_acc = b_acc * b_r + tl.sum(tl.abs(b_p), 1)
-            b_pv = relu_cast(b_p, b_v.dtype)
-        else:
-            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
-            b_acc = b_acc * b_r + tl.sum(b_p, 1)
-            b_pv = b_p.to(b_v.dtype)
+        b_x = b_s * qk_scale - b_m_new[:, None]
+        b_c = tl.math.exp2(-b_m_new)[:, None]
+    if SOFTPICK:
+        # [BM, BN] exp(-m) (e^s - 1); hidden keys must not add |0 - exp(-m)| to the sum
+        b_p = tl.math.exp2(b_x) - b_c
+        if MASKED:
+            b_p = tl.where(visible, b_p, 0.0)
+        b_sum = tl.sum(tl.abs(b_p), 1)
+        b_pv = relu_cast(b_p, b_v.dtype)
+    else:
+        b_p = tl.math.exp2(b_x)
+        b_sum = tl.sum(b_p, 1)
+        b_pv = b_p.to(b_v.dtype)
+    if FIXED_MAX:
+        b_acc = b_acc + b_sum
+        b_o = tl.dot(b_pv, b_v, b_o)
+    else:
+        b_acc = b_acc * b_r + b_sum
         b_o = tl.dot(b_pv, b_v, b_o * b_r[:, None])
     return b_o, b_acc, b_m_new
 
@@ -198,21 +196,18 @@ def _fwd_keys(
     state from its start (softpick m = 0, softmax's sink as the first "key") through every key block."""
     b_o = tl.zeros([BM, BV], dtype=tl.float32)
     b_acc = tl.zeros([BM], dtype=tl.float32)
-    if SOFTPICK:
-        b_m = tl.zeros([BM], dtype=tl.float32)  # the clamp: m never drops below 0
-    elif HAS_SINK:
-        # the sink is the first "key": running max = its logit (log2 units), sum = exp2(0) = 1
+    if SOFTPICK or FIXED_MAX:
+        b_m = tl.zeros([BM], dtype=tl.float32)  # softpick's clamp: m never drops below 0
+    else:
+        b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
+    if HAS_SINK:
+        # the sink is the first "key", of logit b (log2 units): sum = exp2(b - m), and m = b when it runs
         b_logit = tl.load(sink + i_hq).to(tl.float32) * LOG2E
         if FIXED_MAX:
-            b_m = tl.zeros([BM], dtype=tl.float32)
             b_acc = b_acc + tl.math.exp2(b_logit)
         else:
             b_m = tl.zeros([BM], dtype=tl.float32) + b_logit
             b_acc = b_acc + 1.0
-    elif FIXED_MAX:
-        b_m = tl.zeros([BM], dtype=tl.float32)
-    else:
-        b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
 
     if CAUSAL:
         # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
