@@ -29,7 +29,7 @@ import torch
 import triton
 
 from softpick.ops.attention import softmax_attention, softpick_attention
-from softpick.ops.attention.parallel import parallel_attention
+from softpick.ops.attention.triton.training import parallel_attention
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
 SHAPES = ["4x4096x16x64", "2x8192x8x128", "1x16384x16x64", "varlen"]
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in rows:
             print(f"  {r['shape'][:22]} {r['impl']}: " + ", ".join(f"{k[:40]} {ms:.3f}" for k, ms in r["kernels_ms"].items()))
     print("\nautotuned tiles (key: BK, BV, CAUSAL, SOFTPICK, dtypes):")
-    from softpick.ops.attention import triton_bwd, triton_fwd
+    from softpick.ops.attention.triton import training_bwd as triton_bwd, training_fwd as triton_fwd
 
     for kernel in (triton_fwd.attention_fwd_kernel, triton_bwd.attention_bwd_dkdv_kernel, triton_bwd.attention_bwd_dq_kernel):
         for key, config in kernel.cache.items():

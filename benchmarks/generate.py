@@ -10,7 +10,7 @@ kernels, and ``transformers.LlamaForCausalLM`` with SDPA. For each batch size an
   events, tokens/s = B / step time; the cache is cropped back between repeats (median of 3);
 - generate: ``model.generate`` of ``--steps`` new tokens from a context-long prompt, end to end.
 
-Kernel table: :func:`softpick.ops.attention.decode.decode_attention` alone at long context, its
+Kernel table: :func:`softpick.ops.attention.triton.kv_cache.decode_attention` alone at long context, its
 bytes of K and V read per call / time, against the device-to-device copy bandwidth measured in the
 same run (bytes read + written / time of ``dst.copy_(src)`` on 4 GiB).
 
@@ -119,7 +119,7 @@ def kernel_bandwidth(contexts: list[int], batches: list[int], heads: int, head_d
     """K+V read bandwidth of the decode kernel (each split count; 0 = the default choice) and of SDPA."""
     from triton.testing import do_bench
 
-    from softpick.ops.attention.decode import decode_attention
+    from softpick.ops.attention.triton.kv_cache import decode_attention
 
     src = torch.empty(4 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)

@@ -15,7 +15,6 @@
 #   generate    benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth)
 #   throughput  benchmarks/train_throughput.py: the 340M model with each attention variant, bf16, compile
 #   check       benchmarks/gpu_check.py (bf16/fp16 against float64, compile)
-#   ws          benchmarks/ws_attention.py (issue 4's prototypes: TMA loads and warp specialization, forward and dk/dv)
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
@@ -37,12 +36,10 @@ declare -A RUN=(
   [generate]="python3 benchmarks/generate.py --json $OUT/generate.json"
   [throughput]="python3 benchmarks/train_throughput.py --compile --peak-flops ${PEAK_FLOPS:-989e12} --steps 30 --batch-size 8 --seq-len 4096 --attn ${ATTN:-softpick,softmax,sink,softpick+gate,softpick+ssmax,softmax_plus_one} --json $OUT/throughput.json"
   [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"
-  [ws]="python3 benchmarks/ws_attention.py --json $OUT/ws_attention.json"
 )
-declare -A BUDGET=([tests]=300 [attention]=300 [generate]=240 [throughput]=420 [check]=200 [ws]=240)
 for name in "${@:-tests attention generate throughput check}"; do
   for one in $name; do
-    [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check ws)"; exit 2; }
+    [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check)"; exit 2; }
     var="STEP_${one^^}"
     # shellcheck disable=SC2086
     step "$one" "${!var:-${BUDGET[$one]}}" ${RUN[$one]}

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from softpick.ops.attention import parallel, softmax_attention, softpick_attention
+from softpick.ops.attention import softmax_attention, softpick_attention
+from softpick.ops.attention.triton import training as parallel
 from softpick.ops.attention.naive import naive_attention
-from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
+from softpick.ops.attention.triton.training_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

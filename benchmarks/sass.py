@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from softpick.ops.attention import triton_bwd, triton_fwd
+from softpick.ops.attention.triton import training_bwd as triton_bwd, training_fwd as triton_fwd
 
 KERNELS = {"fwd": triton_fwd.attention_fwd_kernel, "dkdv": triton_bwd.attention_bwd_dkdv_kernel,
            "dq": triton_bwd.attention_bwd_dq_kernel}

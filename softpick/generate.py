@@ -9,7 +9,7 @@ One prompt streams its continuation to stdout as it is decoded; several prompts 
 (left padding) and each continuation is printed when the batch is done. Any causal LM folder that
 ``from_pretrained`` loads works (softpick models once ``softpick`` is imported, which this does). On a
 GPU the softpick and softmax models decode with the fused KV-cache kernels
-(:mod:`softpick.ops.attention.decode`). The last line (to stderr) gives the tokens/s of the call.
+(:mod:`softpick.ops.attention.triton.kv_cache`). The last line (to stderr) gives the tokens/s of the call.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
-from softpick.ops.attention.decode import decode_attention, num_splits
+from softpick.ops.attention.triton.kv_cache import decode_attention, num_splits
 from softpick.ops.attention.naive import naive_attention
 
 from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
@@ -114,7 +114,7 @@ def test_num_splits_fills_the_device_but_keeps_long_splits():
 @pytest.mark.parametrize("op", [softpick_attention, softmax_attention], ids=["softpick", "softmax"])
 def test_public_ops_dispatch_kv_cache_inputs_to_the_decode_kernel(op, monkeypatch):
     """impl='triton' with T_q < T_k or a padding mask and no grad runs the decode kernels (not naive)."""
-    from softpick.ops.attention import decode
+    from softpick.ops.attention.triton import kv_cache as decode
 
     calls = []
     real = decode.decode_attention

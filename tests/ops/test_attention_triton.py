@@ -15,7 +15,7 @@ import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
-from softpick.ops.attention.triton_fwd import attention_fwd_kernel
+from softpick.ops.attention.triton.training_fwd import attention_fwd_kernel
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
 from kernel_env import DEVICE, DTYPE, assert_close  # skips the module without CUDA or the interpreter
@@ -92,7 +92,7 @@ def test_triton_matches_naive(case, variant, causal, tma, monkeypatch):
 def test_max_seqlen_gives_the_same_output_and_gradients(monkeypatch):
     """A given longest document reaches both launchers (no host read of cu_seqlens) and runs the same
     grid as the one read back."""
-    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton import training as parallel
 
     seen = []
     docs = parallel._docs
@@ -212,7 +212,7 @@ def test_softmax_plus_one_rows_sum_below_one():
 def test_missing_or_old_triton_is_named(monkeypatch):
     import triton
 
-    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton import training as parallel
 
     parallel.triton_problem.cache_clear()
     monkeypatch.setattr(triton, "__version__", "3.1.0")
@@ -248,7 +248,7 @@ def reference_lse(q, k, cu, variant: str, sink: torch.Tensor | None = None) -> t
 def test_sink_beyond_the_max_free_range():
     """A sink logit of 100 (2^144 in the exp2 of the forward's max-free pass: inf in float32) makes
     that head's blocks rerun with the running max; lse = ln(e^b + sum_j e^s_j) stays finite."""
-    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton import training as parallel
 
     q, k, v = (torch.randn(1, 40, 2, 16, device=DEVICE).to(DTYPE) for _ in range(3))
     sink = torch.tensor([100.0, -2.0], device=DEVICE)
@@ -265,8 +265,8 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
     """Each tile the autotuner may pick (not only the one it picks here), on an odd-length varlen batch:
     with pointer loads and with tensor descriptors, whose document edges the hardware clips; o and the
     lse the backward reads."""
-    from softpick.ops.attention import parallel
-    from softpick.ops.attention.triton_fwd import _prune_fwd
+    from softpick.ops.attention.triton import training as parallel
+    from softpick.ops.attention.triton.training_fwd import _prune_fwd
 
     cu = torch.tensor([0, 130, 131, 300], dtype=torch.int32, device=DEVICE)
     q, k, v = (torch.randn(1, 300, 2, head_dim, device=DEVICE).to(DTYPE) for _ in range(3))
@@ -297,8 +297,8 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
 def test_every_backward_tile_matches_naive(variant, head_dim):
     """Each dk/dv and dq tile the autotuners may pick (register-capped ones included), on an odd-length
     varlen batch with GQA, from the forward's o and lse, against the naive op's gradients."""
-    from softpick.ops.attention import parallel
-    from softpick.ops.attention.triton_bwd import (
+    from softpick.ops.attention.triton import training as parallel
+    from softpick.ops.attention.triton.training_bwd import (
         _prune_dkdv,
         _prune_dq,
         attention_bwd_dkdv_kernel,
@@ -354,7 +354,7 @@ def test_descriptor_allocator_is_set_per_thread_and_never_replaces_the_callers()
     import triton
     from triton.runtime import _allocation
 
-    from softpick.ops.attention import parallel
+    from softpick.ops.attention.triton import training as parallel
 
     def in_fresh_thread(fn):
         out = []

@@ -4,8 +4,8 @@ Each dispatches to an implementation chosen by ``impl``:
 
 - ``"naive"``: plain PyTorch (:mod:`softpick.ops.attention.naive`), works everywhere, the reference.
 - ``"triton"``: the fused FlashAttention-style kernels: the training kernels
-  (:mod:`softpick.ops.attention.parallel`, forward and backward) when T_q == T_k and nothing is
-  padded, else the KV-cache kernels (:mod:`softpick.ops.attention.decode`, forward only: decoding,
+  (:mod:`softpick.ops.attention.triton.training`, forward and backward) when T_q == T_k and nothing is
+  padded, else the KV-cache kernels (:mod:`softpick.ops.attention.triton.kv_cache`, forward only: decoding,
   chunked prefill, padded batches).
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (softmax only).
 - ``None``: the fastest one that supports the inputs (Triton on CUDA, else naive).
@@ -44,7 +44,7 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
 
 def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink) -> tuple[str | None, str | None]:
     """("training" or "kv-cache", None): the Triton kernels that run these inputs; else (None, why neither does)."""
-    from softpick.ops.attention import decode, parallel
+    from softpick.ops.attention.triton import kv_cache as decode, training as parallel
 
     training = parallel.supports(q, k, v, attention_mask=attention_mask)
     if training is None:
@@ -94,13 +94,13 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
     if which == "training":
-        from softpick.ops.attention.parallel import parallel_attention
+        from softpick.ops.attention.triton.training import parallel_attention
 
         return parallel_attention(
             q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink,
             max_seqlen=max_seqlen,
         )
-    from softpick.ops.attention.decode import decode_attention
+    from softpick.ops.attention.triton.kv_cache import decode_attention
 
     return decode_attention(
         q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps, sink=sink

@@ -160,7 +160,7 @@ def on_device_of(x: torch.Tensor):
 
 def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None, max_seqlen: int = 0):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
-    from softpick.ops.attention.triton_fwd import attention_fwd_kernel
+    from softpick.ops.attention.triton.training_fwd import attention_fwd_kernel
 
     B, T, HQ, _ = q.shape
     o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
@@ -183,7 +183,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
 def _bwd_rows(o, do, lse, softpick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(delta [B, T, HQ] = rowsum(o * do) in float32, the dk/dv kernel's lse argument): lse itself for
     softmax, for softpick [B, T, HQ, 2] float32 pairs (lse in log2 units, exp(-lse))."""
-    from softpick.ops.attention.triton_bwd import attention_bwd_preprocess_kernel
+    from softpick.ops.attention.triton.training_bwd import attention_bwd_preprocess_kernel
 
     delta = torch.empty_like(lse)
     lse_c = lse.new_empty(*lse.shape, 2) if softpick else lse
@@ -200,7 +200,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     The sink's gradient needs no kernel: its weight in row i is exp(b - lse_i) and it carries no value,
     so dL/db = -sum_i exp(b - lse_i) * delta_i.
     """
-    from softpick.ops.attention.triton_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
+    from softpick.ops.attention.triton.training_bwd import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 
     T, HQ, H = q.shape[1], q.shape[2], k.shape[2]
     dims = _dims(q, k, v)

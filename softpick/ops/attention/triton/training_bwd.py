@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from softpick.ops.attention.triton_fwd import INTERPRET, relu_cast
+from softpick.ops.attention.triton.training_fwd import INTERPRET, doc_bounds, relu_cast
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -81,17 +81,6 @@ DQ_KEEP = {
 }
 _prune_dkdv = _prune(DKDV_KEEP)
 _prune_dq = _prune(DQ_KEEP)
-
-
-@triton.jit
-def _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    return bos, (eos - bos).to(tl.int32)
 
 
 @triton.jit
@@ -201,7 +190,7 @@ def attention_bwd_dkdv_kernel(
     i_blk = tl.num_programs(0) - 1 - tl.program_id(0)
     i_n = tl.program_id(1)
     i_h = tl.program_id(2)
-    bos, L = _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    bos, L = doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     start_n = i_blk * BN
     if start_n >= L:
         return
@@ -303,7 +292,7 @@ def attention_bwd_dq_kernel(
     i_n = tl.program_id(1)
     i_hq = tl.program_id(2)
     i_h = i_hq // (HQ // H)
-    bos, L = _doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    bos, L = doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     start_m = i_m * BM
     if start_m >= L:
         return

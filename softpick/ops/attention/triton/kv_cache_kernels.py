@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from softpick.ops.attention.triton_fwd import online_step
+from softpick.ops.attention.triton.training_fwd import online_step
 
 NEG_BIG = tl.constexpr(-1.0e30)  # softmax's initial running max (finite: no inf - inf)
 LOG2E = tl.constexpr(1.4426950408889634)

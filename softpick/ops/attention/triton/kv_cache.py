@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from softpick.ops.attention.parallel import (
+from softpick.ops.attention.triton.training import (
     LOG2E,
     device_support,
     head_dim_support,
@@ -59,7 +59,7 @@ def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
 
 
 def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None):
-    from softpick.ops.attention.triton_decode import attention_combine_kernel, attention_decode_kernel
+    from softpick.ops.attention.triton.kv_cache_kernels import attention_combine_kernel, attention_decode_kernel
 
     B, Tq, HQ, K = q.shape
     Tk, H, V = k.shape[1], k.shape[2], v.shape[3]

@@ -140,6 +140,18 @@ def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constex
 
 
 @triton.jit
+def doc_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
+    """(first row, length) of document i_n: from cu_seqlens when IS_VARLEN, else the i_n-th of T rows."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, (eos - bos).to(tl.int32)
+
+
+@triton.jit
 def doc_rows(x, bos, L, width, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Tensor descriptor of one document's rows of x [tokens, width] (row-major), from token bos, L rows,
     loaded and stored in [ROWS, COLS] blocks; rows past L read as 0 and are not written."""
@@ -257,13 +269,7 @@ def attention_fwd_kernel(
     i_n = tl.program_id(1)
     i_hq = tl.program_id(2)
     i_h = i_hq // (HQ // H)
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    L = (eos - bos).to(tl.int32)
+    bos, L = doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     start_m = i_m * BM
     if start_m >= L:
         return
