@@ -63,6 +63,7 @@ def toy_file(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     out = tmp_path / "out"
     assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=5"]) == 0
@@ -111,6 +112,7 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     assert (out / "softmax" / "analysis" / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_parallel_variants_match_sequential_ones(toy_file, tmp_path):
     """--parallel 2: each variant in its own process at the same time, then one comparison; the same
     losses as the variants trained one after another in this process."""
@@ -125,6 +127,7 @@ def test_parallel_variants_match_sequential_ones(toy_file, tmp_path):
     assert json.loads((par / "results.json").read_text())["softmax"]["train_s"] > 0
 
 
+@pytest.mark.slow
 def test_parallel_torchrun_variants_get_their_own_rendezvous_port(toy_file, tmp_path, monkeypatch):
     """nproc 2 x --parallel 2: two torchrun jobs (gloo on the CPU) at once, on ports 29500 and 29501."""
     monkeypatch.delenv("MASTER_PORT", raising=False)
@@ -137,6 +140,7 @@ def test_parallel_torchrun_variants_get_their_own_rendezvous_port(toy_file, tmp_
     assert ports == {"29500", "29501"} and (out / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_only_trains_the_named_variant_without_a_comparison(toy_file, tmp_path):
     out = tmp_path / "only"
     assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=2", "--only", "softmax"]) == 0

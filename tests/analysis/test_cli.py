@@ -52,6 +52,7 @@ def reports(workdir):
     return workdir / "out_softpick", workdir / "out_llama"
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_file(reports):
     out, _ = reports
     for name in ["report.json", "report.md", "quantization.png", "passkey.png", *PER_LAYER_PLOTS]:
@@ -73,6 +74,7 @@ def test_analyze_writes_every_file(reports):
         assert "word_perplexity,none" in report["lm_eval"]["results"]["softpick_local_ppl"]
 
 
+@pytest.mark.slow
 def test_compare_puts_reports_side_by_side(reports, tmp_path):
     out_softpick, out_llama = reports
     assert main(["compare", str(out_softpick), str(out_llama), "--out", str(tmp_path), "--labels", "softpick,softmax"]) == 0
@@ -84,6 +86,7 @@ def test_compare_puts_reports_side_by_side(reports, tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_compare_needs_two_existing_reports(reports, tmp_path, capsys):
     out_softpick, _ = reports
     assert main(["compare", str(out_softpick), str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
@@ -124,6 +127,7 @@ def test_data_formats(tmp_path):
         load_documents(tmp_path / "d.jsonl")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'softpick[eval]')")
 def test_lm_eval_own_cli_loads_softpick_models(reports, workdir, capsys):
     """`python -m softpick.analysis.lm_eval_cli --model hf --model_args pretrained=DIR` works for our model."""

@@ -45,6 +45,7 @@ def test_sdpa_matches_naive_with_padding_and_cache():
     assert torch.equal(generated[0], generated[1])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_triton_kv_cache_generation_matches_naive(attn_type):
     """generate() on the Triton kernels (prefill: training kernel or, with padding, the KV-cache kernel;

@@ -186,6 +186,7 @@ def test_bad_arguments_raise():
         model(ids, attention_masks=torch.ones_like(ids))
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_with_trust_remote_code_without_importing_softpick(tmp_path):
     """The way lm-eval loads a model: a fresh process, only transformers imported."""
     model = tiny_model()

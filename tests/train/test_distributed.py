@@ -17,7 +17,7 @@ from train_utils import read_metrics, train_args
 
 from softpick.train.trainer import main
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 EXIT_NOISE = "terminate called without an active exception"
 """gloo's known abort at interpreter exit after all work is done (the trainer ends with os._exit)."""

@@ -19,6 +19,7 @@ def losses(dump):
     return [row["loss"] for row in read_metrics(dump)]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_metrics_are_written(assets, tmp_path):
     dump = tmp_path / "run"
     assert main(train_args(assets, dump, "--metrics.enable_tensorboard", steps=30)) == 0
@@ -45,6 +46,7 @@ def test_log_lines_without_a_progress_bar(assets, tmp_path, caplog):
     assert [m.split(":")[0] for m in steps] == ["step 2", "step 4"] and "loss " in steps[0]
 
 
+@pytest.mark.slow
 def test_compile_applies_and_matches_eager(assets, tmp_path, caplog):
     caplog.set_level("INFO", logger="softpick.train")
     assert main(train_args(assets, tmp_path / "eager", steps=3)) == 0
