@@ -11,6 +11,7 @@ are given the same attributes here, so the code is the code of a real launch.
     python benchmarks/sass.py --kernels fwd --head-dims 64 --ops FADD FMNMX MUFU F2FP
     python benchmarks/sass.py --dump /tmp/sass                  # also write each kernel's SASS
     python benchmarks/sass.py --shared                          # shared memory, registers, blocks per SM
+    python benchmarks/sass.py --json /tmp/mix.json              # also the rows as JSON (kernel_mix, tile_resources)
 
 Tiles are the ones the autotuner picked on the H100 at c09e2a0 (benchmarks/RESULTS.md; "+tma": the
 forward's tensor-descriptor loads, "r": a register cap); ``--tile BM BN WARPS STAGES`` (with ``--tma``
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import json
 import re
 import subprocess
 import tempfile
@@ -106,18 +109,46 @@ def registers(compiled) -> int:
     return int(re.search(r"REG:(\d+)", cuobjdump(compiled, "-res-usage")).group(1))
 
 
-def print_resources(arch: int) -> None:
-    """A table of the shared memory and registers each autotuned tile needs (softpick, the larger of
-    the two), and the blocks an SM then holds (65,536 registers, 227 KiB): a second block is what
-    overlaps one block's exp and ALU work with the other's matmuls."""
-    print("| kernel | D | tile | TMA | maxnreg | shared bytes | fits | registers | blocks/SM |")
-    print("|---|---|---|---|---|---|---|---|---|")
+@dataclasses.dataclass(frozen=True)
+class TileResources:
+    """What one autotuned tile needs on the SM (softpick, the larger of the two attention types)."""
+
+    kernel: str
+    head_dim: int
+    tile: tuple[int, int, int, int]
+    """(BM, BN, warps, stages)."""
+    tma: bool
+    maxnreg: int | None
+    shared_bytes: int
+    registers: int
+    """Per thread."""
+    blocks_per_sm: int
+    """Blocks one SM holds (65,536 registers, 227 KiB): a second block is what overlaps one block's exp
+    and ALU work with the other's matmuls."""
+
+    @property
+    def fits(self) -> bool:
+        return self.shared_bytes <= SHARED_LIMIT
+
+
+def tile_resources(arch: int = 90) -> list[TileResources]:
+    """The shared memory and registers of every tile the autotuners may try, compiled for ``arch``."""
+    rows = []
     for name, d, tile, tma, maxnreg in autotuned_tiles():
         compiled = compile_kernel(name, d, True, tile, arch, tma, maxnreg)
         shared, regs = compiled.metadata.shared, registers(compiled)
         blocks = min(65536 // (regs * tile[2] * 32), SHARED_LIMIT // max(shared, 1))
-        print(f"| {name} | {d} | {'x'.join(map(str, tile))} | {tma} | {maxnreg or '-'} | {shared} | "
-              f"{shared <= SHARED_LIMIT} | {regs} | {blocks} |", flush=True)
+        rows.append(TileResources(name, d, tile, tma, maxnreg, shared, regs, blocks))
+    return rows
+
+
+def print_resources(rows: list[TileResources]) -> None:
+    """``tile_resources`` as a markdown table."""
+    print("| kernel | D | tile | TMA | maxnreg | shared bytes | fits | registers | blocks/SM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.kernel} | {r.head_dim} | {'x'.join(map(str, r.tile))} | {r.tma} | {r.maxnreg or '-'} | "
+              f"{r.shared_bytes} | {r.fits} | {r.registers} | {r.blocks_per_sm} |", flush=True)
 
 
 def sass(compiled) -> str:
@@ -129,6 +160,60 @@ def opcode_counts(listing: str) -> collections.Counter:
     """Opcode (without modifiers) -> static count in a SASS listing."""
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", listing, re.M)
     return collections.Counter(ops)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelMix:
+    """The static opcode counts of one compiled kernel (both loops)."""
+
+    kernel: str
+    head_dim: int
+    attention: str
+    """"softpick" or "softmax"."""
+    tile: tuple[int, int, int, int]
+    """(BM, BN, warps, stages)."""
+    tma: bool
+    maxnreg: int | None
+    counts: dict[str, int]
+    """Opcode (without modifiers) -> count."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def warnings(self) -> list[str]:
+        """What costs speed: pipelining lost (no HGMMA, no LDGSTS or no UTMALDG) or spilled registers."""
+        c = collections.Counter(self.counts)
+        checks = (("no HGMMA", not c["HGMMA"]), ("no LDGSTS", not self.tma and not c["LDGSTS"]),
+                  ("no UTMALDG", self.tma and not c["UTMALDG"]), ("spills", c["STL"] + c["LDL"] > 0))
+        return [w for w, bad in checks if bad]
+
+    @property
+    def tile_name(self) -> str:
+        """e.g. "128x64x8x3+tma r128"."""
+        return "x".join(map(str, self.tile)) + ("+tma" if self.tma else "") + (f" r{self.maxnreg}" if self.maxnreg else "")
+
+
+def kernel_mix(kernels=tuple(KERNELS), head_dims=(64, 128), arch: int = 90, tile=None,
+               dump: Path | None = None) -> list[KernelMix]:
+    """Compile each kernel x head dim x (softpick, softmax) for ``arch`` and count its opcodes.
+
+    ``tile``: (BM, BN, warps, stages, TMA, maxnreg) for every kernel instead of ``TILES``; ``dump``: a
+    folder for the SASS listings, ``{kernel}_d{D}_{softpick|softmax}.sass``."""
+    rows = []
+    for name in kernels:
+        for d in head_dims:
+            for softpick in (True, False):
+                chosen = tile or TILES.get((name, d, softpick), (64, 64, 4, 2, False, None))
+                tma, maxnreg = name == "fwd" and chosen[4], chosen[5]
+                listing = sass(compile_kernel(name, d, softpick, chosen[:4], arch, tma, maxnreg))
+                kind = "softpick" if softpick else "softmax"
+                if dump:
+                    dump.mkdir(parents=True, exist_ok=True)
+                    (dump / f"{name}_d{d}_{kind}.sass").write_text(listing)
+                rows.append(KernelMix(name, d, kind, tuple(chosen[:4]), bool(tma), maxnreg, dict(opcode_counts(listing))))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,31 +229,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dump", type=Path, default=None, help="folder for the SASS listings")
     parser.add_argument("--shared", action="store_true",
                         help="only the shared memory, registers and blocks per SM of every autotuned tile")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file as JSON")
     args = parser.parse_args(argv)
     if args.shared:
-        return print_resources(args.arch)
-    print(f"triton {triton.__version__}, sm_{args.arch}; static opcode counts (both loops of each kernel)")
-    print("| kernel | D | attention | tile | total | " + " | ".join(args.ops) + " | warnings |")
-    print("|---" * (5 + len(args.ops)) + "|---|")
-    for name in args.kernels:
-        for d in args.head_dims:
-            for softpick in (True, False):
-                tile = (*args.tile, args.tma, args.maxnreg) if args.tile else TILES.get(
-                    (name, d, softpick), (64, 64, 4, 2, False, None))
-                tma, maxnreg = name == "fwd" and tile[4], tile[5]
-                tile = tile[:4]
-                listing = sass(compile_kernel(name, d, softpick, tile, args.arch, tma, maxnreg))
-                counts = opcode_counts(listing)
-                kind = "softpick" if softpick else "softmax"
-                if args.dump:
-                    args.dump.mkdir(parents=True, exist_ok=True)
-                    (args.dump / f"{name}_d{d}_{kind}.sass").write_text(listing)
-                warnings = [w for w, bad in (("no HGMMA", not counts["HGMMA"]), ("no LDGSTS", not tma and not counts["LDGSTS"]),
-                                             ("no UTMALDG", tma and not counts["UTMALDG"]),
-                                             ("spills", counts["STL"] + counts["LDL"] > 0)) if bad]
-                shown = "x".join(map(str, tile)) + ("+tma" if tma else "") + (f" r{maxnreg}" if maxnreg else "")
-                print(f"| {name} | {d} | {kind} | {shown} | {sum(counts.values())} | "
-                      + " | ".join(str(counts[op]) for op in args.ops) + f" | {', '.join(warnings) or '-'} |", flush=True)
+        rows = tile_resources(args.arch)
+        print_resources(rows)
+    else:
+        print(f"triton {triton.__version__}, sm_{args.arch}; static opcode counts (both loops of each kernel)")
+        print("| kernel | D | attention | tile | total | " + " | ".join(args.ops) + " | warnings |")
+        print("|---" * (5 + len(args.ops)) + "|---|")
+        tile = (*args.tile, args.tma, args.maxnreg) if args.tile else None
+        rows = []
+        for name in args.kernels:  # one kernel at a time, so the table grows while the rest compiles
+            for r in kernel_mix([name], args.head_dims, args.arch, tile, args.dump):
+                rows.append(r)
+                print(f"| {r.kernel} | {r.head_dim} | {r.attention} | {r.tile_name} | {r.total} | "
+                      + " | ".join(str(r.counts.get(op, 0)) for op in args.ops)
+                      + f" | {', '.join(r.warnings) or '-'} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

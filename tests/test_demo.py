@@ -23,18 +23,22 @@ def _private_cache_and_threads(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_demo_trains_exports_samples_and_analyses(tmp_path, capsys):
     options = demo.DemoOptions(out=str(tmp_path / "run"), **TINY)
     result = demo.run(options)
     assert result.final_train_loss < result.first_train_loss - 1.0
     assert result.val_loss < result.first_train_loss - 1.0
     assert result.sample.startswith(demo.PROMPT) and len(result.sample) > len(demo.PROMPT)
-    assert 0.0 <= result.sink_rate <= 100.0 and 0.0 <= result.sparsity <= 100.0
+    # softpick's maps are sparse (57.6% of causal weights at zero at this size, seed 0) and no head sinks
+    assert result.sparsity > 30.0 and result.sink_rate == 0.0 and result.first_token_mass < 0.3
     assert set(result.quantization) >= {"rtn"} and set(result.quantization["rtn"]) == {"4"}
     printed = capsys.readouterr().out
     assert "training, same as: softpick train --job.dump_folder" in printed
     assert f"final loss {result.final_train_loss:.3f}" in printed
     assert f"validation loss {result.val_loss:.3f}" in printed
+    assert f"sink rate {result.sink_rate:.1f}% (first-token attention {result.first_token_mass:.3f})" in printed
+    assert f"attention sparsity {result.sparsity:.1f}%" in printed
 
     run_dir = tmp_path / "run"
     saved = json.loads((run_dir / "demo_result.json").read_text())
@@ -42,6 +46,7 @@ def test_demo_trains_exports_samples_and_analyses(tmp_path, capsys):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 20
     report = json.loads((run_dir / "analysis" / "report.json").read_text())
     assert report["perplexity"]["loss"] == result.val_loss
+    assert (report["sink"]["sink_rate"], report["sparsity"]["sparsity"]) == (result.sink_rate, result.sparsity)
     assert (run_dir / "analysis" / "report.md").is_file()
 
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "hf"))
@@ -57,10 +62,12 @@ def test_demo_trains_exports_samples_and_analyses(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_demo_softmax_baseline_without_quantization(tmp_path):
     options = demo.DemoOptions(out=str(tmp_path / "softmax"), attn_type="softmax", **{**TINY, "quant_bits": []})
     result = demo.run(options)
     assert result.quantization == {}
+    assert result.sparsity < 1.0  # softmax weights are never exactly zero (softpick's: 57.6% at this size)
     config = json.loads((tmp_path / "softmax" / "hf" / "config.json").read_text())
     assert config["attn_type"] == "softmax"
 

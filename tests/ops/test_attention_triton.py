@@ -121,7 +121,7 @@ def test_float16_in_interpreter():
     o = softpick_attention(q.half(), k.half(), v.half(), impl="triton")
     ref = naive_attention(q.half(), k.half(), v.half())
     assert o.dtype == torch.float16
-    assert_close("fp16 o", ref, o, rtol=3e-3, atol=3e-3)
+    assert_close("fp16 o", ref, o, rtol=3e-3, atol=3e-3, ratio=1e-3)  # fp16 rounds at 4.9e-4
 
 
 @pytest.mark.parametrize(
@@ -292,6 +292,7 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
         assert_close(f"{variant} D{head_dim} lse {config}", ref_lse, lse[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_every_backward_tile_matches_naive(variant, head_dim):

@@ -11,6 +11,7 @@ triton 3.6 and 3.9; a forward whose K loads lost alignment had 72 LDG against 24
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,36 +31,47 @@ def _cuobjdump() -> Path | None:
     return tool if tool.is_file() else None
 
 
-@pytest.mark.skipif(_cuobjdump() is None, reason="this triton build ships no cuobjdump")
-def test_training_kernels_use_wgmma_and_async_copies_on_hopper(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
-    run = subprocess.run([sys.executable, "benchmarks/sass.py", "--ops", "HGMMA", "LDGSTS", "LDG", "UTMALDG",
-                          "--dump", str(tmp_path)],
+def _sass_rows(tmp_path: Path, *args: str) -> list[dict]:
+    """The rows ``benchmarks/sass.py`` returns (``kernel_mix`` or, with --shared, ``tile_resources``),
+    from its --json file. It runs in its own process: the compiler, not the Triton interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, "benchmarks/sass.py", *args, "--json", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith(("| fwd", "| dkdv", "| dq"))]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cuobjdump() is None, reason="this triton build ships no cuobjdump")
+def test_training_kernels_use_wgmma_and_async_copies_on_hopper(tmp_path):
+    rows = _sass_rows(tmp_path, "--dump", str(tmp_path))
     assert len(rows) == 12  # 3 kernels x head dims 64, 128 x softpick, softmax
-    assert any("+tma" in row[3] for row in rows)
-    for kernel, d, attention, tile, total, hgmma, ldgsts, ldg, utmaldg, _ in rows:
-        name = f"{kernel.strip()} D{d.strip()} {attention.strip()} {tile.strip()}"
-        assert int(hgmma) > 0, f"{name}: no wgmma (HGMMA) in the SASS"
-        if "+tma" in tile:  # q, k and v arrive by TMA; the plain loads left are lse-free epilogue work
-            assert int(utmaldg) > 0 and int(ldgsts) == 0, f"{name}: {utmaldg} TMA loads, {ldgsts} async copies"
+    assert {(r["kernel"], r["head_dim"], r["attention"]) for r in rows} == {
+        (k, d, a) for k in ("fwd", "dkdv", "dq") for d in (64, 128) for a in ("softpick", "softmax")}
+    assert any(r["tma"] for r in rows)
+    for r in rows:
+        name = f"{r['kernel']} D{r['head_dim']} {r['attention']} {r['tile']} tma={r['tma']}"
+        count = lambda op: r["counts"].get(op, 0)  # noqa: E731
+        assert count("HGMMA") > 0, f"{name}: no wgmma (HGMMA) in the SASS"
+        if r["tma"]:  # q, k and v arrive by TMA; the plain loads left are lse-free epilogue work
+            assert count("UTMALDG") > 0 and count("LDGSTS") == 0, \
+                f"{name}: {count('UTMALDG')} TMA loads, {count('LDGSTS')} async copies"
         else:
-            assert int(ldg) < int(ldgsts), f"{name}: {ldg} plain loads (LDG) against {ldgsts} async copies (LDGSTS)"
+            assert count("LDG") < count("LDGSTS"), \
+                f"{name}: {count('LDG')} plain loads (LDG) against {count('LDGSTS')} async copies (LDGSTS)"
     for d in (64, 128):  # softpick's relu and bf16 pack stay one instruction (inline cvt.rn.relu.bf16x2.f32)
         assert "F2FP.RELU" in (tmp_path / f"fwd_d{d}_softpick.sass").read_text(), f"fwd D{d} softpick: no F2FP.RELU"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_cuobjdump() is None, reason="this triton build ships no cuobjdump")
-def test_every_autotuned_tile_fits_hopper_shared_memory():
+def test_every_autotuned_tile_fits_hopper_shared_memory(tmp_path):
     """A tile that needs more than an H100's 227 KiB is skipped by the autotuner without a word (a
     128x64 8-warp forward tile at D 256 needed 256 KiB); here it fails."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "benchmarks/sass.py", "--shared"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith(("| fwd", "| dkdv", "| dq"))]
+    rows = _sass_rows(tmp_path, "--shared")
     assert len(rows) >= 30
-    too_big = [" ".join(cell.strip() for cell in row[:6]) for row in rows if row[6].strip() != "True"]
+    assert all(r["registers"] > 0 and r["shared_bytes"] > 0 for r in rows)
+    too_big = [f"{r['kernel']} D{r['head_dim']} {r['tile']} tma={r['tma']}: {r['shared_bytes']} bytes"
+               for r in rows if r["shared_bytes"] > 227 * 1024]
     assert not too_big, f"tiles over {227 * 1024} bytes of shared memory: {too_big}"
