@@ -33,7 +33,7 @@ import torch
 import transformers
 
 from softpick.analysis.cli import analyze, analyze_parser, int_list
-from softpick.analysis.report import quantization_rows
+from softpick.analysis.report import quantization_by_method
 from softpick.corpus import embedded_tokenizer
 from softpick.models import ATTN_TYPES
 from softpick.train.config import parse_args as parse_train_args
@@ -189,14 +189,6 @@ def generate_sample(model_dir: Path, max_new_tokens: int) -> str:
     return tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
-def quantization_table(report: dict) -> dict[str, dict[str, float]]:
-    """method -> bits (as a string, for json) -> perplexity of the report's quantization study."""
-    table: dict[str, dict[str, float]] = {}
-    for (method, bits), perplexity in quantization_rows(report).items():
-        table.setdefault(method, {})[str(bits)] = perplexity
-    return table
-
-
 def run(options: DemoOptions) -> DemoResult:
     """Train, export, sample and analyse (see the module docstring); sets torch's thread count."""
     start = time.perf_counter()
@@ -215,7 +207,7 @@ def run(options: DemoOptions) -> DemoResult:
     report = analyze(analyze_parser().parse_args(analysis_flags(options, hf_dir, out / "analysis")))
     analysis_time = time.perf_counter() - analysis_start
     acts, ppl = report["activations"], report["perplexity"]
-    quant = quantization_table(report)
+    quant = quantization_by_method(report)
     result = DemoResult(
         first_train_loss=losses[0], final_train_loss=final_loss, val_loss=ppl["loss"],
         sink_rate=report["sink"]["sink_rate"], first_token_mass=report["sink"]["first_token_mass"],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import math
 
 import torch
 from torch import nn
@@ -191,13 +190,3 @@ def compute_quantization_study(
                 continue
             results.append({"method": method, "bits": b, "perplexity": ppl["perplexity"], "loss": ppl["loss"]})
     return {"baseline": baseline, "group_size": group_size, "results": results, "skipped": skipped}
-
-
-def perplexity_table(study: dict) -> dict[str, dict[int, float]]:
-    """method -> bits -> perplexity (nan where skipped)."""
-    table: dict[str, dict[int, float]] = {}
-    for row in study["results"]:
-        table.setdefault(row["method"], {})[row["bits"]] = row["perplexity"]
-    for row in study["skipped"]:
-        table.setdefault(row["method"], {}).setdefault(row["bits"], math.nan)
-    return table

@@ -67,24 +67,41 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def value(report: dict, section: str, key: str):
+    """``report[section][key]``, or None when the section was not run or has no such key."""
+    return (report.get(section) or {}).get(key)
+
+
 def headline(report: dict) -> dict[str, float | None]:
     """The single numbers a reader compares first (None when a section was not run)."""
-    get = lambda section, key: (report.get(section) or {}).get(key)  # noqa: E731
     return {
-        "perplexity": get("perplexity", "perplexity"),
-        "sink rate (%)": get("sink", "sink_rate"),
-        "first-token attention (mean)": get("sink", "first_token_mass"),
-        "other-token sink rate (%)": get("sink", "other_token_sink_rate"),
-        "attention sparsity (%)": get("sparsity", "sparsity"),
-        "max kurtosis": get("activations", "max_kurtosis"),
-        "max abs activation": get("activations", "max_abs"),
+        "perplexity": value(report, "perplexity", "perplexity"),
+        "sink rate (%)": value(report, "sink", "sink_rate"),
+        "first-token attention (mean)": value(report, "sink", "first_token_mass"),
+        "other-token sink rate (%)": value(report, "sink", "other_token_sink_rate"),
+        "attention sparsity (%)": value(report, "sparsity", "sparsity"),
+        "max kurtosis": value(report, "activations", "max_kurtosis"),
+        "max abs activation": value(report, "activations", "max_abs"),
     }
 
 
-def quantization_rows(report: dict) -> dict[tuple[str, int], float | None]:
+def quantization_rows(report: dict, finite_only: bool = False) -> dict[tuple[str, int], float | None]:
+    """(method, bits) -> perplexity of the report's quantization study: the one table of it that the
+    markdown, the plots, the comparison, the demo and the experiment's claims all read. A perplexity
+    that overflowed is None after JSON; ``finite_only`` leaves those out."""
     study = report.get("quantization") or {}
     rows = {(r["method"], int(r["bits"])): r["perplexity"] for r in study.get("results", [])}
+    if finite_only:
+        rows = {key: ppl for key, ppl in rows.items() if ppl is not None and math.isfinite(ppl)}
     return rows
+
+
+def quantization_by_method(report: dict) -> dict[str, dict[str, float | None]]:
+    """The same table nested for JSON: method -> bits (a string) -> perplexity."""
+    table: dict[str, dict[str, float | None]] = {}
+    for (method, bits), perplexity in quantization_rows(report).items():
+        table.setdefault(method, {})[str(bits)] = perplexity
+    return table
 
 
 # ---------------------------------------------------------------- plots
@@ -132,7 +149,7 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
             color = f"C{i}"
             bits = sorted(rows)
             ax.plot(bits, [rows[b] for b in bits], marker="o", color=color, label=label)
-            base = (report.get("quantization") or {}).get("baseline", {}).get("perplexity")
+            base = (value(report, "quantization", "baseline") or {}).get("perplexity")
             if base is not None:
                 ax.axhline(base, color=color, linestyle="--", linewidth=0.8)
                 values.append(base)
@@ -154,7 +171,7 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
 def plot_passkey(reports: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, report in reports.items():
-        accuracy = (report.get("passkey") or {}).get("accuracy") or {}
+        accuracy = value(report, "passkey", "accuracy") or {}
         lengths = sorted(int(k) for k in accuracy)
         ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", label=label)
     ax.set(title="Passkey retrieval", xlabel="prompt tokens", ylabel="accuracy (%)", ylim=(-5, 105))
@@ -174,19 +191,19 @@ def write_plots(reports: dict[str, dict], out: Path) -> list[str]:
     """
     written = []
     for name, section, key, title, ylabel, log in PER_LAYER_PLOTS:
-        series = {label: r[section][key] for label, r in reports.items() if (r.get(section) or {}).get(key)}
+        series = {label: r[section][key] for label, r in reports.items() if value(r, section, key)}
         if series:
             plot_per_layer(series, title, ylabel, out / name, log)
             written.append(name)
     if any(quantization_rows(r) for r in reports.values()):
         plot_quantization(reports, out / "quantization.png")
         written.append("quantization.png")
-    if any((r.get("passkey") or {}).get("accuracy") for r in reports.values()):
+    if any(value(r, "passkey", "accuracy") for r in reports.values()):
         plot_passkey(reports, out / "passkey.png")
         written.append("passkey.png")
     if len(reports) == 1:
         (label, report), = reports.items()
-        per_head = (report.get("sink") or {}).get("first_token_mass_per_head")
+        per_head = value(report, "sink", "first_token_mass_per_head")
         if per_head:
             plot_head_heatmap(per_head, "Attention on the first token per head", out / "sink_heads.png")
             written.append("sink_heads.png")
@@ -226,7 +243,7 @@ def _layer_table(report: dict) -> list[str]:
 
 
 def _other_token_sinks(report: dict) -> list[str]:
-    sinks = (report.get("sink") or {}).get("other_token_sinks")
+    sinks = value(report, "sink", "other_token_sinks")
     if not sinks:
         return []
     rows = [[e["layer"], e["head"], repr(e.get("token", e["token_id"])).replace("|", "\\|"), e["mass"]] for e in sinks]
@@ -235,7 +252,7 @@ def _other_token_sinks(report: dict) -> list[str]:
 
 
 def _top_activations(report: dict) -> list[str]:
-    layers = (report.get("activations") or {}).get("layers") or []
+    layers = value(report, "activations", "layers") or []
     if not layers:
         return []
     layer = max(layers, key=lambda l: l["max_abs"] or 0)
@@ -315,7 +332,7 @@ def write_comparison(reports: dict[str, dict], out: str | Path) -> list[Path]:
     for section, key, title in (("sink", "first_token_mass_per_layer", "First-token attention per layer"),
                                 ("sparsity", "sparsity_per_layer", "Sparsity % per layer"),
                                 ("activations", "kurtosis_per_layer", "Kurtosis per layer")):
-        series = [(r.get(section) or {}).get(key) or [] for r in reports.values()]
+        series = [value(r, section, key) or [] for r in reports.values()]
         depth = max(len(s) for s in series)
         if depth:
             rows = [[i] + [s[i] if i < len(s) else None for s in series] for i in range(depth)]
@@ -323,18 +340,18 @@ def write_comparison(reports: dict[str, dict], out: str | Path) -> list[Path]:
     quant = [quantization_rows(r) for r in reports.values()]
     keys = sorted({k for q in quant for k in q}, key=lambda k: (k[0], -k[1]))
     if keys:
-        rows = [["unquantized", ""] + [(r.get("quantization") or {}).get("baseline", {}).get("perplexity")
+        rows = [["unquantized", ""] + [(value(r, "quantization", "baseline") or {}).get("perplexity")
                                        for r in reports.values()]]
         rows += [[m, b] + [q.get((m, b)) for q in quant] for m, b in keys]
         lines += ["", "## Perplexity after quantization", ""] + _table(["method", "bits", *labels], rows)
-    evals = [(r.get("lm_eval") or {}).get("results") or {} for r in reports.values()]
+    evals = [value(r, "lm_eval", "results") or {} for r in reports.values()]
     metrics = sorted({(t, m) for e in evals for t, ms in e.items() for m in ms})
     if metrics:
         rows = [[t, m] + [e.get(t, {}).get(m) for e in evals] for t, m in metrics]
         lines += ["", "## lm-evaluation-harness", ""] + _table(["task", "metric", *labels], rows)
-    lengths = sorted({int(k) for r in reports.values() for k in ((r.get("passkey") or {}).get("accuracy") or {})})
+    lengths = sorted({int(k) for r in reports.values() for k in (value(r, "passkey", "accuracy") or {})})
     if lengths:
-        rows = [[n] + [((r.get("passkey") or {}).get("accuracy") or {}).get(str(n)) for r in reports.values()]
+        rows = [[n] + [(value(r, "passkey", "accuracy") or {}).get(str(n)) for r in reports.values()]
                 for n in lengths]
         lines += ["", "## Passkey accuracy", ""] + _table(["prompt tokens", *labels], rows)
     plots = write_plots(reports, out)
