@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from softpick.corpus.records import no_text_field, record_text, text_field
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-TEXT_FIELDS = ("text", "content")
 
 
 @dataclass
@@ -44,10 +45,10 @@ def _texts_from_records(records: list, where: str) -> list[str]:
         if isinstance(record, str):
             texts.append(record)
             continue
-        field = next((f for f in TEXT_FIELDS if isinstance(record, dict) and f in record), None)
-        if field is None:
+        text = record_text(record)
+        if text is None:
             raise ValueError(f"{where}: each record needs a 'text' or 'content' field, got {str(record)[:80]!r}.")
-        texts.append(record[field])
+        texts.append(text)
     return texts
 
 
@@ -82,9 +83,9 @@ def _read_dataset(name: str, split: str) -> list[str]:
             f"--data {name!r} is neither an existing file or folder nor a loadable dataset "
             f"(split {split!r}): {error}"
         ) from error
-    field = next((f for f in TEXT_FIELDS if f in dataset.column_names), None)
+    field = text_field(dataset.column_names)
     if field is None:
-        raise ValueError(f"dataset {name!r} has no 'text' or 'content' column (columns: {dataset.column_names}).")
+        raise ValueError(no_text_field(f"dataset {name!r}", dataset.column_names))
     return list(dataset[field])
 
 
@@ -112,7 +113,9 @@ def load_documents(data: str | Path | None, split: str = "validation") -> list[s
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
                 loaded = loaded[split]
-            field = next((f for f in TEXT_FIELDS if f in loaded.column_names), "text")
+            field = text_field(loaded.column_names)
+            if field is None:
+                raise ValueError(no_text_field(str(path), loaded.column_names))
             docs = list(loaded[field])
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in TEXT_SUFFIXES)

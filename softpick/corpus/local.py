@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softpick.corpus.records import no_text_field, record_text, text_field
+
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".pod", ".info", ".dict")
 HTML_SUFFIXES = (".html", ".htm")
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -115,9 +117,9 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
         import pyarrow.parquet as pq
 
         table = pq.read_table(io.BytesIO(raw))
-        column = "text" if "text" in table.column_names else "content" if "content" in table.column_names else None
+        column = text_field(table.column_names)
         if column is None:
-            raise ValueError(f"{path} has no 'text' or 'content' column (columns: {table.column_names}).")
+            raise ValueError(no_text_field(str(path), table.column_names))
         yield from (t for t in table.column(column).to_pylist() if isinstance(t, str))
         return
     text = raw.decode("utf-8", errors="replace")
@@ -130,8 +132,8 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid {content[1:]} ({err.msg} at line {err.lineno}).") from None
     for record in records:
-        value = record.get("text", record.get("content")) if isinstance(record, dict) else record
-        if isinstance(value, str):
+        value = record_text(record)
+        if value is not None:
             yield value
 
 

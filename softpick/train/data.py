@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from softpick.corpus.records import no_text_field, text_field
 from softpick.corpus.tokenized import TokenizedDocuments, encode_documents, is_tokenized_dataset
 from softpick.train.config import ConfigError, Training, split_list
 
@@ -50,11 +51,11 @@ def _text_column(ds: Any, name: str) -> Any:
     columns = ds.column_names
     if columns is None:  # streaming datasets may not know their columns before reading
         columns = list(next(iter(ds)).keys())
-    for col in ("text", "content"):
-        if col in columns:
-            ds = ds.select_columns([col])
-            return ds.rename_column(col, "text") if col != "text" else ds
-    raise ConfigError(f"dataset {name!r} has no 'text' or 'content' column (columns: {columns}).")
+    col = text_field(columns)
+    if col is None:
+        raise ConfigError(no_text_field(f"dataset {name!r}", columns))
+    ds = ds.select_columns([col])
+    return ds.rename_column(col, "text") if col != "text" else ds
 
 
 def load_documents(cfg: Training, seed: int) -> Any:
