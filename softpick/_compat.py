@@ -1,11 +1,30 @@
-"""Version checks: fail at import with one clear line when torch or transformers is too old."""
+"""Other libraries' versions, and every place softpick leans on their internals, in one module.
+
+``check_versions`` runs at ``import softpick`` and fails with one line when torch or transformers is
+too old. The rest are workarounds on private or undocumented parts of other libraries; each says what
+it relies on and the versions it was checked against (``CHECKED``), has a test in tests/test_compat.py,
+and raises :class:`CompatError` naming the installed version when that part is gone, instead of an
+AttributeError deep in a kernel launch or a decoding step.
+"""
 
 from __future__ import annotations
 
+import datetime
 import re
 
 MIN_TORCH = (2, 6)
 MIN_TRANSFORMERS = (5, 0)
+
+CHECKED = {
+    "transformers": "5.0 - 5.24",
+    "triton": "3.6 - 3.9",
+    "torch": "2.6 - 2.13",
+}
+"""Library -> the versions the workarounds below were checked against."""
+
+
+class CompatError(RuntimeError):
+    """An internal of another library that softpick relies on is not there in the installed version."""
 
 
 def _parse(version: str) -> tuple[int, int]:
@@ -29,3 +48,61 @@ def check_versions() -> None:
             f"softpick needs transformers >= {MIN_TRANSFORMERS[0]}.{MIN_TRANSFORMERS[1]}, "
             f"found transformers {transformers.__version__}."
         )
+
+
+def _broken(library: str, relies_on: str, why: str) -> CompatError:
+    import importlib
+
+    version = getattr(importlib.import_module(library), "__version__", "?")
+    return CompatError(
+        f"softpick relies on {relies_on} ({why}), checked with {library} {CHECKED[library]}; "
+        f"{library} {version} has changed it: install a checked {library} version, or report this."
+    )
+
+
+def check_cache_fields() -> None:
+    """transformers' cache layers keep ``keys``, ``values`` and ``is_initialized`` as plain attributes,
+    a ``DynamicCache`` its layers in ``.layers`` and an ``offloading`` flag: softpick.models.cache
+    appends to a ``DynamicLayer`` by writing ``layer.keys`` / ``layer.values`` as views of its own
+    buffer, and reads how much of a ``StaticLayer`` is filled with ``get_seq_length``."""
+    from transformers import cache_utils
+
+    relies_on = "DynamicLayer/StaticLayer .keys, .values, .is_initialized and DynamicCache .layers, .offloading"
+    why = "appending to the KV cache in place"
+    try:
+        layers = (cache_utils.DynamicLayer(), cache_utils.StaticLayer(max_cache_len=1))
+        cache = cache_utils.DynamicCache()
+    except (AttributeError, TypeError) as error:
+        raise _broken("transformers", relies_on, why) from error
+    fields_ok = all(hasattr(layer, name) for layer in layers for name in ("keys", "values", "is_initialized"))
+    if not (fields_ok and callable(getattr(layers[1], "get_seq_length", None))
+            and isinstance(getattr(cache, "layers", None), list) and hasattr(cache, "offloading")):
+        raise _broken("transformers", relies_on, why)
+
+
+def triton_allocator_unset() -> bool:
+    """True when this context has no Triton allocator (``triton.runtime._allocation._allocator``, a
+    ContextVar that holds a ``NullAllocator`` until ``triton.set_allocator``). Triton has no public way
+    to ask; the TMA kernels set their own allocator only when the caller set none."""
+    try:
+        from triton.runtime import _allocation
+
+        current, null = _allocation._allocator, _allocation.NullAllocator
+    except (ImportError, AttributeError) as error:
+        raise _broken("triton", "triton.runtime._allocation._allocator and NullAllocator",
+                      "leaving an allocator the caller set in place") from error
+    current = current.get() if hasattr(current, "get") else current
+    return current is None or isinstance(current, null)
+
+
+def set_pg_timeout(timeout: datetime.timedelta, group=None) -> None:
+    """Change a live process group's collective timeout (``torch.distributed.distributed_c10d._set_pg_timeout``;
+    None: the default group): the trainer starts with a long timeout for compilation and the first
+    checkpoint load, then tightens it after the first step."""
+    from torch.distributed import distributed_c10d
+
+    set_timeout = getattr(distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is None:
+        raise _broken("torch", "torch.distributed.distributed_c10d._set_pg_timeout",
+                      "tightening the collective timeout after the first step")
+    set_timeout(timeout, group)

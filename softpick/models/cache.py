@@ -19,6 +19,10 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
+from softpick._compat import check_cache_fields
+
+check_cache_fields()  # the layer fields append_to_cache writes; a clear error if transformers moved them
+
 GROWTH = 1.25
 PAD = 256
 

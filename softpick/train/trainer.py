@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from softpick._compat import set_pg_timeout
 from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
@@ -328,7 +329,7 @@ class Trainer:
                 loss, grad_norm = self.train_step(batches)
                 if step == 1 and dist.is_initialized():  # start-up is over: use the tighter timeout
                     timeout = datetime.timedelta(seconds=cfg.comm.train_timeout_seconds)
-                    dist.distributed_c10d._set_pg_timeout(timeout, None)
+                    set_pg_timeout(timeout)
                 if first_step and tr.compile and self.rank == 0:
                     self._log_compile()
                 first_step = False

@@ -144,11 +144,10 @@ def _ensure_allocator() -> None:
     """Give Triton an allocator for descriptor scratch unless the caller set one. Triton keeps it in a
     context variable, so each thread (autograd's backward runs in its own) needs it set."""
     import triton
-    from triton.runtime import _allocation
 
-    current = getattr(_allocation, "_allocator", None)  # a ContextVar in triton 3.6 - 3.9
-    current = current.get() if hasattr(current, "get") else current
-    if current is None or isinstance(current, getattr(_allocation, "NullAllocator", ())):
+    from softpick._compat import triton_allocator_unset
+
+    if triton_allocator_unset():
         triton.set_allocator(_scratch)
 
 
