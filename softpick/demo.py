@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from softpick.analysis.cli import analyze, analyze_parser, int_list
+from softpick.analysis.cli import analyze, analyze_options, int_list
 from softpick.analysis.report import quantization_by_method
 from softpick.corpus import embedded_tokenizer
 from softpick.models import ATTN_TYPES
-from softpick.train.config import parse_args as parse_train_args
+from softpick.train.config import from_dict, to_argv
 from softpick.train.trainer import Trainer
 
 PROMPT = "Once upon a time, there was a little girl named"
@@ -130,28 +130,27 @@ def model_config(options: DemoOptions, tokenizer) -> dict:
     }
 
 
-def train_flags(options: DemoOptions, config_path: Path) -> list[str]:
-    """The ``softpick train`` flags of the demo's run (no dataset: the embedded corpus and tokenizer)."""
-    return [
-        "--job.dump_folder", options.out, "--job.description", f"softpick demo ({options.attn_type})",
-        "--model.config", str(config_path),
-        "--optimizer.lr", repr(options.lr), "--optimizer.implementation", "foreach",
-        "--lr_scheduler.warmup_steps", str(max(1, options.steps // 10)),
-        "--lr_scheduler.decay_type", "cosine", "--lr_scheduler.lr_min", "0.1",
-        "--training.steps", str(options.steps), "--training.batch_size", str(options.batch_size),
-        "--training.seq_len", str(options.seq_len), "--training.context_len", str(options.seq_len),
-        "--training.seed", str(options.seed), "--metrics.log_freq", "1",
-    ]
+def train_sections(options: DemoOptions, config_path: Path) -> dict[str, dict]:
+    """The trainer's config of the demo's run, as :func:`softpick.train.config.from_dict` takes it (no
+    dataset: the embedded corpus and tokenizer)."""
+    return {
+        "job": {"dump_folder": options.out, "description": f"softpick demo ({options.attn_type})"},
+        "model": {"config": str(config_path)},
+        "optimizer": {"lr": options.lr, "implementation": "foreach"},
+        "lr_scheduler": {"warmup_steps": max(1, options.steps // 10), "decay_type": "cosine", "lr_min": 0.1},
+        "training": {"steps": options.steps, "batch_size": options.batch_size, "seq_len": options.seq_len,
+                     "context_len": options.seq_len, "seed": options.seed},
+        "metrics": {"log_freq": 1},
+    }
 
 
-def analysis_flags(options: DemoOptions, model_dir: Path, out_dir: Path) -> list[str]:
-    """The ``softpick analyze`` flags: the embedded validation split cut at the training length, on CPU."""
-    flags = [
-        str(model_dir), "--out", str(out_dir), "--num-samples", str(options.analysis_samples),
-        "--seq-len", str(options.seq_len), "--batch-size", str(options.batch_size), "--device", "cpu",
-        "--seed", str(options.seed), "--quant-bits", ",".join(map(str, options.quant_bits)) or "none",
-    ]
-    return flags + ([] if options.progress else ["--no-progress"])
+def analysis_options(options: DemoOptions, model_dir: Path, out_dir: Path):
+    """The ``softpick analyze`` options: the embedded validation split cut at the training length, on CPU."""
+    return analyze_options(
+        model_dir, out_dir, num_samples=options.analysis_samples, seq_len=options.seq_len,
+        batch_size=options.batch_size, device="cpu", seed=options.seed, quant_bits=list(options.quant_bits),
+        no_progress=not options.progress,
+    )
 
 
 def train(options: DemoOptions) -> tuple[Path, list[float]]:
@@ -161,10 +160,11 @@ def train(options: DemoOptions) -> tuple[Path, list[float]]:
     (out / "metrics.jsonl").unlink(missing_ok=True)  # the trainer appends; a rerun starts a fresh log
     config_path = out / "model_config.json"
     config_path.write_text(json.dumps(model_config(options, embedded_tokenizer()), indent=2) + "\n")
-    flags = train_flags(options, config_path)
-    print(f"training, same as: softpick train {shlex.join(flags)}", flush=True)
-    job = parse_train_args(flags + ([] if options.progress else ["--metrics.progress_bar", "false"]))
-    trainer = Trainer(job)
+    sections = train_sections(options, config_path)
+    print(f"training, same as: softpick train {shlex.join(to_argv(sections))}", flush=True)
+    if not options.progress:
+        sections["metrics"]["progress_bar"] = False
+    trainer = Trainer(from_dict(sections, "the demo's training config"))
     try:
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"{options.attn_type} attention, {n_params / 1e6:.2f}M parameters, vocab {len(trainer.tokenizer)}, "
@@ -204,7 +204,7 @@ def run(options: DemoOptions) -> DemoResult:
     print(f"sample: {sample}", flush=True)
 
     analysis_start = time.perf_counter()
-    report = analyze(analyze_parser().parse_args(analysis_flags(options, hf_dir, out / "analysis")))
+    report = analyze(analysis_options(options, hf_dir, out / "analysis"))
     analysis_time = time.perf_counter() - analysis_start
     acts, ppl = report["activations"], report["perplexity"]
     quant = quantization_by_method(report)

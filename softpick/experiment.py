@@ -102,51 +102,38 @@ def load_experiment(path: str | Path, assignments: list[str] = ()) -> dict:
     return config
 
 
-def train_flags(config: dict, model_config: Path, dump: Path) -> list[str]:
-    """``softpick train`` flags from [train] (nested tables -> --section.key value)."""
-    flags: list[str] = []
+def train_sections(config: dict, model_config: Path, dump: Path) -> dict[str, dict[str, Any]]:
+    """The trainer's config tables ({section: {key: value}}, as :func:`softpick.train.config.from_dict`
+    takes them): [train] of the experiment file, plus the variant's model config, its dump folder and
+    checkpoints on (so that --reuse can resume)."""
+    sections: dict[str, dict[str, Any]] = {}
     for section, options in config.get("train", {}).items():
         if not isinstance(options, dict):
             raise ValueError(f"[train] holds tables like [train.training]; got a plain value for {section!r}.")
-        for key, value in options.items():
-            flags += [f"--{section}.{key}", _flag_value(value)]
-    return flags + ["--model.config", str(model_config), "--job.dump_folder", str(dump),
-                    "--checkpoint.enable_checkpoint", "true"]
+        sections[section] = dict(options)
+    sections.setdefault("model", {})["config"] = str(model_config)
+    sections.setdefault("job", {})["dump_folder"] = str(dump)
+    sections.setdefault("checkpoint", {})["enable_checkpoint"] = True
+    return sections
 
 
-def analyze_flags(config: dict, model_dir: Path, out: Path) -> list[str]:
-    flags = [str(model_dir), "--out", str(out)]
-    for key, value in config.get("analyze", {}).items():
-        if value is True:
-            flags.append(f"--{key.replace('_', '-')}")
-        elif value is not False:
-            flags += [f"--{key.replace('_', '-')}", _flag_value(value)]
-    return flags
-
-
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def run_training(config: dict, flags: list[str], log: Path) -> float:
+def run_training(config: dict, sections: dict[str, dict[str, Any]], log: Path) -> float:
     """Train one variant (in this process, or under torchrun when nproc > 1); returns seconds."""
+    from softpick.train.config import from_dict, to_argv
+
     start = time.perf_counter()
     nproc = int(config["experiment"]["nproc"])
     if nproc > 1:
         env = {**os.environ, "NGPU": str(nproc)}
         with open(log, "w") as f:
-            proc = subprocess.run(["bash", str(ROOT / "train.sh"), *flags], stdout=f, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(["bash", str(ROOT / "train.sh"), *to_argv(sections)], stdout=f,
+                                  stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"training failed (exit {proc.returncode}); see {log}.")
     else:
-        from softpick.train.config import parse_args
         from softpick.train.trainer import Trainer
 
-        trainer = Trainer(parse_args(flags))
+        trainer = Trainer(from_dict(sections, "the experiment's [train] tables"))
         try:
             trainer.train()
         finally:
@@ -245,8 +232,9 @@ def _load_timing(folder: Path) -> dict[str, float]:
 def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | None = None) -> Path | None:
     """Train, analyse and compare every variant (or train and analyse only ``only``, without a
     comparison); returns the summary path (None with ``only``)."""
-    from softpick.analysis.cli import analyze, analyze_parser
+    from softpick.analysis.cli import analyze, analyze_options
     from softpick.analysis.report import load_report, write_comparison
+    from softpick.train.config import to_argv
 
     exp = config["experiment"]
     out = Path(exp["out"])
@@ -266,18 +254,19 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
         analysed = trained and (analysis / "report.json").is_file()
         train_s, analysis_s = (previous.get(key, float("nan")) for key in ("train_s", "analysis_s"))
         if not trained:
-            flags = train_flags(config, model_config, dump)
+            sections = train_sections(config, model_config, dump)
             resume = reuse and (dump / "checkpoint").is_dir()
             if not resume:  # a fresh run: nothing of an earlier one may be resumed or appended to
                 shutil.rmtree(dump, ignore_errors=True)
-            print(f"[{name}] {'resuming' if resume else 'training'}: softpick train {shlex.join(flags)}", flush=True)
-            seconds = run_training(config, flags, folder / "train.log")
+            print(f"[{name}] {'resuming' if resume else 'training'}: softpick train {shlex.join(to_argv(sections))}",
+                  flush=True)
+            seconds = run_training(config, sections, folder / "train.log")
             train_s = train_s + seconds if resume and math.isfinite(train_s) else seconds
             _save_timing(folder, train_s=train_s)
         if not analysed:
             start = time.perf_counter()
             print(f"[{name}] analysing {dump / 'hf'}", flush=True)
-            analyze(analyze_parser().parse_args(analyze_flags(config, dump / "hf", analysis)))
+            analyze(analyze_options(dump / "hf", analysis, **config.get("analyze", {})))
             analysis_s = time.perf_counter() - start
             _save_timing(folder, analysis_s=analysis_s)
         if only:

@@ -176,10 +176,40 @@ def analyze(args: argparse.Namespace) -> dict:
     return report
 
 
+POSITIVE_OPTIONS = ("num_samples", "seq_len", "batch_size", "passkey_trials", "top_k")
+"""Options that must be >= 1."""
+
+
+def analyze_options(model_dir: str | Path, out: str | Path, **values) -> argparse.Namespace:
+    """The options of ``softpick analyze MODEL_DIR --out OUT``, typed: the parser's defaults with
+    ``values`` (the option names with underscores, e.g. ``num_samples=8, quant_bits=[4]``) over them,
+    for programs that run the analysis in-process (``softpick demo``, ``softpick experiment``).
+    ValueError names an unknown option or a value the command line would refuse."""
+    parser = analyze_parser()
+    args = parser.parse_args([str(model_dir), "--out", str(out)])
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"unknown analyze option(s) {unknown}; see softpick analyze -h.")
+    for name, value in values.items():
+        action = actions[name]
+        try:  # a string is read as on the command line ("8,4,3,2", "200"), other values are taken as they are
+            value = action.type(value) if isinstance(value, str) and action.type else value
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"bad value for --{name.replace('_', '-')}: {error}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {list(action.choices)}, got {value!r}.")
+        setattr(args, name, value)
+    for name in POSITIVE_OPTIONS:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    return args
+
+
 def analyze_main(argv: list[str]) -> int:
     parser = analyze_parser()
     args = parser.parse_args(argv)
-    for name in ("num_samples", "seq_len", "batch_size", "passkey_trials", "top_k"):
+    for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     try:

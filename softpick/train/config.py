@@ -8,7 +8,8 @@ off a flag that a toml file turned on, give a value: ``--training.compile false`
 yes/no). List fields take comma-separated strings (``--model.converters float8``) or toml arrays.
 
 Flags that flame has but this trainer does not implement (pipeline and context parallel, compiled
-autograd, ...) are accepted, and setting them to anything but their default fails at start-up.
+autograd, ...) are declared in one table, :data:`FLAME_ONLY`: they are accepted, and setting most of
+them to anything but their default fails at start-up.
 Unknown keys, bad types and inconsistent values raise :class:`ConfigError` with one line naming them.
 """
 
@@ -44,7 +45,6 @@ class Job:
     config_file: str | None = opt(None, "Job config file (toml) giving defaults for every section")
     dump_folder: str = opt("./outputs", "Folder to dump job outputs (checkpoints, metrics, hf export)")
     description: str = opt("default job", "Description of the job")
-    use_for_integration_test: bool = opt(False, "Add this config to the integration test suite (unused)")
     print_args: bool = opt(False, "Print the args to terminal")
 
 
@@ -59,7 +59,6 @@ class Model:
         None, "Tokenizer path (an HF tokenizer folder). Default: the embedded tokenizer (offline)"
     )
     name: str = opt("fla", "Which model to train (kept for flame compatibility; the config decides)")
-    norm_type: str | None = opt(None, "Not supported: the model config decides the norm; must stay unset")
     converters: list[str] = opt([], "Comma separated list of converters to apply to the model: float8")
     print_after_conversion: bool = opt(False, "Print the model after all converters and parallelisms")
 
@@ -86,7 +85,6 @@ class Optimizer:
         "fused (CUDA only; falls back to foreach on CPU), foreach, or for-loop",
         ("fused", "foreach", "for-loop"),
     )
-    early_step_in_backward: bool = opt(False, "Not supported: apply the optimizer in the backward")
     fused: bool | None = opt(None, "Deprecated alias: true means implementation=fused, false foreach")
     scheduler: str | None = opt(
         None, "Deprecated alias of lr_scheduler.decay_type (wsd needs lr_scheduler.decay_ratio)",
@@ -130,7 +128,6 @@ class Training:
     num_workers: int = opt(0, "Data loader worker processes; 0 loads in the main process")
     prefetch_factor: int = opt(2, "Batches loaded in advance by each worker")
     pin_memory: bool = opt(False, "Pin host memory of batches")
-    persistent_workers: bool = opt(False, "Keep workers alive between epochs (accepted; workers live for the run)")
     data_parallel_replicate_degree: int = opt(
         1, "Ranks over which weights are replicated; with shard degree > 1 this is HSDP, else DDP. 1: off"
     )
@@ -139,7 +136,6 @@ class Training:
     )
     enable_cpu_offload: bool = opt(False, "Offload FSDP parameters, gradients and optimizer state to CPU")
     tensor_parallel_degree: int = opt(1, "Tensor parallelism degree. 1 means disabled")
-    disable_loss_parallel: bool = opt(False, "Accepted for compatibility (loss parallel is not used)")
     fsdp_reshard_after_forward: str = opt(
         "default", "FSDP reshard_after_forward policy", ("default", "always", "never")
     )
@@ -158,7 +154,6 @@ class Training:
 class Metrics:
     log_freq: int = opt(10, "How often to log metrics, in steps")
     enable_tensorboard: bool = opt(False, "Whether to log metrics to TensorBoard")
-    disable_color_printing: bool = opt(False, "Accepted for compatibility (logs are not coloured)")
     progress_bar: bool = opt(True, "Show a tqdm progress bar on rank 0 (hidden anyway when stderr is not a terminal)")
     save_tb_folder: str = opt("tb", "Folder for TensorBoard files, under job.dump_folder")
     rank_0_only: bool = opt(True, "Log only on rank 0 (else every rank writes its own TensorBoard folder)")
@@ -194,9 +189,6 @@ class Checkpoint:
         "dataloader, rng"
     )
     convert_to_hf_on_save: bool = opt(False, "Also write an HF export at every save")
-    hf_upload_enabled: bool = opt(False, "Not supported (no network): upload checkpoints to the HF hub")
-    hf_repo_base_name: str | None = opt(None, "Not supported: HF hub repo for uploads")
-    hf_upload_format: str = opt("dcp", "Not supported: upload format", ("dcp", "hf"))
 
 
 @dataclass
@@ -211,7 +203,6 @@ class ActivationCheckpoint:
 class Float8:
     enable_float8_linear: bool = opt(False, "Swap nn.Linear for torchao Float8Linear (needs torchao)")
     enable_fsdp_float8_all_gather: bool = opt(False, "float8 all-gather in FSDP (needs torchao)")
-    precompute_float8_dynamic_scale_for_fsdp: bool = opt(False, "Precompute float8 scales for FSDP")
     scaling_type_input: str = opt("dynamic", "float8 scaling for input", ("dynamic",))
     scaling_type_weight: str = opt("dynamic", "float8 scaling for weight", ("dynamic",))
     scaling_type_grad_output: str = opt("dynamic", "float8 scaling for grad output", ("dynamic",))
@@ -224,24 +215,46 @@ class Comm:
     trace_buf_size: int = opt(20000, "Flight recorder ring buffer size (NCCL); 0 disables")
 
 
-@dataclass
-class MemoryEstimation:
-    enabled: bool = opt(False, "Not supported: estimate memory usage for FSDP")
-    disable_fake_mode: bool = opt(False, "Not supported: estimate memory without FakeTensorMode")
+@dataclass(frozen=True)
+class FlameOnly:
+    """A flame flag this trainer accepts but does not implement (its value is kept in
+    ``JobConfig.flame_only`` and read by nothing)."""
+
+    default: Any
+    kind: Any
+    help: str
+    any_value: bool = False
+    """True: any value is accepted (it changes nothing here); False: anything but the default fails."""
+    choices: tuple | None = None
 
 
-@dataclass
-class Experimental:
-    enable_async_tensor_parallel: bool = opt(False, "Not supported: async tensor parallel")
-    pipeline_parallel_degree: int = opt(1, "Not supported: pipeline parallelism degree (must be 1)")
-    pipeline_parallel_split_points: list[str] = opt([], "Not supported: pipeline split points")
-    pipeline_parallel_schedule: str = opt("1F1B", "Not supported: pipeline schedule")
-    pipeline_parallel_schedule_csv: str = opt("", "Not supported: pipeline schedule csv")
-    pipeline_parallel_microbatches: int | None = opt(None, "Not supported: pipeline microbatches")
-    enable_compiled_autograd: bool = opt(False, "Not supported: compiled autograd")
-    context_parallel_degree: int = opt(1, "Not supported: context parallelism degree (must be 1)")
-    context_parallel_rotate_method: str = opt("allgather", "Not supported: context parallel kv exchange")
-    custom_model_path: str = opt("", "Not supported: import path of a custom model")
+FLAME_ONLY: dict[str, FlameOnly] = {
+    "job.use_for_integration_test": FlameOnly(False, bool, "Add this config to flame's integration tests", True),
+    "model.norm_type": FlameOnly(None, str | None, "The model config decides the norm; must stay unset"),
+    "optimizer.early_step_in_backward": FlameOnly(False, bool, "Apply the optimizer in the backward"),
+    "training.persistent_workers": FlameOnly(False, bool, "Keep workers alive between epochs (they live for the run)", True),
+    "training.disable_loss_parallel": FlameOnly(False, bool, "Loss parallel is not used", True),
+    "metrics.disable_color_printing": FlameOnly(False, bool, "Logs are not coloured", True),
+    "checkpoint.hf_upload_enabled": FlameOnly(False, bool, "Upload checkpoints to the HF hub (no network)"),
+    "checkpoint.hf_repo_base_name": FlameOnly(None, str | None, "HF hub repo for uploads", True),
+    "checkpoint.hf_upload_format": FlameOnly("dcp", str, "Upload format", True, ("dcp", "hf")),
+    "float8.precompute_float8_dynamic_scale_for_fsdp": FlameOnly(False, bool, "Precompute float8 scales for FSDP"),
+    "memory_estimation.enabled": FlameOnly(False, bool, "Estimate memory usage for FSDP"),
+    "memory_estimation.disable_fake_mode": FlameOnly(False, bool, "Estimate memory without FakeTensorMode"),
+    "experimental.enable_async_tensor_parallel": FlameOnly(False, bool, "Async tensor parallel"),
+    "experimental.pipeline_parallel_degree": FlameOnly(1, int, "Pipeline parallelism degree (must be 1)"),
+    "experimental.pipeline_parallel_split_points": FlameOnly([], list[str], "Pipeline split points"),
+    "experimental.pipeline_parallel_schedule": FlameOnly("1F1B", str, "Pipeline schedule", True),
+    "experimental.pipeline_parallel_schedule_csv": FlameOnly("", str, "Pipeline schedule csv"),
+    "experimental.pipeline_parallel_microbatches": FlameOnly(None, int | None, "Pipeline microbatches"),
+    "experimental.enable_compiled_autograd": FlameOnly(False, bool, "Compiled autograd"),
+    "experimental.context_parallel_degree": FlameOnly(1, int, "Context parallelism degree (must be 1)"),
+    "experimental.context_parallel_rotate_method": FlameOnly("allgather", str, "Context parallel kv exchange", True),
+    "experimental.custom_model_path": FlameOnly("", str, "Import path of a custom model"),
+}
+"""Flame's flags that are accepted for compatibility and implemented by nothing: "section.key" ->
+what it means in flame. Those with ``any_value`` are accepted with any value; the others only at
+their default, since a run that set them would not be the run asked for."""
 
 
 @dataclass
@@ -257,23 +270,11 @@ class JobConfig:
     activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
     float8: Float8 = field(default_factory=Float8)
     comm: Comm = field(default_factory=Comm)
-    memory_estimation: MemoryEstimation = field(default_factory=MemoryEstimation)
-    experimental: Experimental = field(default_factory=Experimental)
+    flame_only: dict[str, Any] = field(default_factory=dict)
+    """Values given for :data:`FLAME_ONLY` flags ("section.key" -> value); nothing reads them."""
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
-
-
-# flags accepted for compatibility whose non-default values this trainer cannot honour
-_UNSUPPORTED = (
-    "model.norm_type", "optimizer.early_step_in_backward", "memory_estimation.enabled",
-    "memory_estimation.disable_fake_mode", "experimental.enable_async_tensor_parallel",
-    "experimental.pipeline_parallel_degree", "experimental.pipeline_parallel_split_points",
-    "experimental.pipeline_parallel_schedule_csv", "experimental.pipeline_parallel_microbatches",
-    "experimental.enable_compiled_autograd", "experimental.context_parallel_degree",
-    "experimental.custom_model_path", "checkpoint.hf_upload_enabled",
-    "float8.precompute_float8_dynamic_scale_for_fsdp",
-)
 
 
 _HINTS = typing.get_type_hints(JobConfig)
@@ -322,13 +323,19 @@ def _convert(key: str, kind: Any, value: Any, choices: tuple | None) -> Any:
     return out
 
 
-def _all_fields() -> dict[str, tuple[type, dataclasses.Field, Any]]:
-    """``"section.key" -> (section class, field, type)`` for every option."""
+def _all_fields() -> dict[str, tuple[type | None, dataclasses.Field, Any]]:
+    """``"section.key" -> (section class, field, type)`` for every option, the :data:`FLAME_ONLY`
+    ones included (section class None, a field made from their table entry)."""
     out = {}
     for sec_name, sec_cls in _HINTS.items():
+        if not dataclasses.is_dataclass(sec_cls):
+            continue  # flame_only
         hints = typing.get_type_hints(sec_cls)
         for f in dataclasses.fields(sec_cls):
             out[f"{sec_name}.{f.name}"] = (sec_cls, f, hints[f.name])
+    for key, flag in FLAME_ONLY.items():
+        help_ = f"Flame compatibility, not implemented: {flag.help}" + ("" if flag.any_value else "; only the default")
+        out[key] = (None, opt(flag.default, help_, flag.choices), flag.kind)
     return out
 
 
@@ -375,25 +382,64 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
 def parse_args(argv: list[str] | None = None) -> JobConfig:
     """Build a validated :class:`JobConfig` from ``argv`` (``--section.key value`` pairs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    fields = _all_fields()
     cli = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
     config_file = cli.get("job.config_file")
-    if config_file:
-        for section, items in load_toml(config_file).items():
-            if not isinstance(items, dict):
-                raise ConfigError(f"unknown key {section!r} in {config_file}: expected [section] tables.")
-            for name, value in items.items():
-                key = f"{section}.{name}"
-                if key not in fields:
-                    raise ConfigError(f"unknown key {key!r} in {config_file}.")
-                values[key] = value
+    values = _flatten(load_toml(config_file), config_file) if config_file else {}
     values.update(cli)
+    return _build(values)
+
+
+def from_dict(sections: dict[str, dict[str, Any]], where: str = "the job config") -> JobConfig:
+    """A validated :class:`JobConfig` from ``{section: {key: value}}`` over the defaults, the typed
+    entry for code (``softpick demo``, ``softpick experiment``): the same keys as the flags and the
+    toml tables, each value checked and converted as the command line's (strings such as "true" or
+    "1,2" are read as on the command line), the same validation; ConfigError names ``where``."""
+    return _build(_flatten(sections, where))
+
+
+def to_argv(sections: dict[str, dict[str, Any]]) -> list[str]:
+    """The ``softpick train`` flags that give the same config as ``from_dict(sections)``: what a
+    program prints as "the same as", or hands to torchrun."""
+    argv: list[str] = []
+    for section, items in sections.items():
+        for name, value in items.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (list, tuple)):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = "none" if value is None else str(value)
+            argv += [f"--{section}.{name}", text]
+    return argv
+
+
+def _flatten(sections: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{section: {key: value}}`` -> ``{"section.key": value}``; ConfigError for unknown keys."""
+    fields = _all_fields()
+    values: dict[str, Any] = {}
+    for section, items in sections.items():
+        if not isinstance(items, dict):
+            raise ConfigError(f"unknown key {section!r} in {where}: expected [section] tables.")
+        for name, value in items.items():
+            key = f"{section}.{name}"
+            if key not in fields:
+                raise ConfigError(f"unknown key {key!r} in {where}.")
+            values[key] = value
+    return values
+
+
+def _build(values: dict[str, Any]) -> JobConfig:
+    """Defaults, then ``values`` ("section.key" -> raw value) converted and checked, then aliases and validation."""
+    fields = _all_fields()
     config = JobConfig()
     for key, value in values.items():
-        _, f, kind = fields[key]
+        section_cls, f, kind = fields[key]
         section, name = key.split(".")
-        setattr(getattr(config, section), name, _convert(key, kind, value, f.metadata["choices"]))
+        value = _convert(key, kind, value, f.metadata["choices"])
+        if section_cls is None:
+            config.flame_only[key] = value
+        else:
+            setattr(getattr(config, section), name, value)
     _apply_aliases(config)
     validate(config)
     return config
@@ -423,11 +469,8 @@ def split_list(text: str | None) -> list[str]:
 
 def validate(config: JobConfig) -> None:
     """Raise ConfigError (one line) for values that cannot work together."""
-    defaults = JobConfig()
-    for key in _UNSUPPORTED:
-        section, name = key.split(".")
-        if getattr(getattr(config, section), name) != getattr(getattr(defaults, section), name):
-            value = getattr(getattr(config, section), name)
+    for key, value in config.flame_only.items():
+        if not FLAME_ONLY[key].any_value and value != FLAME_ONLY[key].default:
             raise ConfigError(f"{key}={value!r} is not supported by softpick train; leave it at its default.")
     tr, sch = config.training, config.lr_scheduler
     positive = {

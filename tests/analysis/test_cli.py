@@ -146,3 +146,19 @@ def test_default_labels_are_the_shortest_distinct_path_ends(tmp_path):
     assert default_labels([str(tmp_path / "a"), str(tmp_path / "b")]) == ["a", "b"]
     assert default_labels([str(tmp_path / "x" / "analysis"), str(tmp_path / "y" / "analysis")]) == [
         "x/analysis", "y/analysis"]
+
+
+def test_analyze_options_are_the_command_line_typed():
+    from softpick.analysis.cli import analyze_options, analyze_parser
+
+    options = analyze_options("m", "o", num_samples=8, quant_bits="8,4", seq_len="64", no_progress=True)
+    flags = analyze_parser().parse_args(["m", "--out", "o", "--num-samples", "8", "--quant-bits", "8,4",
+                                         "--seq-len", "64", "--no-progress"])
+    assert options == flags and options.quant_bits == [8, 4] and options.seq_len == 64
+    assert analyze_options("m", "o", quant_bits=[2]).quant_bits == [2]
+    with pytest.raises(ValueError, match=r"unknown analyze option\(s\) \['num_sample'\]"):
+        analyze_options("m", "o", num_sample=8)
+    with pytest.raises(ValueError, match="--num-samples must be >= 1"):
+        analyze_options("m", "o", num_samples=0)
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        analyze_options("m", "o", dtype="int3")

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from softpick.train.config import ConfigError, JobConfig, build_parser, parse_args
+from softpick.train.config import ConfigError, JobConfig, build_parser, from_dict, parse_args
 from softpick.train.parallel import ParallelDims
 from softpick.train.trainer import main
 
@@ -38,10 +38,36 @@ def test_lists_and_aliases():
 
 
 def test_help_lists_every_option():
+    from softpick.train.config import FLAME_ONLY
+
     text = build_parser().format_help()
     for section in dataclasses.fields(JobConfig):
+        if section.name == "flame_only":
+            continue
         for field in dataclasses.fields(getattr(JobConfig(), section.name)):
             assert f"--{section.name}.{field.name}" in text
+    for key in FLAME_ONLY:
+        assert f"--{key}" in text
+
+
+def test_flame_only_flags_are_kept_aside_and_mostly_default_only():
+    """Flame's unimplemented flags: accepted from toml and the command line, kept in flame_only
+    (nothing else changes), and those without any_value refused unless at their default."""
+    import typing
+
+    from softpick.train.config import FLAME_ONLY
+
+    config = parse_args(["--metrics.disable_color_printing", "--experimental.pipeline_parallel_degree", "1",
+                         "--experimental.pipeline_parallel_schedule", "GPipe"])
+    assert config.flame_only == {"metrics.disable_color_printing": True, "experimental.pipeline_parallel_degree": 1,
+                                 "experimental.pipeline_parallel_schedule": "GPipe"}
+    assert dataclasses.replace(config, flame_only={}) == JobConfig()
+    for key, flag in FLAME_ONLY.items():
+        if not flag.any_value:
+            base = next(a for a in (*typing.get_args(flag.kind), flag.kind) if a is not type(None))
+            other = {bool: True, int: 2, str: "x"}.get(base, ["a"])  # a value other than the default
+            with pytest.raises(ConfigError, match=f"{key}=.* is not supported"):
+                from_dict({key.split(".")[0]: {key.split(".")[1]: other}})
 
 
 @pytest.mark.parametrize(
@@ -130,3 +156,23 @@ def test_shipped_job_files_parse():
         3e-4, 1e-15, "cosine", 0.1)
     tiny = parse_args(["--job.config_file", str(root / "configs" / "tiny_cpu.toml")])
     assert (root / tiny.model.config).is_file()
+
+
+def test_from_dict_is_the_command_line_typed():
+    """The typed entry (demo, experiment) gives what its flags give, with the same checks."""
+    from softpick.train.config import to_argv
+
+    sections = {"job": {"dump_folder": "out"}, "optimizer": {"lr": 3e-3},
+                "training": {"steps": 20, "compile": True, "seed": None, "data_probs": None},
+                "model": {"converters": ["float8"]}, "checkpoint": {"exclude_from_loading": "rng,optimizer"}}
+    config = from_dict(sections)
+    assert config == parse_args(to_argv(sections))
+    assert (config.optimizer.lr, config.training.steps, config.training.compile, config.training.seed) == (
+        3e-3, 20, True, None)
+    assert config.model.converters == ["float8"] and config.checkpoint.exclude_from_loading == ["rng", "optimizer"]
+    with pytest.raises(ConfigError, match="unknown key 'training.stpes' in my tables"):
+        from_dict({"training": {"stpes": 3}}, "my tables")
+    with pytest.raises(ConfigError, match="bad value for training.steps"):
+        from_dict({"training": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="training.steps must be >= 1"):
+        from_dict({"training": {"steps": 0}})
