@@ -259,6 +259,7 @@ def test_sink_beyond_the_max_free_range():
     assert_close("o with a sink of 100", ref_o, o)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["softpick", "softmax"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_every_forward_tile_matches_naive(variant, head_dim):
