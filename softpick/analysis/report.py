@@ -107,6 +107,17 @@ def quantization_by_method(report: dict) -> dict[str, dict[str, float | None]]:
 # ---------------------------------------------------------------- plots
 
 
+def _save(fig, path: Path, ax=None, legend: bool = False) -> None:
+    """Write a figure at 120 dpi and free it; with ``ax``, a light grid and (``legend``) a legend first."""
+    if ax is not None:
+        ax.grid(alpha=0.3)
+        if legend:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_per_layer(series: dict[str, list], title: str, ylabel: str, path: Path, log: bool = False) -> None:
     """One line per label over layer index."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -117,12 +128,7 @@ def plot_per_layer(series: dict[str, list], title: str, ylabel: str, path: Path,
         ax.set_yscale("log")
     ax.set(title=title, xlabel="layer", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, ax, legend=len(series) > 1)
 
 
 def plot_head_heatmap(matrix: list[list[float]], title: str, path: Path) -> None:
@@ -131,9 +137,7 @@ def plot_head_heatmap(matrix: list[list[float]], title: str, path: Path) -> None
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set(title=title, xlabel="head", ylabel="layer")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_quantization(reports: dict[str, dict], path: Path) -> None:
@@ -163,9 +167,7 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Perplexity after weight-only quantization (dashed: unquantized)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_passkey(reports: dict[str, dict], path: Path) -> None:
@@ -175,12 +177,7 @@ def plot_passkey(reports: dict[str, dict], path: Path) -> None:
         lengths = sorted(int(k) for k in accuracy)
         ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", label=label)
     ax.set(title="Passkey retrieval", xlabel="prompt tokens", ylabel="accuracy (%)", ylim=(-5, 105))
-    ax.grid(alpha=0.3)
-    if len(reports) > 1:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, ax, legend=len(reports) > 1)
 
 
 def write_plots(reports: dict[str, dict], out: Path) -> list[str]:
