@@ -86,20 +86,30 @@ def _kernels(softpick: bool, forward: bool, eps: float = 0.0):
                 launcher.compile_cache = saved[1]
 
 
+SOFTPICK_BWD_TILES = {
+    64: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+             SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+             AtomLayoutMdQ=1, dQ_single_wg=True),
+    128: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+              SdP_swapAB=False, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+              AtomLayoutMdQ=1),
+}
+"""Softpick's backward tiles where they differ from FlashAttention-4's softmax ones (head dim <= key):
+its 128-row query tile at D <= 64 and its transposed S tile at D <= 128 leave softpick's dS step
+spilling registers (``compile_check``: 22 and 4 spill instructions); these have none. D = 256 keeps
+FlashAttention-4's tile (no spills)."""
+
+
 @contextlib.contextmanager
 def _bwd_tiles(interface):
-    """Softpick's backward tiles: FlashAttention-4's, but 64-row query tiles at head dim <= 64 (its
-    128-row tile leaves softpick's dS step spilling registers; measured 1-2% faster f+b on an H200)."""
+    """Make FlashAttention-4's backward launcher pick :data:`SOFTPICK_BWD_TILES`."""
     original = interface._tile_size_bwd_sm90
 
     def tiles(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
-        if head_dim > 64:
-            return original(head_dim, head_dim_v, causal, local, sparse_block_size_q)
-        return interface.BwdConfig(
-            m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
-            SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
-            AtomLayoutMdQ=1, dQ_single_wg=True,
-        )
+        for limit, config in sorted(SOFTPICK_BWD_TILES.items()):
+            if head_dim <= limit:
+                return interface.BwdConfig(**config)
+        return original(head_dim, head_dim_v, causal, local, sparse_block_size_q)
 
     interface._tile_size_bwd_sm90 = tiles
     try:
