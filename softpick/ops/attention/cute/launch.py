@@ -25,6 +25,11 @@ from pathlib import Path
 
 import torch
 
+from softpick.ops.attention.cute.pins import problem
+
+if problem() is not None:  # the import-time check of the pinned DSL stack
+    raise ImportError(f"softpick's Hopper kernels cannot load: {problem()}.")
+
 _LOCK = threading.RLock()
 
 
