@@ -40,6 +40,7 @@ declare -A RUN=(
   [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"
   [cute]="python3 benchmarks/cute_model_check.py --json $OUT/cute_model.json"
 )
+declare -A BUDGET=([tests]=300 [attention]=300 [generate]=240 [throughput]=420 [check]=200 [cute]=200)
 for name in "${@:-tests attention generate throughput check}"; do
   for one in $name; do
     [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check cute)"; exit 2; }
