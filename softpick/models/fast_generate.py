@@ -25,7 +25,7 @@ tokens of ``generate`` with that seed; graphs draw from the same generator, cons
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -234,6 +234,7 @@ def fast_generate(
     pad_token_id: int | None = None,
     streamer=None,
     graphs: bool | None = None,
+    should_stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> torch.Tensor:
     """Prompt plus continuation [B, T0 + n], n <= max_new_tokens, as ``model.generate`` returns it.
 
@@ -249,6 +250,8 @@ def fast_generate(
         pad_token_id: filler of finished rows; default the generation_config's, else the first stop token.
         streamer: a transformers streamer (``put`` / ``end``), batch 1; fed every SYNC_EVERY steps on CUDA.
         graphs: capture steps in CUDA graphs; None = on CUDA. False runs the same step eagerly.
+        should_stop: called at each host read with the new tokens so far [B, n] (CPU); True ends the call
+            there (e.g. every row holds a stop string). The result then holds those n tokens.
 
     Returns:
         int64 [B, T0 + n] on the model's device.
@@ -298,10 +301,12 @@ def fast_generate(
     sync_every = SYNC_EVERY if device.type == "cuda" else 1
     streamed, n = 0, max_new_tokens
     for i in range(1, max_new_tokens + 1):
-        if (stop is not None or streamer is not None) and (i == max_new_tokens or i % sync_every == 0):
+        reads = stop is not None or streamer is not None or should_stop is not None
+        if reads and (i == max_new_tokens or i % sync_every == 0):
             if streamer is not None and streamed is not None:
                 streamed = _stream(streamer, session.out[0, streamed:i].cpu(), stop_ids, streamed)
-            if stop is not None and bool(session.done.all()):
+            if (stop is not None and bool(session.done.all())) or (
+                    should_stop is not None and should_stop(session.out[:, :i].cpu())):
                 n = i
                 break
         if i == max_new_tokens:
