@@ -25,6 +25,7 @@ tokens of ``generate`` with that seed; graphs draw from the same generator, cons
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -121,7 +122,7 @@ class DecodeSession:
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.out = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.step = torch.zeros(1, dtype=torch.long, device=device)
-        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}  # None: capture failed, run eagerly
         self.pool = None
         self._stops: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -158,19 +159,26 @@ class DecodeSession:
     def record(self, nxt: torch.Tensor, stop: torch.Tensor | None, pad: int) -> None:
         """Store the tokens nxt [B] (pad for finished rows) as new token number ``step``; mark stops."""
         if stop is not None:
-            nxt = torch.where(self.done, pad, nxt)
-            self.done |= torch.isin(nxt, stop)
+            nxt = nxt.masked_fill(self.done, pad)
+            self.done |= (nxt[:, None] == stop).any(-1)
         self.out.index_copy_(1, self.step, nxt[:, None])
         self.step.add_(1)
         self.token.copy_(nxt[:, None])
 
     def replay(self, key: tuple, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
         """Run one step through the CUDA graph of (key, bucket), capturing it first if needed."""
-        graph = self.graphs.get((key, bucket))
+        if (key, bucket) not in self.graphs:
+            try:
+                self.graphs[(key, bucket)] = self._capture(bucket, sampler, stop, pad)
+            except RuntimeError as error:  # e.g. an op that syncs: decode this configuration eagerly instead
+                warnings.warn(f"fast_generate: CUDA graph capture failed ({error}); decoding without graphs.",
+                              stacklevel=3)
+                self.graphs[(key, bucket)] = None
+        graph = self.graphs[(key, bucket)]
         if graph is None:
-            graph = self._capture(bucket, sampler, stop, pad)
-            self.graphs[(key, bucket)] = graph
-        graph.replay()
+            self.run_step(sampler, stop, pad)
+        else:
+            graph.replay()
 
     def _capture(self, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> torch.cuda.CUDAGraph:
         state = [t.clone() for t in (self.token, self.positions, self.done, self.step, self.cache.length)]

@@ -49,6 +49,7 @@ def test_graph_replays_equal_the_eager_step(fields, batch, length, padded):
     assert torch.equal(graphed, eager)
     session = model.__dict__["_softpick_decode_session"]
     assert len(session.graphs) >= (2 if length in (230, 600) else 1)
+    assert all(graph is not None for graph in session.graphs.values())  # no capture fell back to eager
 
     # greedy against the full model: every token the graphs chose is the argmax of the logits a full
     # (uncached, teacher-forced) forward gives there, up to bf16 rounding of near ties
@@ -71,6 +72,7 @@ def test_graph_sampling_is_reproducible_with_a_seed():
         torch.manual_seed(seed)
         runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, do_sample=True, top_k=30, top_p=0.95))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert all(graph is not None for graph in model.__dict__["_softpick_decode_session"].graphs.values())
 
 
 @torch.no_grad()
