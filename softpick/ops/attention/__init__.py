@@ -7,8 +7,11 @@ Each dispatches to an implementation chosen by ``impl``:
   (:mod:`softpick.ops.attention.triton.training`, forward and backward) when T_q == T_k and nothing is
   padded, else the KV-cache kernels (:mod:`softpick.ops.attention.triton.kv_cache`, forward only: decoding,
   chunked prefill, padded batches).
+- ``"cute"``: the Hopper (sm_90) kernels in the CuTe DSL (:mod:`softpick.ops.attention.cute`, forward and
+  backward; optional extra ``softpick[hopper]``), on H100/H200 with head dims 64, 128 or 256.
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (softmax only).
-- ``None``: the fastest one that supports the inputs (Triton on CUDA, else naive).
+- ``None``: the fastest one that supports the inputs: the Hopper kernels where they run, else Triton on
+  CUDA, else naive.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from softpick.ops.attention.checks import check_attention_inputs
 from softpick.ops.attention.naive import naive_attention, visible_keys
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
-IMPLS = ("naive", "triton", "sdpa")
+IMPLS = ("naive", "triton", "cute", "sdpa")
 
 
 def _sdpa_attention(q, k, v, *, scale, causal, attention_mask, kv_len=None) -> torch.Tensor:
@@ -56,6 +59,13 @@ def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len=None) -> t
     return None, training if inference == training else f"{training}; {inference}"
 
 
+def _cute_problem(variant: str, q, k, v, attention_mask, sink) -> str | None:
+    """None when the Hopper kernels run these inputs, else why not (one phrase)."""
+    from softpick.ops.attention import cute
+
+    return cute.supports(q, k, v, variant=variant, attention_mask=attention_mask, sink=sink)
+
+
 def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None, kv_len=None) -> str:
     """The implementation to run: "naive", "sdpa", or for Triton "training" / "kv-cache" (its kernels)."""
     if impl is not None:
@@ -67,6 +77,12 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
         if impl == "sdpa" and sink is not None:
             raise ValueError("impl 'sdpa' has no sink logit; use impl='triton' or 'naive'.")
+        if impl == "cute":
+            reason = ("a preallocated cache (kv_len)" if kv_len is not None
+                      else _cute_problem(variant, q, k, v, attention_mask, sink))
+            if reason is not None:
+                raise NotImplementedError(f"impl='cute' cannot run these inputs: {reason}; use impl='triton'.")
+            return "cute"
         if impl != "triton":
             return impl
         kernels, reason = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len)
@@ -74,6 +90,8 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
         return kernels
     if q.is_cuda:
+        if kv_len is None and _cute_problem(variant, q, k, v, attention_mask, sink) is None:
+            return "cute"
         kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len)
         if kernels is not None:
             return kernels
@@ -107,6 +125,13 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         )
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask, kv_len=kv_len)
+    if which == "cute":
+        from softpick.ops.attention.cute import cute_attention
+
+        return cute_attention(
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink,
+            max_seqlen=max_seqlen,
+        )
     if which == "training":
         from softpick.ops.attention.triton.training import parallel_attention
 
@@ -150,7 +175,7 @@ def softpick_attention(
             host, so a compiled model does not wait for the GPU. Eager calls check it.
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys.
         eps: constant added to the unscaled denominator (default 1e-6).
-        impl: "naive", "triton" or None (fastest that supports the inputs).
+        impl: "naive", "triton", "cute" or None (fastest that supports the inputs).
         kv_len: a 1-element int tensor: only the first kv_len of the T_k keys are valid and the queries
             are the last T_q of those (a preallocated, partly filled cache; attention_mask still spans
             T_k). On the GPU it is read by the kernels only (no host sync, same launch every step);
