@@ -202,7 +202,9 @@ class DecodeSession:
 def _session(model: nn.Module, batch: int, capacity: int) -> DecodeSession:
     """The model's decode session for (batch, capacity), kept for the next call (one per model)."""
     session = model.__dict__.get("_softpick_decode_session")
-    if session is None or session.batch != batch or session.capacity != capacity:
+    param = next(model.parameters())
+    if (session is None or session.batch != batch or session.capacity != capacity
+            or session.token.device != param.device or session.cache.keys[0].dtype != param.dtype):
         model.__dict__["_softpick_decode_session"] = None  # free the old cache before allocating the new one
         session = DecodeSession(model, batch, capacity)
         model.__dict__["_softpick_decode_session"] = session
@@ -274,6 +276,8 @@ def fast_generate(
     graphs = device.type == "cuda" if graphs is None else graphs
     if graphs and device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device; pass graphs=False.")
+    if streamer is not None and B != 1:
+        raise ValueError(f"a streamer takes one prompt, got a batch of {B}.")
     config = getattr(model, "generation_config", None)
     stop_ids = _ids(getattr(config, "eos_token_id", None) if eos_token_id is _UNSET else eos_token_id)
     if pad_token_id is None:
