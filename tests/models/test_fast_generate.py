@@ -11,7 +11,7 @@ import torch
 from softpick.models.cache import StaticKVCache
 from softpick.models.fast_generate import DecodeSession, fast_generate, length_buckets
 
-from tiny_models import VOCAB, tiny_model
+from tiny_models import VOCAB, activate_variant_parameters, tiny_model
 
 NEW = 10
 
@@ -26,15 +26,7 @@ def variant_id(fields: dict) -> str:
 
 
 def variant_model(**fields):
-    model = tiny_model(eos_token_id=None, **fields)
-    with torch.no_grad():  # make the variant parameters matter (they start at neutral values)
-        for layer in model.model.layers:
-            attn = layer.self_attn
-            if hasattr(attn, "sinks"):
-                attn.sinks.copy_(torch.linspace(-1.0, 1.5, attn.num_heads))
-            if hasattr(attn, "ssmax_scale"):
-                attn.ssmax_scale.copy_(torch.linspace(0.3, 0.6, attn.num_heads))
-    return model
+    return activate_variant_parameters(tiny_model(eos_token_id=None, **fields))
 
 
 def left_padded(lengths):

@@ -9,7 +9,7 @@ import torch
 
 from softpick.models.fast_generate import fast_generate
 
-from tiny_models import VOCAB, tiny_model
+from tiny_models import VOCAB, activate_variant_parameters, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -20,11 +20,7 @@ NEW = 48
 
 def gpu_model(**fields):
     model = tiny_model(eos_token_id=None, hidden_size=256, num_attention_heads=4, **fields)  # head_dim 64, GQA 2
-    with torch.no_grad():
-        for layer in model.model.layers:
-            if hasattr(layer.self_attn, "sinks"):
-                layer.self_attn.sinks.copy_(torch.linspace(-1.0, 1.5, layer.self_attn.num_heads))
-    return model.to("cuda", torch.bfloat16)
+    return activate_variant_parameters(model).to("cuda", torch.bfloat16)
 
 
 def prompts(batch: int, length: int, padded: bool):
