@@ -34,17 +34,17 @@ def prompts(batch: int, length: int, padded: bool):
 
 @torch.no_grad()
 @pytest.mark.parametrize("fields", VARIANTS, ids=lambda f: "-".join(str(v) for v in f.values()))
-@pytest.mark.parametrize("batch, length, padded", [(1, 5, False), (3, 230, True), (8, 600, False), (32, 40, True)])
+@pytest.mark.parametrize("batch, length, padded", [(1, 5, False), (3, 230, True), (8, 500, False), (32, 40, True)])
 def test_graph_replays_equal_the_eager_step(fields, batch, length, padded):
     """Same kernels, same launches: graphs and graphs=False give bit-identical tokens; 230 + 48 and
-    600 + 48 tokens cross the 256 and 512 key buckets, so several graphs of one session are used."""
+    500 + 48 tokens cross a bucket boundary (256, 512 keys), so two graphs of one session are used."""
     model = gpu_model(**fields)
     ids, mask = prompts(batch, length, padded)
     eager = fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False)
     graphed = fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=True)
     assert torch.equal(graphed, eager)
     session = model.__dict__["_softpick_decode_session"]
-    assert len(session.graphs) >= (2 if length in (230, 600) else 1)
+    assert len(session.graphs) >= (2 if length in (230, 500) else 1)
     assert all(graph is not None for graph in session.graphs.values())  # no capture fell back to eager
 
     # greedy against the full model: every token the graphs chose is the argmax of the logits a full
