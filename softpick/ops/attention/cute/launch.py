@@ -25,6 +25,13 @@ from pathlib import Path
 
 import torch
 
+from softpick.ops.attention.custom_op import register_autograd
+
+from softpick.ops.attention.cute.pins import problem
+
+if problem() is not None:  # the import-time check of the pinned DSL stack
+    raise ImportError(f"softpick's Hopper kernels cannot load: {problem()}.")
+
 _LOCK = threading.RLock()
 
 
@@ -86,20 +93,30 @@ def _kernels(softpick: bool, forward: bool, eps: float = 0.0):
                 launcher.compile_cache = saved[1]
 
 
+SOFTPICK_BWD_TILES = {
+    64: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+             SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+             AtomLayoutMdQ=1, dQ_single_wg=True),
+    128: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+              SdP_swapAB=False, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+              AtomLayoutMdQ=1),
+}
+"""Softpick's backward tiles where they differ from FlashAttention-4's softmax ones (head dim <= key):
+its 128-row query tile at D <= 64 and its transposed S tile at D <= 128 leave softpick's dS step
+spilling registers (``compile_check``: 22 and 4 spill instructions); these have none. D = 256 keeps
+FlashAttention-4's tile (no spills)."""
+
+
 @contextlib.contextmanager
 def _bwd_tiles(interface):
-    """Softpick's backward tiles: FlashAttention-4's, but 64-row query tiles at head dim <= 64 (its
-    128-row tile leaves softpick's dS step spilling registers; measured 1-2% faster f+b on an H200)."""
+    """Make FlashAttention-4's backward launcher pick :data:`SOFTPICK_BWD_TILES`."""
     original = interface._tile_size_bwd_sm90
 
     def tiles(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
-        if head_dim > 64:
-            return original(head_dim, head_dim_v, causal, local, sparse_block_size_q)
-        return interface.BwdConfig(
-            m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
-            SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
-            AtomLayoutMdQ=1, dQ_single_wg=True,
-        )
+        for limit, config in sorted(SOFTPICK_BWD_TILES.items()):
+            if head_dim <= limit:
+                return interface.BwdConfig(**config)
+        return original(head_dim, head_dim_v, causal, local, sparse_block_size_q)
 
     interface._tile_size_bwd_sm90 = tiles
     try:
@@ -197,22 +214,4 @@ def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, softpick, scale, causal, _, sink, max_seqlen = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
-    ctx.flags = (softpick, scale, causal, max_seqlen)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
-    q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
-    softpick, scale, causal, max_seqlen = ctx.flags
-    dq, dk, dv, dsink = cute_attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink,
-                                              max_seqlen)
-    dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
-    return (dq, dk, dv, None, None, None, None, None, dsink, None)
-
-
-cute_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(cute_attention_fwd_op, cute_attention_bwd_op)
