@@ -64,10 +64,11 @@ def check_cache_fields() -> None:
     """transformers' cache layers keep ``keys``, ``values`` and ``is_initialized`` as plain attributes,
     a ``DynamicCache`` its layers in ``.layers`` and an ``offloading`` flag: softpick.models.cache
     appends to a ``DynamicLayer`` by writing ``layer.keys`` / ``layer.values`` as views of its own
-    buffer, and reads how much of a ``StaticLayer`` is filled with ``get_seq_length``."""
+    buffer, and reads how much of a ``StaticLayer`` is filled from its ``cumulative_length`` tensor."""
     from transformers import cache_utils
 
-    relies_on = "DynamicLayer/StaticLayer .keys, .values, .is_initialized and DynamicCache .layers, .offloading"
+    relies_on = ("DynamicLayer/StaticLayer .keys, .values, .is_initialized, StaticLayer .cumulative_length and "
+                 "DynamicCache .layers, .offloading")
     why = "appending to the KV cache in place"
     try:
         layers = (cache_utils.DynamicLayer(), cache_utils.StaticLayer(max_cache_len=1))
@@ -75,7 +76,7 @@ def check_cache_fields() -> None:
     except (AttributeError, TypeError) as error:
         raise _broken("transformers", relies_on, why) from error
     fields_ok = all(hasattr(layer, name) for layer in layers for name in ("keys", "values", "is_initialized"))
-    if not (fields_ok and callable(getattr(layers[1], "get_seq_length", None))
+    if not (fields_ok and hasattr(layers[1], "cumulative_length")
             and isinstance(getattr(cache, "layers", None), list) and hasattr(cache, "offloading")):
         raise _broken("transformers", relies_on, why)
 
