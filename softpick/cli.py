@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from softpick.errors import USAGE_EXIT, UserError, debug_enabled, one_line
+from softpick.errors import run_command
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("softpick.demo:main", "train a tiny softpick model on the embedded corpus, offline, on CPU"),
@@ -41,17 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"softpick: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    debug = debug_enabled(rest)
-    rest = [a for a in rest if a != "--debug"]
     module_name, func_name = COMMANDS[name][0].split(":")
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(rest) or 0)
-    except UserError as error:
-        if debug:
-            raise
-        print(f"softpick {name}: {one_line(error)}", file=sys.stderr)
-        return USAGE_EXIT
+
+    def command(args: list[str]) -> int | None:
+        return getattr(importlib.import_module(module_name), func_name)(args)
+
+    return run_command(name, command, rest)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from softpick.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A bad flag, toml key or value; the message is one line that names it."""
+class ConfigError(UserError, ValueError):
+    """A bad flag, toml key or value; the message is one line that names it (exit code 2)."""
 
 
 def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -117,7 +119,12 @@ class Training:
     gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step")
     steps: int = opt(10000, "How many train steps (optimizer updates) to run")
     max_norm: float = opt(1.0, "Max norm for gradient clipping (<= 0 disables clipping)")
-    skip_nan_inf: bool = opt(False, "Skip the update when the loss or grad norm is NaN/Inf (counted)")
+    skip_nan_inf: bool = opt(
+        False, "Skip the update when the loss or grad norm is NaN/Inf (counted); off: such a step stops the run"
+    )
+    skip_nan_inf_limit: int = opt(
+        10, "With skip_nan_inf: stop the run after this many consecutive skipped steps (0: no limit)"
+    )
     dataset: str | None = opt(
         None, "Dataset(s), comma separated: hub names, local folders or data-file types. Default: embedded"
     )
@@ -442,6 +449,7 @@ def validate(config: JobConfig) -> None:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}.")
     for key, value in {"training.num_workers": tr.num_workers, "lr_scheduler.warmup_steps": sch.warmup_steps,
+                       "training.skip_nan_inf_limit": tr.skip_nan_inf_limit,
                        "checkpoint.keep_latest_k": config.checkpoint.keep_latest_k}.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}.")

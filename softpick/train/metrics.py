@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
 from contextlib import contextmanager
@@ -89,6 +90,11 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value``, or None when it is a NaN/Inf float (JSON has no NaN)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class MetricsLogger:
     """Writes each logged step to the console bar, ``metrics.jsonl``, TensorBoard and wandb.
 
@@ -136,8 +142,8 @@ class MetricsLogger:
             metrics["mfu"] = None
         if not self.active:
             return
-        row = {"step": step, **metrics}
-        self.jsonl.write(json.dumps(row) + "\n")
+        row = {"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: NaN/Inf are written as null
         self.jsonl.flush()
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.tb is not None:

@@ -149,13 +149,22 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         parallelize_module(block, tp_mesh, plan)
 
 
+def saved_ops() -> set:
+    """The ops whose outputs selective AC by op keeps: matmuls, SDPA, and our fused attention forward
+    (``softpick::attention_fwd``, the Triton kernel: without it the kernel reruns in the backward)."""
+    import softpick.ops.attention.triton.training  # noqa: F401  (registers torch.ops.softpick.attention_fwd)
+
+    return {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten._scaled_dot_product_flash_attention.default,
+            torch.ops.aten._scaled_dot_product_efficient_attention.default,
+            torch.ops.softpick.attention_fwd.default}
+
+
 def _selective_op_context():
     """Selective AC by op: keep matmul and attention outputs, recompute the cheap elementwise ops."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    save = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-            torch.ops.aten._scaled_dot_product_flash_attention.default,
-            torch.ops.aten._scaled_dot_product_efficient_attention.default}
+    save = saved_ops()
 
     def policy(ctx, func, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if func in save else CheckpointPolicy.PREFER_RECOMPUTE
