@@ -13,6 +13,7 @@ weight-only quantization study, and optionally lm-eval tasks and passkey retriev
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 from pathlib import Path
@@ -171,9 +172,26 @@ def analyze(args: argparse.Namespace) -> dict:
                                             seed=args.seed, progress=progress)
     if report["settings"]["dtype"] != "float32":
         notes.append("Low-precision attention weights underflow: sparsity counts rounding zeros too.")
+    non_finite = non_finite_fields(report)
+    if non_finite:
+        shown = ", ".join(non_finite[:6]) + (f" and {len(non_finite) - 6} more" if len(non_finite) > 6 else "")
+        notes.append(f"The model produced non-finite values (NaN/Inf) in {shown}: they are null in report.json, "
+                     f"n/a in the tables and left out of the plots.")
+        print(f"softpick analyze: warning: non-finite values (NaN/Inf) in {shown}", file=sys.stderr)
     report["notes"] = notes
     write_report(report, args.out)
     return report
+
+
+def non_finite_fields(value, path: str = "") -> list[str]:
+    """Dotted paths of the NaN/Inf floats in a report (list items as ``[i]``)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in non_finite_fields(v, f"{path}[{i}]")]
+    return []
 
 
 def analyze_main(argv: list[str]) -> int:

@@ -76,10 +76,24 @@ def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, worke
             "moved_chars": sum(map(len, moved)), "mean_overlap_before": round(mean, 4), "train_spans": len(index)}
 
 
+def _load_tokenizer(folder: str):
+    """The HF tokenizer in a local ``folder``; FileNotFoundError (one line) when there is none."""
+    from transformers import AutoTokenizer
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--tokenizer {folder!r} is not a folder (no network: give a local tokenizer folder).")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError):
+        raise FileNotFoundError(f"--tokenizer {folder!r} holds no tokenizer transformers can read; give a folder with "
+                                f"tokenizer.json or tokenizer_config.json, or leave --tokenizer out to train one.") from None
+
+
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
         raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
+    given_tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None  # fail before the long part
     out = Path(args.out)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +131,8 @@ def build(args: argparse.Namespace) -> dict:
     if stats.kept["train"] == 0:
         raise ValueError("no document survived cleaning; lower --min-chars or --min-letter-share.")
 
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if given_tokenizer is not None:
+        tokenizer = given_tokenizer
     else:
         sample = itertools.islice(_jsonl_texts(text_dir / "train.jsonl"), args.tokenizer_docs)
         tokenizer = train_tokenizer(sample, vocab_size=args.vocab_size)

@@ -73,8 +73,10 @@ def load_model_config(path: str | None) -> Any:
         raise ConfigError(f"model.config {path!r} has no model_type.")
     try:
         return AutoConfig.for_model(model_type, **data)
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         raise ConfigError(f"model.config {path!r}: {str(err).splitlines()[0]}") from None
+    except TypeError as err:  # e.g. "hidden_size": "abc"
+        raise ConfigError(f"model.config {path!r}: a field has the wrong type ({str(err).splitlines()[0]}).") from None
 
 
 def load_tokenizer(path: str | None) -> Any:
@@ -89,10 +91,9 @@ def load_tokenizer(path: str | None) -> Any:
         raise ConfigError(f"model.tokenizer_path {path!r} does not exist (no network: give a local folder).")
     try:
         return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"model.tokenizer_path {path!r} holds no tokenizer transformers can read "
-                          f"({str(err).splitlines()[0][:200]}); give a folder with tokenizer.json or "
-                          f"tokenizer_config.json.") from None
+    except (OSError, ValueError, TypeError):
+        raise ConfigError(f"model.tokenizer_path {path!r} holds no tokenizer transformers can read; give a folder "
+                          f"with tokenizer.json or tokenizer_config.json.") from None
 
 
 def clean_name(name: str) -> str:
