@@ -35,7 +35,7 @@ from pathlib import Path
 from softpick.corpus.local import GatherStats, gather_documents
 from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
 from softpick.corpus.tokenized import TokenizedWriter, read_meta
-from softpick.corpus.tokenizer import train_tokenizer
+from softpick.corpus.tokenizer import load_local_tokenizer, train_tokenizer
 
 
 def _jsonl_texts(path: Path):
@@ -76,24 +76,12 @@ def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, worke
             "moved_chars": sum(map(len, moved)), "mean_overlap_before": round(mean, 4), "train_spans": len(index)}
 
 
-def _load_tokenizer(folder: str):
-    """The HF tokenizer in a local ``folder``; FileNotFoundError (one line) when there is none."""
-    from transformers import AutoTokenizer
-
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"--tokenizer {folder!r} is not a folder (no network: give a local tokenizer folder).")
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, TypeError):
-        raise FileNotFoundError(f"--tokenizer {folder!r} holds no tokenizer transformers can read; give a folder with "
-                                f"tokenizer.json or tokenizer_config.json, or leave --tokenizer out to train one.") from None
-
-
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
         raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
-    given_tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None  # fail before the long part
+    given_tokenizer = (load_local_tokenizer(args.tokenizer, "--tokenizer", ", or leave --tokenizer out to train one")
+                       if args.tokenizer else None)  # fail before the long part
     out = Path(args.out)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)

@@ -85,15 +85,9 @@ def load_tokenizer(path: str | None) -> Any:
         from softpick.corpus import embedded_tokenizer
 
         return embedded_tokenizer()
-    from transformers import AutoTokenizer
+    from softpick.corpus.tokenizer import load_local_tokenizer
 
-    if not os.path.exists(path):
-        raise ConfigError(f"model.tokenizer_path {path!r} does not exist (no network: give a local folder).")
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
-        raise ConfigError(f"model.tokenizer_path {path!r} holds no tokenizer transformers can read; give a folder "
-                          f"with tokenizer.json or tokenizer_config.json.") from None
+    return load_local_tokenizer(path, "model.tokenizer_path")
 
 
 def clean_name(name: str) -> str:
