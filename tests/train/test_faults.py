@@ -380,3 +380,12 @@ def test_selective_ac_saves_the_attention_kernel_output(monkeypatch):
     assert len(calls) == 1  # saved, not rerun in the backward
     checkpoint(block, q, k, v, use_reentrant=False).sum().backward()
     assert len(calls) == 3  # plain AC reruns it: the count is sensitive to recomputation
+
+
+def test_debug_keeps_the_traceback(assets, tmp_path, monkeypatch):
+    bad = tmp_path / "model.json"
+    bad.write_text("{")
+    args = with_model(train_args(assets, tmp_path / "run", steps=1), bad)
+    monkeypatch.setenv("SOFTPICK_DEBUG", "0")  # restored after the test (run_command sets it to 1)
+    with pytest.raises(UserError, match="is not valid json"):
+        run_command("train", main, [*args, "--debug"])
