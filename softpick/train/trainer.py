@@ -398,50 +398,57 @@ class Trainer:
                            f"command to resume.")
 
     def train(self) -> None:
-        tr, cfg = self.config.training, self.config
+        """Run the steps left, then export ``hf/``; however the steps end, gc is back on and a pending
+        async save (of an earlier, good step) is published."""
+        cfg = self.config
         if cfg.checkpoint.create_seed_checkpoint:
             self.checkpointer.save(0, {"model": ModelState(self.model)})
             logger.info("wrote the seed checkpoint %s", self.checkpointer.folder / "step-0")
             return
-        data = iter(self.loader)
-        first_step = True
         gc.disable()
         try:
-            with StopSignals() as signals, profiling(cfg.profiling, self.dump, rank=self.rank,
-                                                     start_step=self.state["step"], device=self.device) as profiler:
-                while self.state["step"] < tr.steps:
-                    step = self.state["step"] + 1
-                    if step % tr.gc_freq == 0:
-                        gc.collect(1)
-                    batches = [next(data) for _ in range(tr.gradient_accumulation_steps)]
-                    lr = self.scheduler.get_last_lr()[0]
-                    for batch in batches:
-                        self.throughput.add(batch)
-                    loss, grad_norm = self.train_step(batches)
-                    if first_step:
-                        self._after_first_step()
-                        first_step = False
-                    self.state["step"] = step
-                    self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
-                    self.metrics.step()
-                    if step % cfg.metrics.log_freq == 0 or step == tr.steps:
-                        self.metrics.log(step, {
-                            "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
-                            **self.throughput.report(), "memory_gib": peak_memory_gib(self.device),
-                            "tokens": self.state["tokens"], "skipped": self.state["skipped"],
-                        })
-                    saved = self.checkpointer.maybe_save(step, last=step == tr.steps)
-                    if saved is not None and cfg.checkpoint.convert_to_hf_on_save:
-                        self.export_hf(self.dump / "hf-checkpoints" / saved.name)
-                    if profiler is not None:
-                        profiler.step()
-                    if step < tr.steps and self._stop_requested(signals):
-                        raise self._stop(signals, step)
-        finally:  # also when the loop raises: Trainer runs in-process under `softpick experiment`
+            self._steps()
+        finally:  # also when a step raises: Trainer runs in-process under `softpick experiment`
             gc.enable()
-            self.checkpointer.wait()  # a pending async save of an earlier step is good: publish it
+            self.checkpointer.wait()
         if cfg.checkpoint.enable_checkpoint:
             self.export_hf(self.dump / "hf")
+
+    def _steps(self) -> None:
+        """The training loop; the first SIGTERM/SIGINT stops it after a whole step (see :meth:`_stop`)."""
+        tr, cfg = self.config.training, self.config
+        data = iter(self.loader)
+        first_step = True
+        with StopSignals() as signals, profiling(cfg.profiling, self.dump, rank=self.rank,
+                                                 start_step=self.state["step"], device=self.device) as profiler:
+            while self.state["step"] < tr.steps:
+                step = self.state["step"] + 1
+                if step % tr.gc_freq == 0:
+                    gc.collect(1)
+                batches = [next(data) for _ in range(tr.gradient_accumulation_steps)]
+                lr = self.scheduler.get_last_lr()[0]
+                for batch in batches:
+                    self.throughput.add(batch)
+                loss, grad_norm = self.train_step(batches)
+                if first_step:
+                    self._after_first_step()
+                    first_step = False
+                self.state["step"] = step
+                self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
+                self.metrics.step()
+                if step % cfg.metrics.log_freq == 0 or step == tr.steps:
+                    self.metrics.log(step, {
+                        "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
+                        **self.throughput.report(), "memory_gib": peak_memory_gib(self.device),
+                        "tokens": self.state["tokens"], "skipped": self.state["skipped"],
+                    })
+                saved = self.checkpointer.maybe_save(step, last=step == tr.steps)
+                if saved is not None and cfg.checkpoint.convert_to_hf_on_save:
+                    self.export_hf(self.dump / "hf-checkpoints" / saved.name)
+                if profiler is not None:
+                    profiler.step()
+                if step < tr.steps and self._stop_requested(signals):
+                    raise self._stop(signals, step)
 
     def export_hf(self, out_dir: Path) -> None:
         """Gather the full weights and write an HF model folder (rank 0 writes)."""
