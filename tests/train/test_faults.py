@@ -371,7 +371,8 @@ def test_selective_ac_saves_the_attention_kernel_output(monkeypatch):
 
     real, calls = training._fwd, []
     monkeypatch.setattr(training, "_fwd", lambda *a: calls.append(1) or real(*a))
-    q, k, v = (torch.randn(1, 16, 2, 16, requires_grad=True) for _ in range(3))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the Triton interpreter (conftest)
+    q, k, v = (torch.randn(1, 16, 2, 16, device=device, requires_grad=True) for _ in range(3))
 
     def block(q, k, v):
         return softpick_attention(q, k, v, impl="triton") * 2
