@@ -62,7 +62,8 @@ def dcp_to_hf(path: str | Path, *, step: int = -1, config: str | None = None, to
 
 def hf_to_dcp(model_dir: str | Path, checkpoint: str | Path) -> Path:
     """Save the weights of the HF model in ``model_dir`` as a DCP checkpoint folder ``checkpoint``
-    (with its model config and manifest, like the trainer's)."""
+    (with a manifest). It carries no ``model_config.json``: a continual run from it may change
+    switches that keep the shapes (e.g. attn_type); names and shapes are still checked."""
     import softpick.models  # noqa: F401  (registers our model type)
     from transformers import AutoModelForCausalLM
 
@@ -79,7 +80,7 @@ def hf_to_dcp(model_dir: str | Path, checkpoint: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dcp.save({"model": ModelState(model)}, checkpoint_id=str(tmp))
-    seal(tmp, step, model.config)
+    seal(tmp, step, None)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
