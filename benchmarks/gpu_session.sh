@@ -15,6 +15,8 @@
 #   generate    benchmarks/generate.py (prefill/decode/generate tokens/s vs SDPA and HF Llama, KV-read bandwidth)
 #   throughput  benchmarks/train_throughput.py: the 340M model with each attention variant, bf16, compile
 #   check       benchmarks/gpu_check.py (bf16/fp16 against float64, compile)
+#   cute        benchmarks/cute_model_check.py (the 340M model on the Hopper kernels vs Triton); the Hopper
+#               kernels need the CuTe DSL staged first (shared/gpu/stage_cute_dsl.sh, two calls)
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
@@ -36,10 +38,12 @@ declare -A RUN=(
   [generate]="python3 benchmarks/generate.py --json $OUT/generate.json"
   [throughput]="python3 benchmarks/train_throughput.py --compile --peak-flops ${PEAK_FLOPS:-989e12} --steps 30 --batch-size 8 --seq-len 4096 --attn ${ATTN:-softpick,softmax,sink,softpick+gate,softpick+ssmax,softmax_plus_one} --json $OUT/throughput.json"
   [check]="python3 benchmarks/gpu_check.py --json $OUT/check.json"
+  [cute]="python3 benchmarks/cute_model_check.py --json $OUT/cute_model.json"
 )
+declare -A BUDGET=([tests]=300 [attention]=300 [generate]=240 [throughput]=420 [check]=200 [cute]=200)
 for name in "${@:-tests attention generate throughput check}"; do
   for one in $name; do
-    [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check)"; exit 2; }
+    [[ -n "${RUN[$one]:-}" ]] || { echo "unknown step $one (tests attention generate throughput check cute)"; exit 2; }
     var="STEP_${one^^}"
     # shellcheck disable=SC2086
     step "$one" "${!var:-${BUDGET[$one]}}" ${RUN[$one]}

@@ -25,6 +25,13 @@ from pathlib import Path
 
 import torch
 
+from softpick.ops.attention.custom_op import register_autograd
+
+from softpick.ops.attention.cute.pins import problem
+
+if problem() is not None:  # the import-time check of the pinned DSL stack
+    raise ImportError(f"softpick's Hopper kernels cannot load: {problem()}.")
+
 _LOCK = threading.RLock()
 
 
@@ -207,22 +214,4 @@ def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, softpick, scale, causal, _, sink, max_seqlen = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
-    ctx.flags = (softpick, scale, causal, max_seqlen)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
-    q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
-    softpick, scale, causal, max_seqlen = ctx.flags
-    dq, dk, dv, dsink = cute_attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink,
-                                              max_seqlen)
-    dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
-    return (dq, dk, dv, None, None, None, None, None, dsink, None)
-
-
-cute_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(cute_attention_fwd_op, cute_attention_bwd_op)

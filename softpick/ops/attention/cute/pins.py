@@ -17,7 +17,9 @@ PINS: dict[str, str] = {
     "nvidia-cutlass-dsl": "4.8.1",
     "flash-attn-4": "4.0.0b36",
     "quack-kernels": "0.6.5",
+    "apache-tvm-ffi": "0.1.15.post2",
 }
+"""The packages whose Python API the kernels use, at the versions in pyproject.toml's ``hopper`` extra."""
 INSTALL_HINT = "pip install 'softpick[hopper]'"
 
 

@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from softpick.ops.attention.custom_op import register_autograd
+
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
@@ -274,25 +276,7 @@ def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, softpick, scale, causal, _, sink, max_seqlen = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
-    ctx.flags = (softpick, scale, causal, max_seqlen)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
-    q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
-    softpick, scale, causal, max_seqlen = ctx.flags
-    dq, dk, dv, dsink = attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
-    no_grad_for = (None,) * 5  # cu_seqlens, softpick, scale, causal, eps
-    dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
-    return (dq, dk, dv, *no_grad_for, dsink, None)
-
-
-attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(attention_fwd_op, attention_bwd_op)
 
 
 def kernel_scale(variant: str, scale: float | None, head_dim: int) -> float:
