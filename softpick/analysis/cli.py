@@ -30,6 +30,7 @@ from softpick.analysis.perplexity import PerplexityObserver
 from softpick.analysis.report import load_report, write_comparison, write_report
 from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
 from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
+from softpick.errors import one_line
 from softpick.models.loading import load_model_and_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -203,7 +204,7 @@ def analyze_main(argv: list[str]) -> int:
     try:
         analyze(args)
     except (FileNotFoundError, ImportError, ValueError) as error:
-        print(f"softpick analyze: error: {error}", file=sys.stderr)
+        print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0

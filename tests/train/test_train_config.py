@@ -58,6 +58,7 @@ def test_help_lists_every_option():
         (["--experimental.context_parallel_degree", "2"], "experimental.context_parallel_degree"),
         (["--lr_scheduler.decay_type", "exp"], "lr_scheduler.decay_type"),
         (["--training.steps", "0"], "training.steps"),
+        (["--training.skip_nan_inf_limit", "-1"], "training.skip_nan_inf_limit"),
     ],
 )
 def test_bad_values_fail_with_one_line(argv, names):
