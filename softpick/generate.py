@@ -7,9 +7,10 @@ Usage::
 
 One prompt streams its continuation to stdout as it is decoded; several prompts run as one batch
 (left padding) and each continuation is printed when the batch is done. Any causal LM folder that
-``from_pretrained`` loads works (softpick models once ``softpick`` is imported, which this does). On a
-GPU the softpick and softmax models decode with the fused KV-cache kernels
-(:mod:`softpick.ops.attention.triton.kv_cache`). The last line (to stderr) gives the tokens/s of the call.
+``from_pretrained`` loads works (softpick models once ``softpick`` is imported, which this does).
+Softpick models decode with :func:`softpick.models.fast_generate.fast_generate` (a preallocated KV
+cache; on CUDA every decoding step is a replayed CUDA graph, ``--no-graphs`` runs it eagerly); other
+models with ``model.generate``. The last line (to stderr) gives the tokens/s of the call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 
 import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
+from softpick.models.fast_generate import fast_generate, supports_fast_generate
 from softpick.models.loading import load_model_and_tokenizer
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="decode without CUDA graphs (same tokens, more host time per token)")
     return p
 
 
@@ -71,7 +75,12 @@ def generate(args: argparse.Namespace) -> list[str]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():
-        output = model.generate(**inputs, streamer=streamer, **options)
+        if supports_fast_generate(model):
+            options.pop("use_cache")
+            output = fast_generate(model, inputs.input_ids, inputs.attention_mask, streamer=streamer,
+                                   graphs=False if args.no_graphs else None, **options)
+        else:
+            output = model.generate(**inputs, streamer=streamer, **options)
     seconds = time.perf_counter() - start
     new = output[:, inputs.input_ids.shape[1]:]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)

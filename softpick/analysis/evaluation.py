@@ -26,7 +26,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
 from torch import nn
+
+from softpick.models.fast_generate import fast_generate, supports_fast_generate
 
 LOCAL_TASKS = ("softpick_local_choice", "softpick_local_ppl")
 
@@ -117,6 +120,42 @@ def write_local_tasks(
     return out
 
 
+FAST_GENERATE_OPTIONS = ("temperature", "do_sample", "top_k", "top_p")
+"""generate_until options :func:`~softpick.models.fast_generate.fast_generate` takes; others go to ``generate``."""
+
+
+def _fast_hflm(hflm: type) -> type:
+    """lm-eval's HFLM class with generate_until decoding softpick models through fast_generate.
+
+    The tokens are those of ``generate`` (greedy, or seeded sampling); stop strings are checked on the
+    decoded text at each host read of the loop and lm-eval cuts the text at them as before.
+    """
+
+    class FastHFLM(hflm):
+        def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+            mask = generation_kwargs.pop("attention_mask", None)
+            if not supports_fast_generate(self.model) or set(generation_kwargs) - set(FAST_GENERATE_OPTIONS):
+                if mask is not None:
+                    generation_kwargs["attention_mask"] = mask
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            temperature = generation_kwargs.get("temperature", 0.0)
+            do_sample = bool(generation_kwargs.get("do_sample")) and temperature > 0  # lm-eval: temperature 0 = greedy
+            tokenizer = self.tokenizer
+
+            def every_row_stopped(new: torch.Tensor) -> bool:
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                return bool(stop) and all(any(s in text for s in stop) for text in texts)
+
+            return fast_generate(
+                self.model, context, mask, max_new_tokens=max(1, max_length - context.shape[1]), do_sample=do_sample,
+                temperature=temperature if do_sample else None, top_k=generation_kwargs.get("top_k"),
+                top_p=generation_kwargs.get("top_p"), pad_token_id=tokenizer.pad_token_id,
+                should_stop=every_row_stopped,
+            )
+
+    return FastHFLM
+
+
 def compute_lm_eval(
     model: nn.Module,
     tokenizer,
@@ -154,7 +193,7 @@ def compute_lm_eval(
     if unknown:
         raise ValueError(f"unknown lm-eval task(s) {unknown}; add their YAML folder with --tasks-dir.")
     device = next(model.parameters()).device
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+    lm = _fast_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     out = lm_eval.simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
         log_samples=False, bootstrap_iters=0,

@@ -1,4 +1,5 @@
-"""Passkey retrieval (LongLoRA / landmark-attention style), greedy ``generate`` with the KV cache.
+"""Passkey retrieval (LongLoRA / landmark-attention style), greedy decoding with the KV cache
+(:func:`~softpick.models.fast_generate.fast_generate` for softpick models, else ``generate``).
 
 The prompt hides "The pass key is N. Remember it. N is the pass key." at a random depth inside
 repeated filler ("The grass is green. The sky is blue. ...") and ends with "What is the pass key?
@@ -12,6 +13,8 @@ import random
 
 import torch
 from torch import nn
+
+from softpick.models.fast_generate import fast_generate, supports_fast_generate
 
 TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -71,14 +74,17 @@ def compute_passkey(
     for length, _ in jobs:
         passkey, depth = rng.randint(1, 50000), rng.random()
         ids = tokenizer(passkey_prompt(tokenizer, length, passkey, depth), return_tensors="pt")["input_ids"].to(device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=pad_id,
-        )
+        if supports_fast_generate(model):  # a preallocated cache; CUDA graphs on a GPU
+            out = fast_generate(model, ids, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+        else:
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad_id,
+            )
         text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         correct = str(passkey) in text
         correct_by_length[length] = correct_by_length.get(length, 0) + int(correct)

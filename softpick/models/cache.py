@@ -9,9 +9,14 @@ replaces them (``get_seq_length``, ``crop``, beam-search reordering, batch selec
 layer whose tensors were replaced by such an operation simply gets a new buffer at its next append.
 A ``StaticCache`` (``generate(..., cache_implementation="static")``) preallocates every layer at its
 maximum length; its ``update`` writes in place and returns the whole buffer, of which only the first
-positions hold tokens, so the valid prefix is returned (the attention's causal convention, queries
-are the last positions of the keys, needs it). Caches of any other kind (sliding, offloaded,
-quantized) go through their own ``update``.
+``cumulative_length`` positions hold tokens: that device tensor is returned as ``kv_len`` and the
+attention reads it on the device (no host sync, no shape that changes per token, so the compiled
+step of ``generate`` keeps one graph). Caches of any other kind (sliding, offloaded, quantized) go
+through their own ``update``.
+
+:class:`StaticKVCache` is the cache of the fast decode loop (:mod:`softpick.models.fast_generate`):
+one preallocated buffer per layer and a single device length for all layers, advanced once per
+forward, so a whole decoding step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -41,19 +46,27 @@ def _buffer(layer: DynamicLayer, name: str, current: torch.Tensor, needed: int) 
     return buf
 
 
-def append_to_cache(cache: Cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append keys, values [B, H, T_new, D] to layer ``layer_idx``; returns all of that layer's [B, H, T, D]."""
+def append_to_cache(
+    cache: "Cache | StaticKVCache", layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Append keys, values [B, H, T_new, D] to layer ``layer_idx``.
+
+    Returns (keys, values, kv_len): that layer's keys and values [B, H, T, D] and None, or for a
+    preallocated cache its buffers [B, H, capacity, D] and the number of valid positions kv_len (an
+    int tensor of one element on the cache's device; the new tokens are the last of them).
+    """
+    if isinstance(cache, StaticKVCache):
+        return cache.update(layer_idx, keys, values)
     layers = getattr(cache, "layers", None)
     if layers is not None and layer_idx < len(layers) and type(layers[layer_idx]) is StaticLayer:
         keys, values = cache.update(keys, values, layer_idx)  # [B, H, max_len, D]
-        valid = int(layers[layer_idx].get_seq_length())  # positions written so far, these tokens included
-        return keys[:, :, :valid], values[:, :, :valid]
+        return keys, values, layers[layer_idx].cumulative_length  # positions written, these tokens included
     if (
         layers is None or layer_idx >= len(layers) or type(layers[layer_idx]) is not DynamicLayer
         or getattr(cache, "offloading", False) or not layers[layer_idx].is_initialized
         or layers[layer_idx].keys.dim() != 4
     ):
-        return cache.update(keys, values, layer_idx)
+        return (*cache.update(keys, values, layer_idx), None)
     layer = layers[layer_idx]
     old = layer.keys.shape[-2]
     new = old + keys.shape[-2]
@@ -62,4 +75,74 @@ def append_to_cache(cache: Cache, layer_idx: int, keys: torch.Tensor, values: to
     k_buf[:, :, old:new] = keys
     v_buf[:, :, old:new] = values
     layer.keys, layer.values = k_buf[:, :, :new], v_buf[:, :, :new]
-    return layer.keys, layer.values
+    return layer.keys, layer.values, None
+
+
+class StaticKVCache:
+    """Keys and values of every layer preallocated for (batch, max_len), written in place.
+
+    Attributes:
+        keys, values: per layer [B, H, max_len, D] buffers (zeros until written; fixed addresses).
+        length: int64 [1] on the device, the positions filled before the current forward.
+        kv_len: int32 [1] on the device, ``length + T`` during a forward of T tokens (what the
+            attention kernels read: the valid keys, the new ones included).
+        bucket: host int <= max_len, the positions the attention is launched over while decoding
+            (the fast loop lowers it to a length bucket so short caches get fewer, shorter splits;
+            positions past kv_len inside it are ignored on the device).
+        fresh: True until the first forward ends. That forward (the prefill) attends over its own
+            keys only, exactly like a forward without cache, so the fused training kernels run it.
+
+    A forward brackets its layers with :meth:`begin` and :meth:`end`, so one shared length serves all
+    layers and a decoding step's device work is the same every step (CUDA-graph capturable).
+    """
+
+    def __init__(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, max_len: int,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (batch, num_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.length = torch.zeros(1, dtype=torch.long, device=device)
+        self.kv_len = torch.zeros(1, dtype=torch.int32, device=device)
+        self.max_len = max_len
+        self.bucket = max_len
+        self.fresh = True
+        self._positions: torch.Tensor | None = None
+
+    @classmethod
+    def for_model(cls, config, batch: int, max_len: int, device: torch.device | str,
+                  dtype: torch.dtype) -> "StaticKVCache":
+        """A cache shaped for a :class:`~softpick.models.SoftpickConfig` (or any Llama-shaped config)."""
+        return cls(config.num_hidden_layers, batch, config.num_key_value_heads, config.head_dim, max_len, device, dtype)
+
+    def begin(self, num_new: int) -> torch.Tensor:
+        """Start a forward of ``num_new`` tokens per row; returns their cache positions, int64 [num_new]."""
+        if self.fresh:
+            if num_new > self.max_len:
+                raise ValueError(f"{num_new} tokens do not fit a cache of {self.max_len} positions.")
+            self._positions = torch.arange(num_new, device=self.length.device)
+        else:
+            self._positions = self.length + torch.arange(num_new, device=self.length.device)
+        self.kv_len.copy_(self._positions[-1:] + 1)
+        return self._positions
+
+    def end(self) -> None:
+        """Finish the forward: the new tokens count as cached."""
+        self.length.copy_(self.kv_len)
+        self.fresh = False
+
+    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write keys, values [B, H, T, D] at this forward's positions; see :func:`append_to_cache`."""
+        k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
+        if self.fresh:  # the prefill: positions 0 .. T-1, attention over these tokens only
+            T = keys.shape[2]
+            k_buf[:, :, :T] = keys
+            v_buf[:, :, :T] = values
+            return keys, values, None
+        k_buf.index_copy_(2, self._positions, keys)
+        v_buf.index_copy_(2, self._positions, values)
+        return k_buf[:, :, : self.bucket], v_buf[:, :, : self.bucket], self.kv_len
+
+    def get_seq_length(self, layer_idx: int = 0) -> torch.Tensor:
+        """The positions filled, int64 [1] on the device."""
+        return self.length

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from softpick.models.cache import append_to_cache
+from softpick.models.cache import StaticKVCache, append_to_cache
 from softpick.models.configuration_softpick import SoftpickConfig
 from softpick.ops import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
@@ -202,18 +202,23 @@ class SoftpickAttention(nn.Module):
             if ssmax_log_n is None:
                 raise ValueError("ssmax needs ssmax_log_n (the model computes it from position_ids).")
             q = (q * (ssmax_log_n[:, :, None, None] * _local(self.ssmax_scale)[:, None])).to(q.dtype)
+        kv_len = None
         if past_key_values is not None:
-            k, v = append_to_cache(past_key_values, self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, Tk, D]
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]
+            k, v, kv_len = append_to_cache(past_key_values, self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]; with kv_len, Tk is the buffer's capacity
+            if attention_mask is not None and attention_mask.shape[1] != k.shape[1]:
+                attention_mask = _fit_mask(attention_mask, k.shape[1])
         sink = self._sink(q)
         weights = None
         if output_attentions:
             o, weights = naive_attention(
                 q, k, v, variant=NAIVE_VARIANT[self.attn_type], scale=self.scale, cu_seqlens=cu_seqlens,
-                attention_mask=attention_mask, eps=self.eps, return_weights=True, sink=sink,
+                attention_mask=attention_mask, eps=self.eps, return_weights=True, sink=sink, kv_len=kv_len,
             )  # weights [B, HQ, T, Tk]
         else:
             extra = {} if sink is None else {"sink": sink}
+            if kv_len is not None:
+                extra["kv_len"] = kv_len
             o = ATTENTION_OPS[self.attn_type](
                 q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                 attention_mask=attention_mask, eps=self.eps, impl=self.attn_impl, **extra,
@@ -276,8 +281,12 @@ def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return (torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[doc])[None]
 
 
-def _key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The 2D mask [B, T_total] to pass to the ops, or None when it hides nothing (fused kernels can run)."""
+def _key_padding_mask(attention_mask: torch.Tensor | None, check_all: bool = True) -> torch.Tensor | None:
+    """The 2D mask [B, T_total] to pass to the ops, or None when it hides nothing (fused kernels can run).
+
+    ``check_all=False`` (a compiled or preallocated-cache decoding step) keeps the mask as it is: the
+    test reads the mask on the host, a sync per step and a data-dependent branch for torch.compile.
+    """
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2:
@@ -285,7 +294,17 @@ def _key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | Non
             f"attention_mask must be 2-D [batch, past + new tokens] (1 = token, 0 = padding), "
             f"got shape {tuple(attention_mask.shape)}."
         )
+    if not check_all or torch.compiler.is_compiling():
+        return attention_mask
     return None if bool(attention_mask.all()) else attention_mask
+
+
+def _fit_mask(attention_mask: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """The padding mask [B, n] cut or extended (with ones: kv_len hides those keys) to [B, num_keys]."""
+    n = attention_mask.shape[1]
+    if n >= num_keys:
+        return attention_mask[:, :num_keys]
+    return F.pad(attention_mask, (0, num_keys - n), value=1)
 
 
 class SoftpickModel(SoftpickPreTrainedModel):
@@ -343,18 +362,26 @@ class SoftpickModel(SoftpickPreTrainedModel):
         T = hidden_states.shape[1]
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        static = isinstance(past_key_values, StaticKVCache)
+        decoding_static = static and not past_key_values.fresh
+        cache_positions = past_key_values.begin(T) if static else None  # [T] on the device
         if position_ids is None:
             if cu_seqlens is not None:
                 position_ids = packed_position_ids(cu_seqlens, T)
+            elif static:
+                position_ids = cache_positions[None]
             else:
                 past = past_key_values.get_seq_length() if past_key_values is not None else 0
-                position_ids = torch.arange(past, past + T, device=hidden_states.device)[None]
+                if isinstance(past, torch.Tensor):  # a StaticCache's device length: no host read
+                    position_ids = (past.to(hidden_states.device) + torch.arange(T, device=hidden_states.device))[None]
+                else:
+                    position_ids = torch.arange(past, past + T, device=hidden_states.device)[None]
         position_ids = position_ids.expand(hidden_states.shape[0], -1)  # [B, T]
         position_embeddings = self.rotary_emb(position_ids)
         # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
         # document and skip left padding, as generate() computes them from the attention mask)
         extra = {"ssmax_log_n": torch.log1p(position_ids.float())} if self.config.ssmax else {}
-        mask = _key_padding_mask(attention_mask)
+        mask = _key_padding_mask(attention_mask, check_all=not decoding_static)
 
         all_hidden = [] if output_hidden_states else None
         all_attn = [] if output_attentions else None
@@ -367,6 +394,8 @@ class SoftpickModel(SoftpickPreTrainedModel):
             )
             if all_attn is not None:
                 all_attn.append(weights)
+        if static:
+            past_key_values.end()
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)  # HF convention: the last entry is after the final norm
@@ -397,8 +426,17 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
         """What ``generate`` passes as attention_mask with a compileable (static) cache: our 2-D padding mask
-        as it is (transformers would build a 4-D float mask for its own attention functions)."""
-        return attention_mask
+        [B, max_cache_len], extended with ones past the tokens so far (the cache's device length hides those
+        keys), so every decoding step has the same shape and the compiled step is traced once (transformers
+        would build a 4-D float mask for its own attention functions)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        layers = getattr(cache, "layers", None) or [None]
+        if attention_mask is None or type(layers[0]) is not StaticLayer:
+            return attention_mask
+        capacity = layers[0].max_cache_len
+        if capacity <= attention_mask.shape[1]:
+            return attention_mask
+        return _fit_mask(attention_mask, capacity)
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value

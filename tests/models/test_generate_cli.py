@@ -57,3 +57,14 @@ def test_bad_options_fail_with_one_line(model_dir, capsys, argv, message):
 def test_missing_model_folder(tmp_path, capsys):
     assert generate_cli.main([str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_softpick_models_decode_with_the_fast_loop(model_dir, monkeypatch, capsys):
+    """The CLI runs fast_generate for softpick models (graphs off with --no-graphs), same text as generate()."""
+    calls = []
+    real = generate_cli.fast_generate
+    monkeypatch.setattr(generate_cli, "fast_generate", lambda *a, **kw: calls.append(kw["graphs"]) or real(*a, **kw))
+    argv = [str(model_dir), "--prompt", "Once upon a time", "--max-new-tokens", "6", "--device", "cpu"]
+    texts = run(argv)
+    assert run(argv + ["--no-graphs"]) == texts
+    assert calls == [None, False]

@@ -8,7 +8,7 @@ import torch
 from softpick.models import SoftpickConfig, SoftpickForCausalLM
 from softpick.models.configuration_softpick import ATTN_TYPES, OUTPUT_GATES
 
-from tiny_models import VOCAB, tiny_model
+from tiny_models import VOCAB, activate_variant_parameters, tiny_model
 
 COMBOS = list(itertools.product(ATTN_TYPES, (False, True), OUTPUT_GATES))
 
@@ -19,15 +19,8 @@ def combo_id(combo) -> str:
 
 
 def variant_model(attn, ssmax, gate, **overrides):
-    model = tiny_model(attn_type=attn, ssmax=ssmax, output_gate=gate, eos_token_id=None, **overrides)
-    with torch.no_grad():  # make the variant parameters matter (they start at neutral values)
-        for layer in model.model.layers:
-            attn_module = layer.self_attn
-            if hasattr(attn_module, "sinks"):
-                attn_module.sinks.copy_(torch.linspace(-1.0, 1.5, attn_module.num_heads))
-            if hasattr(attn_module, "ssmax_scale"):
-                attn_module.ssmax_scale.copy_(torch.linspace(0.3, 0.6, attn_module.num_heads))
-    return model
+    return activate_variant_parameters(
+        tiny_model(attn_type=attn, ssmax=ssmax, output_gate=gate, eos_token_id=None, **overrides))
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)

@@ -22,3 +22,15 @@ def tiny_model(**overrides) -> SoftpickForCausalLM:
     torch.manual_seed(0)
     return SoftpickForCausalLM(tiny_config(**overrides)).eval()
 
+
+
+def activate_variant_parameters(model: SoftpickForCausalLM) -> SoftpickForCausalLM:
+    """Set the sink logits and SSMax scales (which start at neutral values) to spread values, so they matter."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            if hasattr(attn, "sinks"):
+                attn.sinks.copy_(torch.linspace(-1.0, 1.5, attn.num_heads))
+            if hasattr(attn, "ssmax_scale"):
+                attn.ssmax_scale.copy_(torch.linspace(0.3, 0.6, attn.num_heads))
+    return model

@@ -151,3 +151,31 @@ def test_decode_with_sink_matches_naive(case):
     ref = naive_attention(q.double(), k.double(), v.double(), variant="softmax", attention_mask=mask,
                           sink=sink.double())
     assert_close(f"{name} sink", ref, out)
+
+
+KV_LEN_CASES = [c for c in CASES if c[0] in ("decode-split", "decode-gqa4-split", "chunk-prefill-gqa",
+                                             "decode-left-pad-split", "holes-and-empty-row")]
+
+
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+@pytest.mark.parametrize("case", KV_LEN_CASES, ids=[c[0] for c in KV_LEN_CASES])
+def test_device_kv_len_reads_only_the_valid_prefix(case, variant):
+    """kv_len from a tensor: a buffer of 2 T_k + 5 keys whose tail holds garbage (large values) gives the
+    naive result over the first T_k keys, with the launch (grid, splits) sized for the whole buffer."""
+    name, B, Tq, Tk, H, HQ, D, mask_kind, splits, mult = case
+    q, k, v = inputs(B, Tq, Tk, H, HQ, D, mult)
+    capacity = 2 * Tk + 5
+    k_buf = torch.full((B, capacity, H, D), 30.0, device=DEVICE, dtype=DTYPE)
+    v_buf = torch.full((B, capacity, H, D), 1e4, device=DEVICE, dtype=DTYPE)
+    k_buf[:, :Tk], v_buf[:, :Tk] = k, v
+    mask = make_mask(mask_kind, B, Tk)
+    mask_buf = None if mask is None else torch.cat([mask, torch.ones(B, capacity - Tk, dtype=mask.dtype,
+                                                                      device=DEVICE)], 1)
+    kv_len = torch.tensor([Tk], dtype=torch.int32, device=DEVICE)
+    out = decode_attention(q, k_buf, v_buf, variant=variant, scale=None, causal=True, attention_mask=mask_buf,
+                           eps=1e-6, splits=splits + 2, kv_len=kv_len)
+    ref = naive_attention(q.double(), k.double(), v.double(), variant=variant, attention_mask=mask, eps=1e-6)
+    assert_close(f"{name} {variant} kv_len", ref, out)
+    naive_buf = naive_attention(q.double(), k_buf.double(), v_buf.double(), variant=variant,
+                                attention_mask=mask_buf, eps=1e-6, kv_len=kv_len)  # the reference itself
+    torch.testing.assert_close(naive_buf, ref)

@@ -25,18 +25,18 @@ from softpick.ops.softpick.naive import DEFAULT_EPS
 IMPLS = ("naive", "triton", "cute", "sdpa")
 
 
-def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
+def _sdpa_attention(q, k, v, *, scale, causal, attention_mask, kv_len=None) -> torch.Tensor:
     """Softmax attention through torch SDPA; rows that see no key give 0, like the other impls."""
     B, Tq, HQ, _ = q.shape
     Tk, H = k.shape[1], k.shape[2]
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-    if attention_mask is None and (not causal or Tq == Tk or Tq == 1):  # one query (decoding) sees every key
+    if attention_mask is None and kv_len is None and (not causal or Tq == Tk or Tq == 1):  # one query (decoding) sees every key
         o = torch.nn.functional.scaled_dot_product_attention(
             qt, kt, vt, is_causal=causal and Tq > 1, scale=scale, enable_gqa=HQ != H
         )
         return o.transpose(1, 2)
     mask = visible_keys(
-        B, Tq, Tk, causal=causal, cu_seqlens=None, attention_mask=attention_mask, device=q.device
+        B, Tq, Tk, causal=causal, cu_seqlens=None, attention_mask=attention_mask, device=q.device, kv_len=kv_len
     )  # [B, 1, Tq, Tk]
     o = torch.nn.functional.scaled_dot_product_attention(
         qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=HQ != H
@@ -45,11 +45,12 @@ def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
     return o.transpose(1, 2)
 
 
-def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink) -> tuple[str | None, str | None]:
+def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len=None) -> tuple[str | None, str | None]:
     """("training" or "kv-cache", None): the Triton kernels that run these inputs; else (None, why neither does)."""
     from softpick.ops.attention.triton import kv_cache as decode, training as parallel
 
-    training = parallel.supports(q, k, v, attention_mask=attention_mask)
+    training = "a preallocated cache (kv_len)" if kv_len is not None else parallel.supports(
+        q, k, v, attention_mask=attention_mask)
     if training is None:
         return "training", None
     inference = decode.supports(q, k, v, cu_seqlens=cu_seqlens, sink=sink)
@@ -65,7 +66,7 @@ def _cute_problem(variant: str, q, k, v, attention_mask, sink) -> str | None:
     return cute.supports(q, k, v, variant=variant, attention_mask=attention_mask, sink=sink)
 
 
-def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None) -> str:
+def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None, kv_len=None) -> str:
     """The implementation to run: "naive", "sdpa", or for Triton "training" / "kv-cache" (its kernels)."""
     if impl is not None:
         if impl not in IMPLS:
@@ -77,20 +78,21 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
         if impl == "sdpa" and sink is not None:
             raise ValueError("impl 'sdpa' has no sink logit; use impl='triton' or 'naive'.")
         if impl == "cute":
-            reason = _cute_problem(variant, q, k, v, attention_mask, sink)
+            reason = ("a preallocated cache (kv_len)" if kv_len is not None
+                      else _cute_problem(variant, q, k, v, attention_mask, sink))
             if reason is not None:
                 raise NotImplementedError(f"impl='cute' cannot run these inputs: {reason}; use impl='triton'.")
             return "cute"
         if impl != "triton":
             return impl
-        kernels, reason = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
+        kernels, reason = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len)
         if kernels is None:
             raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
         return kernels
     if q.is_cuda:
-        if _cute_problem(variant, q, k, v, attention_mask, sink) is None:
+        if kv_len is None and _cute_problem(variant, q, k, v, attention_mask, sink) is None:
             return "cute"
-        kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
+        kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len)
         if kernels is not None:
             return kernels
         if variant == "softmax" and cu_seqlens is None and sink is None:
@@ -98,18 +100,31 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
     return "naive"
 
 
-def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl, sink=None, max_seqlen=None):
+def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, eps, impl, sink=None, max_seqlen=None,
+               kv_len=None):
     check_attention_inputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
     if sink is not None and (sink.dim() != 1 or sink.shape[0] != q.shape[2]):
         raise ValueError(f"sink must have shape [query heads] = [{q.shape[2]}], got {tuple(sink.shape)}.")
-    which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens, sink)
+    if kv_len is not None:
+        if cu_seqlens is not None:
+            raise ValueError("kv_len (a preallocated cache) cannot be combined with cu_seqlens (packed documents).")
+        if kv_len.numel() != 1 or kv_len.is_floating_point():
+            raise ValueError(f"kv_len must be a 1-element integer tensor, got shape {tuple(kv_len.shape)} "
+                             f"dtype {kv_len.dtype}.")
+        if kv_len.device.type == "cpu" and not torch.compiler.is_compiling():
+            # a host value costs no sync: attend over exactly the valid prefix, as an unpadded cache would
+            n = int(kv_len)
+            k, v = k[:, :n], v[:, :n]
+            attention_mask = None if attention_mask is None else attention_mask[:, :n]
+            kv_len = None
+    which = _resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens, sink, kv_len)
     if which == "naive":
         return naive_attention(
             q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-            attention_mask=attention_mask, eps=eps, sink=sink,
+            attention_mask=attention_mask, eps=eps, sink=sink, kv_len=kv_len,
         )
     if which == "sdpa":
-        return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
+        return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask, kv_len=kv_len)
     if which == "cute":
         from softpick.ops.attention.cute import cute_attention
 
@@ -127,7 +142,8 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
     from softpick.ops.attention.triton.kv_cache import decode_attention
 
     return decode_attention(
-        q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps, sink=sink
+        q, k, v, variant=variant, scale=scale, causal=causal, attention_mask=attention_mask, eps=eps, sink=sink,
+        kv_len=kv_len,
     )
 
 
@@ -143,6 +159,7 @@ def softpick_attention(
     eps: float = DEFAULT_EPS,
     impl: str | None = None,
     max_seqlen: int | None = None,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softpick attention: ``o_i = sum_j w_ij v_j`` with
     ``w_ij = relu(exp(s_ij) - 1) / (sum_j' |exp(s_ij') - 1| + eps)``, ``s = scale * q.k``, masked j excluded.
@@ -159,6 +176,10 @@ def softpick_attention(
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys.
         eps: constant added to the unscaled denominator (default 1e-6).
         impl: "naive", "triton", "cute" or None (fastest that supports the inputs).
+        kv_len: a 1-element int tensor: only the first kv_len of the T_k keys are valid and the queries
+            are the last T_q of those (a preallocated, partly filled cache; attention_mask still spans
+            T_k). On the GPU it is read by the kernels only (no host sync, same launch every step);
+            a CPU tensor slices k, v to kv_len. None = all T_k keys.
 
     Returns:
         [B, T_q, HQ, V] in q.dtype. Rows need not sum to 1; a query whose scores are all <= 0, or that
@@ -166,7 +187,7 @@ def softpick_attention(
     """
     return _attention(
         q, k, v, variant="softpick", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-        attention_mask=attention_mask, eps=eps, impl=impl, max_seqlen=max_seqlen,
+        attention_mask=attention_mask, eps=eps, impl=impl, max_seqlen=max_seqlen, kv_len=kv_len,
     )
 
 
@@ -183,6 +204,7 @@ def softmax_attention(
     impl: str | None = None,
     sink: torch.Tensor | None = None,
     max_seqlen: int | None = None,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention with the same signature as :func:`softpick_attention` (``eps`` is unused).
 
@@ -193,7 +215,7 @@ def softmax_attention(
     """
     return _attention(
         q, k, v, variant="softmax", scale=scale, causal=causal, cu_seqlens=cu_seqlens,
-        attention_mask=attention_mask, eps=eps, impl=impl, sink=sink, max_seqlen=max_seqlen,
+        attention_mask=attention_mask, eps=eps, impl=impl, sink=sink, max_seqlen=max_seqlen, kv_len=kv_len,
     )
 
 

@@ -22,19 +22,26 @@ def visible_keys(
     cu_seqlens: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     device: torch.device,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Bool mask [B or 1, 1, T_q, T_k] of the keys each query may see, or None when all are visible.
 
     Queries are the last ``q_len`` positions of the ``k_len`` keys (KV-cache convention), so with
     ``causal`` query i sees keys j <= i + (k_len - q_len). ``cu_seqlens`` [N + 1] keeps each query
     inside its own packed document (requires q_len == k_len, batch 1). ``attention_mask`` [B, T_k]
-    (nonzero = real token) hides padded keys.
+    (nonzero = real token) hides padded keys. ``kv_len`` (a 1-element int tensor) says only the first
+    kv_len keys are valid and the queries are the last q_len of those (a preallocated cache); it is
+    never read on the host.
     """
     mask = None
+    k_pos = torch.arange(k_len, device=device)
+    end = k_len if kv_len is None else kv_len.to(device=device, dtype=torch.long).reshape(1)
     if causal:
-        q_pos = torch.arange(q_len, device=device) + (k_len - q_len)
-        k_pos = torch.arange(k_len, device=device)
+        q_pos = torch.arange(q_len, device=device) + (end - q_len)
         mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, Tq, Tk]
+    if kv_len is not None:
+        valid = (k_pos < end)[None, None, None]  # [1, 1, 1, Tk]
+        mask = valid if mask is None else mask & valid
     if cu_seqlens is not None:
         seg = torch.zeros(k_len, dtype=torch.long, device=device)
         seg[cu_seqlens[1:-1].long()] = 1
@@ -60,6 +67,7 @@ def naive_attention(
     eps: float = DEFAULT_EPS,
     return_weights: bool = False,
     sink: torch.Tensor | None = None,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention with softpick or softmax weights, computed in float32 (float64 stays float64).
 
@@ -72,6 +80,7 @@ def naive_attention(
         return_weights: also return the weights [B, HQ, T_q, T_k] (float32 / float64).
         sink: [HQ] per-head sink logits b (softmax only): ``w_ij = e^s_ij / (e^b + sum_j' e^s_ij')``; the
             sink carries no value, so rows sum to less than 1. Softmax+1 is ``sink = 0``.
+        kv_len: 1-element int tensor, the number of valid keys (see :func:`visible_keys`), or None.
 
     Returns:
         o [B, T_q, HQ, V] in q.dtype (and the weights when asked). Keys a query may not see never
@@ -91,7 +100,8 @@ def naive_attention(
     vf = v.to(acc).repeat_interleave(G, dim=2)  # [B, Tk, HQ, V]
     s = torch.einsum("bqhk,bthk->bhqt", qf, kf) * scale  # [B, HQ, Tq, Tk]
     mask = visible_keys(
-        B, Tq, Tk, causal=causal, cu_seqlens=cu_seqlens, attention_mask=attention_mask, device=q.device
+        B, Tq, Tk, causal=causal, cu_seqlens=cu_seqlens, attention_mask=attention_mask, device=q.device,
+        kv_len=kv_len,
     )
     if variant == "softpick":
         p = naive_softpick(s, dim=-1, eps=eps, mask=mask)

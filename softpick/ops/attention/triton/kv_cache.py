@@ -58,7 +58,8 @@ def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
     return max(1, min(2 * sms // programs, math.ceil(Tk / MIN_KEYS_PER_SPLIT)))
 
 
-def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None):
+def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None,
+            kv_len=None):
     from softpick.ops.attention.triton.kv_cache_kernels import attention_combine_kernel, attention_decode_kernel
 
     B, Tq, HQ, K = q.shape
@@ -77,12 +78,12 @@ def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool,
     l_part = torch.empty_like(m_part)
     mask = attention_mask if attention_mask is not None else q  # any pointer when HAS_MASK is off
     attention_decode_kernel[(splits, math.ceil(Tq * G / BM), B * H)](
-        q, k, v, mask, o_part, m_part, l_part,
+        q, k, v, mask, q if kv_len is None else kv_len, o_part, m_part, l_part,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         B, Tq, Tk, H, keys_per_split, scale * LOG2E,
         G=G, K=K, V=V, BK=BK, BV=BV, BM=BM, BN=BN,
-        SOFTPICK=softpick, CAUSAL=causal, HAS_MASK=attention_mask is not None,
+        SOFTPICK=softpick, CAUSAL=causal, HAS_MASK=attention_mask is not None, HAS_KV_LEN=kv_len is not None,
         num_warps=4, num_stages=1 if interpret else 3,
     )
     o = torch.empty(B, Tq, HQ, V, dtype=q.dtype, device=q.device)
@@ -106,14 +107,15 @@ def attention_decode_op(
     eps: float,
     splits: int,
     sink: torch.Tensor | None,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """o [B, T_q, HQ, V] of q [B, T_q, HQ, K] over k, v [B, T_k, H, *] (last dim contiguous)."""
     with on_device_of(q):
-        return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink)
+        return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink, kv_len)
 
 
 @attention_decode_op.register_fake
-def _(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink):
+def _(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink, kv_len=None):
     return q.new_empty(*q.shape[:3], v.shape[-1])
 
 
@@ -129,6 +131,7 @@ def decode_attention(
     eps: float,
     splits: int = 0,
     sink: torch.Tensor | None = None,
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused attention of the last T_q positions over T_k keys; no gradient.
 
@@ -142,6 +145,11 @@ def decode_attention(
         eps: softpick's constant added to the unscaled denominator (unused by softmax).
         splits: number of key splits; 0 picks one from the GPU's size (see :func:`num_splits`).
         sink: [HQ] per-head sink logits (softmax only), or None.
+        kv_len: a 1-element int tensor on q's device, the number of valid keys (<= T_k), or None (all
+            T_k). Read by the kernel, never by the host: keys from kv_len on are ignored, the queries are
+            positions kv_len - T_q .. kv_len - 1, and the launch (grid, splits) depends on T_k only, so
+            one launch serves every decoding step of a CUDA graph (slice k, v to a length bucket to
+            size the splits).
 
     Returns:
         o [B, T_q, HQ, V] in q.dtype; a query that sees no key gets 0.
@@ -154,6 +162,8 @@ def decode_attention(
         attention_mask = attention_mask.to(torch.uint8)
     # the custom op is what torch.compile traces; eager decoding calls the launcher directly (the op's
     # dispatch costs about 10 us of host time per layer and step, and decoding is host-bound)
+    if kv_len is not None:
+        kv_len = kv_len.reshape(1).to(torch.int32)  # a no-op for the int32 [1] tensors of StaticKVCache
     run = attention_decode_op if torch.compiler.is_compiling() else _decode
     return run(q, k, v, attention_mask, variant == "softpick", scale, bool(causal), float(eps), int(splits),
-               None if sink is None else sink.float().contiguous())
+               None if sink is None else sink.float().contiguous(), kv_len)

@@ -30,14 +30,20 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 @triton.jit
 def attention_decode_kernel(
-    q, k, v, mask, o_part, m_part, l_part,
+    q, k, v, mask, kv_len, o_part, m_part, l_part,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_mb,
     B, Tq, Tk, H, keys_per_split, qk_scale,
     G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KV_LEN: tl.constexpr,
 ):
-    """Grid (S, cdiv(Tq * G, BM), B * H). Partials: o_part [S, B, Tq, H*G, V] fp32, m/l_part [S, B, Tq, H*G]."""
+    """Grid (S, cdiv(Tq * G, BM), B * H). Partials: o_part [S, B, Tq, H*G, V] fp32, m/l_part [S, B, Tq, H*G].
+
+    With HAS_KV_LEN the number of valid keys is read from the device scalar ``kv_len`` (<= the Tk the
+    grid was sized for): the launch is the same for every decoding step, so it can sit in a CUDA graph;
+    splits past kv_len fold no key and leave neutral partials."""
+    if HAS_KV_LEN:
+        Tk = tl.load(kv_len).to(tl.int32)
     i_s = tl.program_id(0)
     i_r = tl.program_id(1)
     i_bh = tl.program_id(2)

@@ -1,0 +1,148 @@
+"""The fast decode loop (softpick.models.fast_generate) gives generate()'s tokens; its step compiles.
+
+On the CPU the loop runs the same step function that CUDA captures in a graph (tests/models/
+test_fast_generate_gpu.py replays it); here: greedy and seeded sampling equal ``model.generate`` for
+every attention variant, GQA, left padding and stop tokens, and the step traces with fullgraph.
+"""
+
+import pytest
+import torch
+
+from softpick.models.cache import StaticKVCache
+from softpick.models.fast_generate import DecodeSession, fast_generate, length_buckets
+
+from tiny_models import VOCAB, activate_variant_parameters, tiny_model
+
+NEW = 10
+
+VARIANTS = [dict(attn_type="softpick"), dict(attn_type="softmax"), dict(attn_type="sink"),
+            dict(attn_type="softmax_plus_one"), dict(attn_type="softpick", ssmax=True),
+            dict(attn_type="softpick", output_gate="elementwise"), dict(attn_type="softmax", output_gate="headwise"),
+            dict(attn_type="softpick", num_key_value_heads=1)]
+
+
+def variant_id(fields: dict) -> str:
+    return "-".join(str(v) for v in fields.values())
+
+
+def variant_model(**fields):
+    return activate_variant_parameters(tiny_model(eos_token_id=None, **fields))
+
+
+def left_padded(lengths):
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.randint(3, VOCAB, (n,))
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fields", VARIANTS, ids=variant_id)
+def test_greedy_tokens_equal_generate(fields):
+    model = variant_model(**fields)
+    ids, mask = left_padded([5, 9, 7])
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW), expected)
+    unpadded = ids[1:2]
+    expected = model.generate(unpadded, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(fast_generate(model, unpadded, max_new_tokens=NEW), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attn_type", ["softpick", "sink"])
+def test_seeded_sampling_equals_generate(attn_type):
+    model = variant_model(attn_type=attn_type)
+    ids, mask = left_padded([4, 8])
+    for options in (dict(top_k=20, top_p=0.9, temperature=0.7), dict(), dict(top_k=0, temperature=1.3)):
+        torch.manual_seed(11)
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=True, **options)
+        torch.manual_seed(11)
+        out = fast_generate(model, ids, mask, max_new_tokens=NEW, do_sample=True, **options)
+        assert torch.equal(out, expected), options
+
+
+@torch.no_grad()
+def test_stop_tokens_end_rows_and_the_call_like_generate():
+    model = variant_model(attn_type="softpick")
+    ids, mask = left_padded([6, 3])
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)[:, ids.shape[1]:]
+    # stop ids that each row reaches at a different step before NEW: the call ends when the later one does
+    stops = [int(greedy[0, 2]), int(greedy[1, 5])]
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = 0
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    out = fast_generate(model, ids, mask, max_new_tokens=NEW)
+    assert expected.shape[1] < ids.shape[1] + NEW and torch.equal(out, expected)
+    out = fast_generate(model, ids, mask, max_new_tokens=NEW, eos_token_id=None)  # explicit: no stop token
+    assert torch.equal(out[:, ids.shape[1]:], greedy)
+
+
+@torch.no_grad()
+def test_session_is_reused_and_reset_between_calls():
+    model = variant_model(attn_type="softmax")
+    first, second = torch.randint(3, VOCAB, (2, 6)), torch.randint(3, VOCAB, (2, 9))
+    fast_generate(model, first, max_new_tokens=NEW)
+    session = model.__dict__["_softpick_decode_session"]
+    out = fast_generate(model, second, max_new_tokens=NEW)  # same (batch, capacity): the same cache, reset
+    assert model.__dict__["_softpick_decode_session"] is session
+    assert torch.equal(out, model.generate(second, max_new_tokens=NEW, do_sample=False))
+    assert int(session.cache.length) == 9 + NEW - 1  # the last token is drawn, not fed back
+
+
+def test_length_buckets_cover_the_capacity():
+    assert length_buckets(256) == [256]
+    assert length_buckets(1280) == [256, 512, 1024, 1280]
+    assert length_buckets(2048) == [256, 512, 1024, 2048]
+
+
+@torch.no_grad()
+def test_static_kv_cache_decoding_step_equals_the_dynamic_cache():
+    """One forward at a time through StaticKVCache (prefill, then steps) gives the DynamicCache logits."""
+    model = variant_model(attn_type="softpick", ssmax=True)
+    ids, mask = left_padded([7, 11])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    full = model(ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    cache = StaticKVCache.for_model(model.config, 2, 32, "cpu", torch.float32)
+    pieces = [model(ids[:, :8], attention_mask=mask[:, :8], position_ids=positions[:, :8], past_key_values=cache).logits]
+    padded_mask = torch.ones(2, 32, dtype=torch.long)
+    padded_mask[:, :11] = mask
+    for t in range(8, 11):
+        pieces.append(model(ids[:, t:t + 1], attention_mask=padded_mask, position_ids=positions[:, t:t + 1],
+                            past_key_values=cache).logits)
+    assert int(cache.length) == 11 and int(cache.kv_len) == 11
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(pieces, 1)[real], full[real], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_decoding_step_compiles_with_fullgraph(monkeypatch):
+    """torch.compile(fullgraph=True) traces the whole step (model, sampler, bookkeeping): no graph break,
+    no host read; with the CPU's kv_len the compiled attention masks the buffer instead of slicing it."""
+    model = variant_model(attn_type="softpick")
+    ids, mask = left_padded([5, 8])
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    compiled = torch.compile(DecodeSession.run_step, backend="aot_eager", fullgraph=True)
+    monkeypatch.setattr(DecodeSession, "run_step", lambda self, *args: compiled(self, *args))
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=6), expected)
+
+
+@torch.no_grad()
+def test_hf_static_cache_generate_compiles_with_fullgraph():
+    """generate(cache_implementation="static") with its compiled decoding step (forced on the CPU): one
+    graph, no break (the padding mask keeps the cache's shape, the length stays on the device)."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model = variant_model(attn_type="softmax")
+    ids, mask = left_padded([4, 7])
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    config = CompileConfig(backend="aot_eager", fullgraph=True)
+    config._compile_all_devices = True
+    counters.clear()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation="static",
+                         compile_config=config)
+    assert torch.equal(out, expected)
+    assert counters["stats"]["unique_graphs"] == 1
