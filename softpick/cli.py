@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("softpick.corpus.cli:main", "build a pre-tokenized dataset from local text files, offline"),
     "train": ("softpick.train.trainer:main", "train with flame-compatible flags (torchrun for several GPUs)"),
     "experiment": ("softpick.experiment:main", "train variants alike, analyse and compare them (paper reproduction)"),
-    "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp"),
+    "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp, fla-to-hf (the paper's fla models)"),
     "generate": ("softpick.generate:main", "generate text from a saved model (streamed, KV cache)"),
     "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),
     "compare": ("softpick.analysis.cli:compare_main", "put two or more analysis reports side by side"),

@@ -228,18 +228,15 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_hf(model_config: Any, state: dict[str, torch.Tensor], out_dir: Path, *, tokenizer: Any = None,
               dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``save_pretrained`` files (and the tokenizer) to ``out_dir`` atomically; call on rank 0."""
+    """Write ``save_pretrained`` files (and the tokenizer) to ``out_dir`` atomically; call on rank 0.
+
+    The folder loads without softpick (:func:`softpick.models.export.save_portable`): a Llama checkpoint
+    for a plain softmax model, self-contained remote code for the other variants.
+    """
     from transformers import AutoModelForCausalLM
+
+    from softpick.models.export import save_portable
 
     model = AutoModelForCausalLM.from_config(model_config)
     model.load_state_dict(state, strict=True)
-    model.to(dtype)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return save_portable(model, out_dir, tokenizer=tokenizer, dtype=dtype)
