@@ -4,8 +4,8 @@ With the quantization extras installed, transformers imports hqq at start-up, wh
 machine without the matching CUDA build torchao logs "Failed to load .../torchao/_C_*.so" for its optional
 GPU kernels, and its enums trigger torch's pytree notice that ``register_constant`` on Enum subclasses is
 deprecated. Single-process DCP saves and loads warn that torch.distributed is not initialised, which is
-exactly what a one-process run means. Nothing else is filtered: other messages from these libraries, and
-these messages from code that is not softpick's (for the DCP warning), still show.
+exactly what a one-process run means. Nothing else is filtered: other messages from these libraries still
+show.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, flt) for f in logger.filters):
             logger.addFilter(flt())
+    # raised through torch's own decorator (torch/distributed/checkpoint/utils.py), so the filter is by text
     warnings.filterwarnings(
-        "ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized", category=UserWarning,
-        module=r"softpick\.",
+        "ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
+        r"(save|load) in a single process", category=UserWarning,
     )

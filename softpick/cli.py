@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("softpick.generate:main", "generate text from a saved model (streamed, KV cache)"),
     "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),
     "compare": ("softpick.analysis.cli:compare_main", "put two or more analysis reports side by side"),
+    "lm-eval": ("softpick.analysis.lm_eval_cli:main", "lm_eval with softpick registered (takes every lm_eval flag)"),
 }
 
 
