@@ -1,4 +1,4 @@
-"""Attention speed: our Triton softpick and softmax kernels vs torch SDPA (and flash-attn if present).
+"""Attention speed: our softpick and softmax kernels (Hopper CuTe and Triton) vs cuDNN SDPA and FlashAttention-4.
 
 Usage (on a CUDA machine, from the repository root):
 
@@ -29,6 +29,7 @@ import torch
 import triton
 
 from softpick.ops.attention import softmax_attention, softpick_attention
+from softpick.ops.attention.cute import cute_attention
 from softpick.ops.attention.triton.training import parallel_attention
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
@@ -38,41 +39,85 @@ VARLEN_H, VARLEN_D = 16, 64
 
 
 def _flash_attn():
+    """flash-attn 2 (``flash_attn_func``), if installed; None otherwise."""
     try:
         import flash_attn
     except ImportError:
         return None
-    return flash_attn
+    return flash_attn if hasattr(flash_attn, "flash_attn_func") else None
 
 
-def _ours(variant: str, sink: torch.Tensor | None = None):
-    """Our Triton kernels: dense batches through the public op; a varlen batch straight through the
-    launcher with its longest document given, as a compiled model calls it (the public op's eager
-    checks read cu_seqlens on the host, a GPU sync per call that would be timed too)."""
+def _fa4():
+    """FlashAttention-4's CuTe-DSL kernels (``flash_attn.cute``), if installed; None otherwise."""
+    try:
+        import flash_attn.cute as fa4
+    except ImportError:
+        return None
+    return fa4
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _ours(variant: str, sink: torch.Tensor | None = None, impl: str | None = None):
+    """Our kernels (``impl`` None: the dispatcher's pick, the Hopper kernels on H100/H200): dense batches
+    through the public op; a varlen batch with its longest document given, as a compiled model calls it
+    (the public op's eager checks read cu_seqlens on the host, a GPU sync per call that would be timed too)."""
     public = softpick_attention if variant == "softpick" else softmax_attention
     extra = {} if sink is None else {"sink": sink}
 
     def run(q, k, v, cu, n):
         if cu is None:
-            return public(q, k, v, impl="triton", **extra)
-        return parallel_attention(q, k, v, variant=variant, scale=None, causal=True, cu_seqlens=cu,
-                                  eps=DEFAULT_EPS, sink=sink, max_seqlen=n)
+            return public(q, k, v, impl=impl, **extra)
+        if impl == "triton" or _cute_problem(q) is not None:
+            return parallel_attention(q, k, v, variant=variant, scale=None, causal=True, cu_seqlens=cu,
+                                      eps=DEFAULT_EPS, sink=sink, max_seqlen=n)
+        return cute_attention(q, k, v, variant=variant, scale=None, causal=True, cu_seqlens=cu, eps=DEFAULT_EPS,
+                              sink=sink, max_seqlen=n)
 
     return run
 
 
-def impls(varlen: bool, heads: int, variants: bool = False) -> dict:
+def _cute_problem(q: torch.Tensor) -> str | None:
+    from softpick.ops.attention import cute
+
+    return cute.supports(q, q, q, variant="softpick", attention_mask=None, sink=None)
+
+
+def _cudnn_sdpa(q, k, v, cu, n):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return softmax_attention(q, k, v, impl="sdpa")
+
+
+def impls(varlen: bool, heads: int, variants: bool = False, triton_too: bool = True) -> dict:
     """name -> fn(q, k, v, cu_seqlens, max_len) -> o, all on [B, T, H, D] tensors, causal.
 
+    "softpick" / "softmax" are what the dispatcher picks (the Hopper kernels where they run);
+    "*-triton" force the Triton kernels. Anchors: "sdpa" (torch's pick), "cudnn" (SDPA's cuDNN backend),
+    "fa4" (FlashAttention-4's CuTe kernels) and "flash-attn" (version 2), where installed.
     With ``variants``: softmax+1 (a constant 0 sink logit) and learnable per-head sinks (whose gradient
     the forward+backward timing includes), the sink-free baselines of issue 10.
     """
     out = {"softpick": _ours("softpick"), "softmax": _ours("softmax")}
+    if triton_too:
+        out["softpick-triton"] = _ours("softpick", impl="triton")
+        out["softmax-triton"] = _ours("softmax", impl="triton")
     if variants:
         out["softmax+1"] = _ours("softmax", sink=torch.zeros(heads, device="cuda"))
         out["sink"] = _ours("softmax", sink=torch.zeros(heads, device="cuda", requires_grad=True))
     if not varlen:
         out["sdpa"] = lambda q, k, v, cu, n: softmax_attention(q, k, v, impl="sdpa")
+        out["cudnn"] = _cudnn_sdpa
+    fa4 = _fa4()
+    if fa4 is not None:
+        if varlen:
+            out["fa4"] = lambda q, k, v, cu, n: _first(fa4.flash_attn_varlen_func(
+                q[0], k[0], v[0], cu, cu, max_seqlen_q=n, max_seqlen_k=n, causal=True))
+        else:
+            out["fa4"] = lambda q, k, v, cu, n: _first(fa4.flash_attn_func(q, k, v, causal=True))
     fa = _flash_attn()
     if fa is not None:
         if varlen:
@@ -103,7 +148,7 @@ def kernel_times(fn, calls: int = 20) -> dict[str, float]:
 
 
 def bench_shape(
-    shape: str, variants: bool = False, only: list[str] | None = None, kernels: bool = False
+    shape: str, variants: bool = False, only: list[str] | None = None, kernels: bool = False, triton_too: bool = True
 ) -> list[dict]:
     device = torch.device("cuda")
     if shape == "varlen":
@@ -119,7 +164,7 @@ def bench_shape(
     q, k, v, do = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     rows = []
-    for name, fn in impls(cu is not None, H, variants).items():
+    for name, fn in impls(cu is not None, H, variants, triton_too).items():
         if only and name not in only:
             continue
 
@@ -159,32 +204,30 @@ def bench_shape(
 
 def _fmt(r: dict) -> str:
     return (
-        f"{r['shape'][:22]:<22} {r['impl']:<10} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
+        f"{r['shape'][:22]:<22} {r['impl']:<15} {r['fwd_ms']:8.3f} {r['fwd_tflops']:7.1f} "
         f"{r['fwdbwd_ms']:8.3f} {r['fwdbwd_tflops']:7.1f} {r['peak_mib']:9.1f} {r['first_call_s']:7.1f}"
     )
 
 
 def _header() -> str:
-    return f"{'shape':<22} {'impl':<10} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9} {'first s':>7}"
+    return f"{'shape':<22} {'impl':<15} {'fwd ms':>8} {'TFLOP/s':>7} {'f+b ms':>8} {'TFLOP/s':>7} {'peak MiB':>9} {'first s':>7}"
 
 
 def _ratios(rows: list[dict]) -> list[str]:
-    """softpick / SDPA and softpick / our softmax, by speed (higher is better for softpick)."""
+    """Speed ratios (higher is better for the first name): softpick and our softmax against the anchors,
+    softpick against our softmax, the Hopper kernels against Triton, the sink variants against softmax."""
+    pairs = [("softpick", "fa4"), ("softpick", "cudnn"), ("softpick", "sdpa"), ("softpick", "softmax"),
+             ("softmax", "fa4"), ("softmax", "cudnn"), ("softpick", "softpick-triton"),
+             ("softpick-triton", "cudnn"), ("softpick-triton", "softmax-triton"),
+             ("softmax+1", "softmax"), ("sink", "softmax")]
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         by = {r["impl"]: r for r in rows if r["shape"] == shape}
-        sp = by["softpick"]
-        for ref in ("sdpa", "softmax"):
-            if ref in by:
+        for a, b in pairs:
+            if a in by and b in by:
                 out.append(
-                    f"{shape[:22]:<22} softpick/{ref:<8} fwd {by[ref]['fwd_ms'] / sp['fwd_ms']:.2f}x "
-                    f"f+b {by[ref]['fwdbwd_ms'] / sp['fwdbwd_ms']:.2f}x"
-                )
-        for variant in ("softmax+1", "sink"):
-            if variant in by and "softmax" in by:
-                out.append(
-                    f"{shape[:22]:<22} {variant}/softmax fwd {by['softmax']['fwd_ms'] / by[variant]['fwd_ms']:.2f}x "
-                    f"f+b {by['softmax']['fwdbwd_ms'] / by[variant]['fwdbwd_ms']:.2f}x"
+                    f"{shape[:22]:<22} {a + '/' + b:<32} fwd {by[b]['fwd_ms'] / by[a]['fwd_ms']:.2f}x "
+                    f"f+b {by[b]['fwdbwd_ms'] / by[a]['fwdbwd_ms']:.2f}x"
                 )
     return out
 
@@ -196,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", action="store_true", help="also time softmax+1 and learnable sinks")
     parser.add_argument("--impls", default=None, help="comma-separated subset, e.g. softpick,softmax")
     parser.add_argument("--kernels", action="store_true", help="also print each kernel's GPU time per forward+backward")
+    parser.add_argument("--no-triton", action="store_true", help="leave out the forced-Triton rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA kernels and no CUDA GPU is visible.")
@@ -206,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "flash_attn": getattr(_flash_attn(), "__version__", None),
+        "fa4": getattr(_fa4(), "__version__", None),
+        "softpick_kernels": "triton only" if _cute_problem(torch.empty(1, 1, 1, 64, device="cuda", dtype=torch.bfloat16)) else "cute (Hopper) by default",
         "commit": commit,
         "dtype": "bfloat16",
         "causal": True,
@@ -213,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     print(env, flush=True)
     print(_header(), flush=True)
     only = args.impls.split(",") if args.impls else None
-    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only, args.kernels)]
+    rows = [r for shape in args.shapes for r in bench_shape(shape, args.variants, only, args.kernels, not args.no_triton)]
     print("\n" + _header())
     for r in rows:
         print(_fmt(r))

@@ -1,14 +1,16 @@
-"""GPU correctness check of the fused Triton attention (issue 4): bf16/fp16 against float64.
+"""GPU correctness check of the fused attention kernels: bf16/fp16 against float64.
 
 Usage (on a CUDA machine, from the repository root):
 
-    python benchmarks/gpu_check.py [--json out.json]
+    python benchmarks/gpu_check.py [--impl triton|cute] [--variants softpick,softmax,...] [--json out.json]
 
-For every case of a grid (odd T, T = 1, GQA, varlen with length-1 documents, head dims 16..256,
-all-negative rows, large scores; causal and not; softpick and softmax) it runs forward and backward
-of ``impl="triton"`` on bf16 inputs (causal) or fp16 inputs (non-causal) and compares o, dq, dk, dv with ``naive_attention`` run in
-float64 on the same (bf16-rounded) inputs, by ``|out - ref| / |ref|`` (Frobenius norms). bf16
-operands put that between 1e-3 and 1e-2; the check fails above ``TOL`` or on any non-finite value.
+For every case of a grid (odd T, T = 1, GQA, varlen with length-1 documents, queries shorter than keys,
+head dims 16..256, all-negative rows, large scores and scores of ~1e4; causal and not; softpick, softmax,
+softmax+1 and a learnable sink) it runs forward and backward of ``impl`` (Triton, or the Hopper CuTe
+kernels, which take head dims 64/128/256 only) on bf16 and fp16 inputs and compares o, dq, dk, dv (and
+d(sink)) with ``naive_attention`` run in float64 on the same (rounded) inputs, by ``|out - ref| / |ref|``
+(Frobenius norms). bf16 operands put that between 1e-3 and 1e-2; the check fails above ``TOL`` or on
+any non-finite value.
 For softmax it also prints SDPA's error on the same inputs as a yardstick. Then it checks that
 ``torch.compile(fullgraph=True)`` runs forward + backward with no graph break and matches eager.
 Exit status 1 if any check fails.
@@ -19,13 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
 from softpick.ops.attention import softmax_attention, softpick_attention
 from softpick.ops.attention.naive import naive_attention
 
-TOL = {"o": 1.5e-2, "dq": 3e-2, "dk": 3e-2, "dv": 2e-2}
+TOL = {"o": 1.5e-2, "dq": 3e-2, "dk": 3e-2, "dv": 2e-2, "dsink": 3e-2}
+VARIANTS = ("softpick", "softmax", "softmax+1", "sink")
 
 # (name, B, T, H, HQ, D, cu_seqlens, q multiplier, kind)
 CASES = [
@@ -41,7 +45,13 @@ CASES = [
     ("B2-T200-H2-HQ2-D64-negative", 2, 200, 2, 2, 64, None, 1.0, "negative"),
     ("B2-T200-H2-HQ2-D64-large", 2, 200, 2, 2, 64, None, 12.0, "random"),
     ("B2-T2048-H4-HQ8-D128", 2, 2048, 4, 8, 128, None, 1.0, "random"),
+    ("B2-T1500-H2-HQ4-D64-shortq", 2, 1500, 2, 4, 64, None, 1.0, "shortq"),
+    ("B1-T700-H2-HQ2-D128-shortq", 1, 700, 2, 2, 128, None, 1.0, "shortq"),
+    ("B1-T300-H2-HQ2-D64-huge", 1, 300, 2, 2, 64, None, 1.0, "huge"),
+    ("B1-T2500-H2-HQ2-D256", 1, 2500, 2, 2, 256, None, 1.0, "random"),
 ]
+"""kinds: random; negative (every score < 0); shortq (the last T // 3 queries against all T keys, a KV
+cache's chunked prefill); huge (scores of ~1e4: q and k of scale 100)."""
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -58,28 +68,47 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def make_inputs(B, T, H, HQ, D, mult, kind, dtype, device):
-    q = torch.randn(B, T, HQ, D, device=device) * mult
+    Tq = T // 3 if kind == "shortq" else T
+    q = torch.randn(B, Tq, HQ, D, device=device) * mult
     k = torch.randn(B, T, H, D, device=device)
     if kind == "negative":  # every score < 0: softpick output and gradients are 0
         q, k = q.abs(), -k.abs()
+    if kind == "huge":
+        q, k = q * 100, k * 100
     v = torch.randn(B, T, H, D, device=device)
-    do = torch.randn(B, T, HQ, D, device=device)
+    do = torch.randn(B, Tq, HQ, D, device=device)
     return [t.to(dtype) for t in (q, k, v, do)]
 
 
-def check_case(case, variant, causal, dtype, device) -> dict:
+def supported(case, impl: str) -> bool:
+    """Whether ``impl`` takes the case (the Hopper kernels: head dims 64, 128, 256)."""
+    return impl != "cute" or case[5] in (64, 128, 256)
+
+
+def check_case(case, variant, causal, dtype, device, impl: str = "triton") -> dict:
     name, B, T, H, HQ, D, cu, mult, kind = case
     cu_t = None if cu is None else torch.tensor(cu, device=device, dtype=torch.int32)
     q, k, v, do = make_inputs(B, T, H, HQ, D, mult, kind, dtype, device)
-    fn = softpick_attention if variant == "softpick" else softmax_attention
+    base = "softpick" if variant == "softpick" else "softmax"
+    sink = None
+    if variant == "softmax+1":
+        sink = torch.zeros(HQ, device=device)
+    elif variant == "sink":
+        sink = torch.randn(HQ, device=device).requires_grad_()
+    fn = softpick_attention if base == "softpick" else softmax_attention
+    extra = {} if sink is None else {"sink": sink}
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    o = fn(qg, kg, vg, causal=causal, cu_seqlens=cu_t, impl="triton")
-    grads = torch.autograd.grad(o, (qg, kg, vg), do)
+    o = fn(qg, kg, vg, causal=causal, cu_seqlens=cu_t, impl=impl, **extra)
+    wrt = (qg, kg, vg) + ((sink,) if variant == "sink" else ())
+    grads = torch.autograd.grad(o, wrt, do)
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    o64 = naive_attention(q64, k64, v64, variant=variant, causal=causal, cu_seqlens=cu_t)
-    grads64 = torch.autograd.grad(o64, (q64, k64, v64), do.double())
-    row = {"case": name, "variant": variant, "causal": causal, "dtype": str(dtype).split(".")[-1]}
-    for key, out, ref in zip(("o", "dq", "dk", "dv"), (o, *grads), (o64, *grads64)):
+    sink64 = None if sink is None else sink.detach().double().requires_grad_(variant == "sink")
+    o64 = naive_attention(q64, k64, v64, variant=base, causal=causal, cu_seqlens=cu_t, sink=sink64)
+    wrt64 = (q64, k64, v64) + ((sink64,) if variant == "sink" else ())
+    grads64 = torch.autograd.grad(o64, wrt64, do.double())
+    row = {"case": name, "variant": variant, "causal": causal, "dtype": str(dtype).split(".")[-1], "impl": impl}
+    keys = ("o", "dq", "dk", "dv", "dsink")[: 1 + len(grads)]
+    for key, out, ref in zip(keys, (o, *grads), (o64, *grads64)):
         row[key] = rel_err(out, ref)
     if variant == "softmax" and cu is None:
         qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
@@ -89,20 +118,16 @@ def check_case(case, variant, causal, dtype, device) -> dict:
     if kind == "negative" and variant == "softpick":
         # exact zeros expected: o = 0 and all gradients 0
         row["exact_zero"] = bool(o.abs().max() == 0 and all(g.abs().max() == 0 for g in grads))
-    row["ok"] = all(row[key] <= TOL[key] for key in TOL) and row.get("exact_zero", True)
+    row["ok"] = all(row[key] <= TOL[key] for key in keys) and row.get("exact_zero", True)
     return row
 
 
-def check_compile(device) -> dict:
+def check_compile(device, impl: str | None = None) -> dict:
     """torch.compile(fullgraph=True) forward + backward runs with no graph break and matches eager."""
     import torch._dynamo
 
-    def f(q, k, v, do):
-        o = softpick_attention(q, k, v, causal=True)
-        return torch.autograd.grad((o * do).sum(), (q, k, v))
-
     def step(q, k, v):
-        o = softpick_attention(q, k, v, causal=True)
+        o = softpick_attention(q, k, v, causal=True, impl=impl)
         return (o.float() ** 2).sum()
 
     q, k, v, do = make_inputs(2, 512, 2, 4, 64, 1.0, "random", torch.bfloat16, device)
@@ -126,33 +151,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write all rows to this file")
     parser.add_argument("--cases", nargs="+", help="run only cases whose name contains one of these")
+    parser.add_argument("--impl", default="triton", choices=("triton", "cute"))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
+    parser.add_argument("--dtypes", default="bfloat16,float16")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
-    print(f"device {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} impl {args.impl}", flush=True)
     rows = []
-    cases = [c for c in CASES if not args.cases or any(p in c[0] for p in args.cases)]
+    cases = [c for c in CASES if (not args.cases or any(p in c[0] for p in args.cases)) and supported(c, args.impl)]
     for case in cases:
-        for variant in ("softpick", "softmax"):
+        for variant in args.variants.split(","):
             for causal in (True, False):
-                dtype = torch.bfloat16 if causal else torch.float16
-                torch.manual_seed(len(rows))
-                row = check_case(case, variant, causal, dtype, device)
-                rows.append(row)
-                sdpa = row.get("sdpa")
-                extra = " sdpa " + " ".join(f"{sdpa[k]:.1e}" for k in ("o", "dq", "dk", "dv")) if sdpa else ""
-                print(
-                    f"{'ok  ' if row['ok'] else 'FAIL'} {row['case']:<30} {variant:<8} causal={int(causal)} "
-                    f"{row['dtype']:<8} o {row['o']:.1e} dq {row['dq']:.1e} dk {row['dk']:.1e} dv {row['dv']:.1e}{extra}",
-                    flush=True,
-                )
-    comp = check_compile(device)
+                for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+                    torch.manual_seed(len(rows))
+                    t0 = time.perf_counter()
+                    row = check_case(case, variant, causal, dtype, device, args.impl)
+                    row["seconds"] = time.perf_counter() - t0
+                    rows.append(row)
+                    print(_row_line(row), flush=True)
+    comp = check_compile(device, args.impl)
     print(f"{'ok  ' if comp['ok'] else 'FAIL'} torch.compile fullgraph: {comp}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "compile": comp}, f, indent=1)
     failed = [r for r in rows if not r["ok"]] + ([comp] if not comp["ok"] else [])
+    for r in failed[:40]:
+        print("FAILED", _row_line(r) if "case" in r else r)
     print(f"{len(rows) + 1 - len(failed)} of {len(rows) + 1} checks passed")
     return 1 if failed else 0
+
+
+def _row_line(row: dict) -> str:
+    sdpa = row.get("sdpa")
+    extra = " sdpa " + " ".join(f"{sdpa[k]:.1e}" for k in ("o", "dq", "dk", "dv")) if sdpa else ""
+    errs = " ".join(f"{k} {row[k]:.1e}" for k in ("o", "dq", "dk", "dv", "dsink") if k in row)
+    return (f"{'ok  ' if row['ok'] else 'FAIL'} {row['case']:<30} {row['variant']:<9} causal={int(row['causal'])} "
+            f"{row['dtype']:<8} {errs}{extra} ({row.get('seconds', 0):.1f}s)")
 
 
 if __name__ == "__main__":

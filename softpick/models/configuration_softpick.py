@@ -17,7 +17,7 @@ denominator); sink (a learnable per-head logit in every denominator, as in gpt-o
 OUTPUT_GATES = (None, "headwise", "elementwise")
 """Values of ``output_gate``: none, one sigmoid gate per head, or one per output channel."""
 
-ATTN_IMPLS = (None, "naive", "triton", "sdpa")
+ATTN_IMPLS = (None, "naive", "triton", "cute", "sdpa")
 """Values of ``attn_impl``, passed as ``impl`` to :mod:`softpick.ops` (None = fastest available)."""
 
 

@@ -7,8 +7,11 @@ Each dispatches to an implementation chosen by ``impl``:
   (:mod:`softpick.ops.attention.triton.training`, forward and backward) when T_q == T_k and nothing is
   padded, else the KV-cache kernels (:mod:`softpick.ops.attention.triton.kv_cache`, forward only: decoding,
   chunked prefill, padded batches).
+- ``"cute"``: the Hopper (sm_90) kernels in the CuTe DSL (:mod:`softpick.ops.attention.cute`, forward and
+  backward; optional extra ``softpick[hopper]``), on H100/H200 with head dims 64, 128 or 256.
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (softmax only).
-- ``None``: the fastest one that supports the inputs (Triton on CUDA, else naive).
+- ``None``: the fastest one that supports the inputs: the Hopper kernels where they run, else Triton on
+  CUDA, else naive.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from softpick.ops.attention.checks import check_attention_inputs
 from softpick.ops.attention.naive import naive_attention, visible_keys
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
-IMPLS = ("naive", "triton", "sdpa")
+IMPLS = ("naive", "triton", "cute", "sdpa")
 
 
 def _sdpa_attention(q, k, v, *, scale, causal, attention_mask) -> torch.Tensor:
@@ -55,6 +58,13 @@ def _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink) -> tuple[str | No
     return None, training if inference == training else f"{training}; {inference}"
 
 
+def _cute_problem(variant: str, q, k, v, attention_mask, sink) -> str | None:
+    """None when the Hopper kernels run these inputs, else why not (one phrase)."""
+    from softpick.ops.attention import cute
+
+    return cute.supports(q, k, v, variant=variant, attention_mask=attention_mask, sink=sink)
+
+
 def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_seqlens, sink=None) -> str:
     """The implementation to run: "naive", "sdpa", or for Triton "training" / "kv-cache" (its kernels)."""
     if impl is not None:
@@ -66,6 +76,11 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise ValueError("impl 'sdpa' does not take cu_seqlens; use impl='triton' or 'naive'.")
         if impl == "sdpa" and sink is not None:
             raise ValueError("impl 'sdpa' has no sink logit; use impl='triton' or 'naive'.")
+        if impl == "cute":
+            reason = _cute_problem(variant, q, k, v, attention_mask, sink)
+            if reason is not None:
+                raise NotImplementedError(f"impl='cute' cannot run these inputs: {reason}; use impl='triton'.")
+            return "cute"
         if impl != "triton":
             return impl
         kernels, reason = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
@@ -73,6 +88,8 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
         return kernels
     if q.is_cuda:
+        if _cute_problem(variant, q, k, v, attention_mask, sink) is None:
+            return "cute"
         kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink)
         if kernels is not None:
             return kernels
@@ -93,6 +110,13 @@ def _attention(q, k, v, *, variant, scale, causal, cu_seqlens, attention_mask, e
         )
     if which == "sdpa":
         return _sdpa_attention(q, k, v, scale=scale, causal=causal, attention_mask=attention_mask)
+    if which == "cute":
+        from softpick.ops.attention.cute import cute_attention
+
+        return cute_attention(
+            q, k, v, variant=variant, scale=scale, causal=causal, cu_seqlens=cu_seqlens, eps=eps, sink=sink,
+            max_seqlen=max_seqlen,
+        )
     if which == "training":
         from softpick.ops.attention.triton.training import parallel_attention
 
@@ -134,7 +158,7 @@ def softpick_attention(
             host, so a compiled model does not wait for the GPU. Eager calls check it.
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys.
         eps: constant added to the unscaled denominator (default 1e-6).
-        impl: "naive", "triton" or None (fastest that supports the inputs).
+        impl: "naive", "triton", "cute" or None (fastest that supports the inputs).
 
     Returns:
         [B, T_q, HQ, V] in q.dtype. Rows need not sum to 1; a query whose scores are all <= 0, or that

@@ -1,0 +1,192 @@
+"""Host side of the Hopper kernels: compile caches, the calls into FlashAttention-4's launchers, and the
+``torch.library`` custom ops (with fake and autograd registrations, so ``torch.compile(fullgraph=True)``
+traces them).
+
+FlashAttention-4's launchers (``flash_attn.cute.interface._flash_attn_fwd`` / ``_flash_attn_bwd``) pick
+tiles, pack GQA heads, allocate outputs and the fp32 dQ accumulator, run the preprocess and postprocess
+kernels and compile on first use. For softpick they are called with our kernel classes and our own
+compile caches swapped in (:func:`_kernels`), under one lock, so a softmax call never sees a softpick
+kernel or cache entry. Softmax, softmax+1 and the learnable sink run FlashAttention-4's own kernels
+(its ``learnable_sink``: forward, backward and the sink's gradient).
+
+Compiled kernels are cached per process and, unless ``SOFTPICK_CUTE_CACHE=0``, on disk under
+``$SOFTPICK_CUTE_CACHE_DIR`` (default ``~/.cache/softpick/cute``) in a folder named by a hash of these
+sources and the pinned versions, so a changed kernel never loads a stale binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+_LOCK = threading.RLock()
+
+
+def _fingerprint() -> str:
+    """Hash of this package's CuTe sources and the pinned versions (names the disk cache folder)."""
+    from softpick.ops.attention.cute.pins import PINS
+
+    h = hashlib.sha256(repr(sorted(PINS.items())).encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path | None:
+    """Where compiled kernels persist, or None when the disk cache is off (SOFTPICK_CUTE_CACHE=0)."""
+    if os.environ.get("SOFTPICK_CUTE_CACHE", "1") == "0":
+        return None
+    root = os.environ.get("SOFTPICK_CUTE_CACHE_DIR") or os.path.join(Path.home(), ".cache", "softpick", "cute")
+    return Path(root) / _fingerprint()
+
+
+@functools.lru_cache(maxsize=None)
+def _cache(name: str):
+    """One compile cache of softpick kernels: in memory, backed by the disk folder when enabled."""
+    from flash_attn.cute.cache_utils import JITCache, JITPersistentCache
+
+    folder = cache_dir()
+    return JITCache() if folder is None else JITPersistentCache(folder / name)
+
+
+@contextlib.contextmanager
+def _kernels(softpick: bool, eps: float = 0.0):
+    """Run FlashAttention-4's launchers with softpick's kernels and caches (or its own for softmax)."""
+    from flash_attn.cute import interface
+
+    with _LOCK:
+        if not softpick:
+            yield interface
+            return
+        from softpick.ops.attention.cute.kernels import (
+            SoftpickBackwardSm90, SoftpickForwardSm90, softpick_forward_scope,
+        )
+
+        fwd, bwd = interface._flash_attn_fwd, interface._flash_attn_bwd
+        saved = (interface.FlashAttentionForwardSm90, interface.FlashAttentionBackwardSm90,
+                 fwd.compile_cache, bwd.compile_cache)
+        with softpick_forward_scope(eps):
+            interface.FlashAttentionForwardSm90 = SoftpickForwardSm90
+            interface.FlashAttentionBackwardSm90 = SoftpickBackwardSm90
+            fwd.compile_cache, bwd.compile_cache = _cache(f"fwd-eps{eps!r}"), _cache("bwd")
+            try:
+                yield interface
+            finally:
+                (interface.FlashAttentionForwardSm90, interface.FlashAttentionBackwardSm90,
+                 fwd.compile_cache, bwd.compile_cache) = saved
+
+
+def _flat(t: torch.Tensor, varlen: bool) -> torch.Tensor:
+    """[1, T, H, D] -> [T, H, D] for varlen (FlashAttention-4's packed layout); else unchanged."""
+    return t.view(t.shape[1:]) if varlen else t
+
+
+def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink, max_seqlen: int):
+    """(o [B, T_q, HQ, V], lse) with lse natural-log, [B, HQ, T_q] (dense) or [HQ, T] (varlen)."""
+    varlen = cu_seqlens is not None
+    extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
+                 max_seqlen_k=max_seqlen or None) if varlen else {}
+    with _kernels(softpick, eps) as fa4:
+        out, lse, *_ = fa4._flash_attn_fwd(
+            _flat(q, varlen), _flat(k, varlen), _flat(v, varlen), softmax_scale=scale, causal=causal,
+            learnable_sink=sink, return_lse=True, **extra,
+        )
+    return (out.unsqueeze(0) if varlen else out), lse
+
+
+def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink, max_seqlen: int):
+    """(dq, dk, dv) like q, k, v and d(sink) [HQ] float32 (empty without a sink)."""
+    varlen = cu_seqlens is not None
+    extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
+                 max_seqlen_k=max_seqlen or None) if varlen else {}
+    flat = [_flat(t, varlen) for t in (q, k, v, o, do)]
+    with _kernels(softpick) as fa4:
+        grads = fa4._flash_attn_bwd(
+            *flat[:4], flat[4], lse, softmax_scale=scale, causal=causal, learnable_sink=sink,
+            deterministic=torch.are_deterministic_algorithms_enabled(), **extra,
+        )
+    dq, dk, dv = (g.unsqueeze(0) if varlen else g for g in grads[:3])
+    dsink = grads[3].float() if sink is not None else lse.new_empty(0)
+    return dq, dk, dv, dsink
+
+
+@torch.library.custom_op("softpick::cute_attention_fwd", mutates_args=())
+def cute_attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    softpick: bool,
+    scale: float,
+    causal: bool,
+    eps: float,
+    sink: torch.Tensor | None,
+    max_seqlen: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hopper forward: (o [B, T_q, HQ, V], lse float32 in FlashAttention-4's layout) of contiguous q, k, v."""
+    with torch.cuda.device(q.device):
+        return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen)
+
+
+def _lse_shape(q: torch.Tensor, varlen: bool) -> tuple[int, ...]:
+    B, T, HQ, _ = q.shape
+    return (HQ, T) if varlen else (B, HQ, T)
+
+
+@cute_attention_fwd_op.register_fake
+def _(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen):
+    o = q.new_empty(*q.shape[:3], v.shape[-1])
+    return o, q.new_empty(_lse_shape(q, cu_seqlens is not None), dtype=torch.float32)
+
+
+@torch.library.custom_op("softpick::cute_attention_bwd", mutates_args=())
+def cute_attention_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    softpick: bool,
+    scale: float,
+    causal: bool,
+    sink: torch.Tensor | None,
+    max_seqlen: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hopper backward: (dq, dk, dv, dsink) from do and the forward's o and lse (dsink empty without a sink)."""
+    with torch.cuda.device(q.device):
+        return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
+
+
+@cute_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen):
+    dsink = lse.new_empty(0) if sink is None else sink.new_empty(sink.shape, dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, softpick, scale, causal, _, sink, max_seqlen = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink)
+    ctx.flags = (softpick, scale, causal, max_seqlen)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    """Gradients for (q, k, v, sink); lse is an auxiliary output and takes no gradient."""
+    q, k, v, o, lse, cu_seqlens, sink = ctx.saved_tensors
+    softpick, scale, causal, max_seqlen = ctx.flags
+    dq, dk, dv, dsink = cute_attention_bwd_op(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink,
+                                              max_seqlen)
+    dsink = dsink.to(sink.dtype) if sink is not None and ctx.needs_input_grad[8] else None
+    return (dq, dk, dv, None, None, None, None, None, dsink, None)
+
+
+cute_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
