@@ -133,7 +133,15 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
     shutil.rmtree(tmp, ignore_errors=True)
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(str(tmp))
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" would cut into the training log and bar
+    try:
+        model.save_pretrained(str(tmp))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     config = model.config
     if is_plain_softmax(config):
         for name in REMOTE_MODULES:
