@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
@@ -49,19 +50,13 @@ print("done")
 NOISE = ("Failed to load", "register_constant", "torch.distributed is disabled")
 
 
-def _noise_without_softpick() -> list[str]:
-    """What importing transformers' modeling module prints here without our filters (it imports torchao)."""
-    result = subprocess.run([sys.executable, "-c", "from transformers import PreTrainedModel"], capture_output=True,
-                            text=True, timeout=120)
-    return [n for n in NOISE if n in result.stderr]
-
-
+@pytest.mark.slow
 def test_start_up_and_single_process_save_are_quiet():
     result = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
     assert [n for n in NOISE if n in result.stderr] == [], result.stderr[-3000:]
-    if not _noise_without_softpick():  # the environment has nothing to silence: say so rather than pass blindly
-        pytest.skip("transformers prints no torchao/pytree notices here (quantization extras not installed)")
+    if importlib.util.find_spec("torchao") is None:  # nothing to silence here: say so rather than pass blindly
+        pytest.skip("torchao is not installed, so transformers prints none of its start-up notices")
 
 
 def test_filters_are_narrow():

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -51,6 +52,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_exports_load_without_softpick_and_in_lm_eval(tmp_path):
     tokenizer = embedded_tokenizer()
     variants = {"softmax": dict(attn_type="softmax"), "softpick": dict(attn_type="softpick"),
