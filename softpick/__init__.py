@@ -4,8 +4,9 @@
 classes (model_type ``softpick_transformer``).
 
 One exception keeps the ``softpick`` command quick: when this process is the ``softpick`` console script
-asked only for help or the version (``softpick -h``, ``softpick --version``, ``softpick train -h``), torch
-and transformers are not loaded up front; the public names below still load on first use.
+(or ``python -m softpick``) asked only for help or the version (``softpick -h``, ``softpick --version``,
+``softpick train -h``), torch and transformers are not loaded up front; the public names below still load
+on first use.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ HELP_FLAGS = ("-h", "--help", "--version")
 
 
 def help_only(argv: list[str]) -> bool:
-    """Whether ``argv`` is the ``softpick`` command asking only for help or the version."""
-    if not argv or os.path.basename(argv[0]) != "softpick":
+    """Whether ``argv`` is the ``softpick`` command (or ``python -m softpick...``) asking only for help or the version.
+
+    ``python -m`` sets ``sys.argv[0]`` to ``"-m"`` while it imports the packages of the module it runs, so
+    that case is this package being located for ``python -m softpick ...`` itself.
+    """
+    if not argv or (os.path.basename(argv[0]) != "softpick" and argv[0] != "-m"):
         return False
     rest = argv[1:]
     return not rest or rest[0] in HELP_FLAGS or any(a in ("-h", "--help") for a in rest[1:])

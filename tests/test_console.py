@@ -99,3 +99,20 @@ def test_log_lines_go_through_the_bar(tmp_path, monkeypatch, capsys):
         root.removeHandler(handler)
     text = terminal.getvalue()
     assert "\na message from the trainer\n" in text.replace("\r", "\n")
+
+
+def test_python_dash_m_help_and_train_sh_help_load_no_torch(tmp_path):
+    """``python -m softpick train -h`` (what train.sh -h runs) works where importing torch or transformers fails."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("torch", "transformers"):  # shadow the real packages: importing them now raises
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported for help')")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for argv in (["-m", "softpick", "train", "-h"], ["-m", "softpick", "--version"]):
+        result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60, cwd=root, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "--checkpoint.interval_type" not in result.stdout and "softpick 0.1.0" in result.stdout
+    assert "exec python -m softpick train -h" in (root / "train.sh").read_text()
