@@ -84,3 +84,20 @@ def test_repo_ids_and_paths_are_told_apart(tmp_path):
     assert looks_like_repo_id("fla-hub/transformer-1.3B-100B") and looks_like_repo_id("gpt2")
     assert not looks_like_repo_id("configs/missing.json") and not looks_like_repo_id("./x")
     assert not looks_like_repo_id(str(tmp_path)) and not looks_like_repo_id("a/b/c")
+
+
+def test_hub_errors_when_online_are_one_line(monkeypatch):
+    """Online (the check passes) but the repository is missing: transformers' error becomes one line."""
+    import softpick.models.loading as loading
+    from transformers import PreTrainedConfig
+
+    monkeypatch.setattr(loading, "require_hub", lambda flag, name: None)
+
+    def missing(name, **kwargs):
+        raise OSError(f"{name} is not a local folder and is not a valid model identifier\nlisted on the hub ...")
+
+    monkeypatch.setattr(PreTrainedConfig, "get_config_dict", staticmethod(missing))
+    with pytest.raises(UserError) as info:
+        load_model_config("org/missing")
+    assert str(info.value).startswith("model.config 'org/missing': cannot load it from the hub: org/missing is not")
+    assert "\n" not in str(info.value)
