@@ -115,7 +115,7 @@ def impls(varlen: bool, heads: int, variants: bool = False, triton_too: bool = T
     if fa4 is not None:
         if varlen:
             out["fa4"] = lambda q, k, v, cu, n: _first(fa4.flash_attn_varlen_func(
-                q[0], k[0], v[0], cu, cu, max_seqlen_q=n, max_seqlen_k=n, causal=True))
+                q[0], k[0], v[0], cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=n, max_seqlen_k=n, causal=True))
         else:
             out["fa4"] = lambda q, k, v, cu, n: _first(fa4.flash_attn_func(q, k, v, causal=True))
     fa = _flash_attn()

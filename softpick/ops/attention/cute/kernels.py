@@ -18,10 +18,16 @@ What is ours and what is the library's (``flash-attn-4``, pinned exactly in :mod
       E = exp2(a * s - lse2)          (= e^{x - lse}, lse2 = lse * log2 e from the preprocess kernel)
       t = E - c,  c = exp2(-lse2)     (t > 0 exactly where the score is > 0; masked scores give t = -c)
       P = relu(t)                     (relu folded into the f32 -> 16-bit convert, cvt.rn.relu)
-      dS = E * (dP - delta)  where t > 0,   E * delta  elsewhere
-                                       (= e^{x - lse} ([x > 0] dP - sign(x) delta), E = t + c)
+      dS = (t + c) * (dP - delta) where t > 0, else (t + c) * delta
+                                       (= e^{x - lse} ([x > 0] dP - sign(x) delta))
 
-  The per-row c costs one exp2 per row; per score the step adds two FADDs and a select to softmax's.
+  c is computed once per LSE value a thread holds (``exp2`` of FlashAttention-4's per-thread LSE
+  fragment) and read per row the way the LSE is (a shuffle among the threads sharing rows when the S
+  tile is computed transposed), so no per-row array stays live into the dS step. Per score the step
+  adds, to softmax's, one FADD before the P convert and an FADD and a select in dS. Measured A/B on an
+  H200 (benchmarks/RESULTS.md): this form beat carrying the sign of the score in E (fewer instructions
+  but 12 spill instructions at D=64), and at D <= 64 the backward runs 64-row query tiles
+  (:func:`.launch._bwd_tiles`; FlashAttention-4 takes 128 for softmax), which removes the last spills.
 """
 
 from __future__ import annotations
@@ -55,15 +61,18 @@ _SCOPE_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def softpick_forward_scope(eps: float):
-    """Bind softpick's online step (with ``eps``) and mask in the forward skeleton's module while a
-    kernel is traced and compiled; restore FlashAttention-4's own names afterwards."""
+    """Bind softpick's online step (with ``eps``), mask and relu-converting P cast in the forward
+    skeleton's modules while a forward kernel is traced and compiled; restore FlashAttention-4's own
+    names afterwards. Only forward kernels may be traced inside (the backward converts dS, which is
+    signed, with the same helper)."""
     with _SCOPE_LOCK:
-        saved = flash_fwd_sm90.Softmax, flash_fwd_sm90.AttentionMask
+        saved = flash_fwd_sm90.Softmax, flash_fwd_sm90.AttentionMask, utils.cvt_f16
         flash_fwd_sm90.Softmax, flash_fwd_sm90.AttentionMask = softpick_online(eps), SoftpickMask
+        utils.cvt_f16 = cvt_relu_f16_into  # the forward skeleton converts only P with it
         try:
             yield
         finally:
-            flash_fwd_sm90.Softmax, flash_fwd_sm90.AttentionMask = saved
+            flash_fwd_sm90.Softmax, flash_fwd_sm90.AttentionMask, utils.cvt_f16 = saved
 
 
 @dsl_user_op
@@ -84,12 +93,18 @@ def cvt_relu_f16x2_f32(a: Float32, b: Float32, to_dtype: type, *, loc=None, ip=N
 
 
 @cute.jit
+def cvt_relu_f16_into(src: cute.Tensor, dst: cute.Tensor) -> None:
+    """dst (bf16 / fp16 registers) = relu(src) (fp32 registers of the same size), two at a time."""
+    dst_i32 = cute.recast_tensor(dst, cutlass.Int32)
+    for i in cutlass.range_constexpr(cute.size(dst_i32)):
+        dst_i32[i] = cvt_relu_f16x2_f32(src[2 * i], src[2 * i + 1], dst.element_type)
+
+
+@cute.jit
 def cvt_relu_f16(src: cute.Tensor, dtype: cutlass.Constexpr[type]) -> cute.Tensor:
     """relu(src) as a new bf16 / fp16 register tensor of src's shape."""
     dst = cute.make_rmem_tensor(src.shape, dtype)
-    dst_i32 = cute.recast_tensor(dst, cutlass.Int32)
-    for i in cutlass.range_constexpr(cute.size(dst_i32)):
-        dst_i32[i] = cvt_relu_f16x2_f32(src[2 * i], src[2 * i + 1], dtype)
+    cvt_relu_f16_into(src, dst)
     return dst
 
 
@@ -97,22 +112,21 @@ class SoftpickBackwardSm90(FlashAttentionBackwardSm90):
     """FlashAttention-4's Hopper backward with softpick's pointwise step (see the module docstring)."""
 
     @cute.jit
-    def _scores_to_shifted_probs(self, acc_S_mn: cute.Tensor, tLSErLSE: cute.Tensor, lane_idx: Int32,
-                                 softmax_scale_log2: Float32) -> None:
+    def _scores_to_shifted_probs(self, acc_S_mn: cute.Tensor, tLSErLSE: cute.Tensor, tLSErFloor: cute.Tensor,
+                                 lane_idx: Int32, softmax_scale_log2: Float32) -> None:
         """acc_S (raw scores, masked ones -inf) -> t = e^{x - lse} - e^{-lse}, in place."""
         for r in cutlass.range_constexpr(cute.size(acc_S_mn, mode=[0])):
             lse2 = self._get_stat(tLSErLSE, r, lane_idx, shuffle=self.shuffle_LSE)
-            floor = cute.math.exp2(-lse2, fastmath=True)
+            floor = self._get_stat(tLSErFloor, r, lane_idx, shuffle=self.shuffle_LSE)
             for c in cutlass.range(cute.size(acc_S_mn, mode=[1]), unroll_full=True):
                 acc_S_mn[r, c] = cute.math.exp2(acc_S_mn[r, c] * softmax_scale_log2 - lse2, fastmath=True) - floor
 
     @cute.jit
-    def _grad_scores(self, acc_dP_mn: cute.Tensor, acc_S_mn: cute.Tensor, tLSErLSE: cute.Tensor,
+    def _grad_scores(self, acc_dP_mn: cute.Tensor, acc_S_mn: cute.Tensor, tLSErFloor: cute.Tensor,
                      tLSErdPsum: cute.Tensor, lane_idx: Int32) -> None:
         """acc_dP (dP = dO V^T) -> dS = e^{x - lse} ([x > 0] dP - sign(x) delta), in place."""
         for r in cutlass.range_constexpr(cute.size(acc_dP_mn, mode=[0])):
-            lse2 = self._get_stat(tLSErLSE, r, lane_idx, shuffle=self.shuffle_LSE)
-            floor = cute.math.exp2(-lse2, fastmath=True)
+            floor = self._get_stat(tLSErFloor, r, lane_idx, shuffle=self.shuffle_LSE)
             delta = self._get_stat(tLSErdPsum, r, lane_idx, shuffle=self.shuffle_dPsum)
             for c in cutlass.range(cute.size(acc_dP_mn, mode=[1]), unroll_full=True):
                 t = acc_S_mn[r, c]
@@ -158,12 +172,15 @@ class SoftpickBackwardSm90(FlashAttentionBackwardSm90):
         pipeline_Q.consumer_wait(consumer_state_Q, pipeline_Q.consumer_try_wait(consumer_state_Q))
         acc_S = mma_qk_fn(A_idx=smem_Q, wg_wait=-1)
         tLSErLSE = copy_utils.load_s2r(tLSEsLSE[None, smem_Q])
+        # e^{-lse} of the rows this thread holds (or shares by shuffles): read per row in both steps
+        tLSErFloor = cute.make_fragment_like(tLSErLSE, Float32)
+        tLSErFloor.store(cute.math.exp2(-tLSErLSE.load(), fastmath=True))
         pipeline_dO.consumer_wait(state_dO, pipeline_dO.consumer_try_wait(state_dO))
         acc_dP = mma_dov_fn(A_idx=smem_Q, wg_wait=1)
         if const_expr(mask_fn is not None):
             mask_fn(acc_S, m_block=m_block)
         acc_S_mn = layout_utils.reshape_acc_to_mn(acc_S, transpose=self.SdP_swapAB)
-        self._scores_to_shifted_probs(acc_S_mn, tLSErLSE, lane_idx, softmax_scale_log2)
+        self._scores_to_shifted_probs(acc_S_mn, tLSErLSE, tLSErFloor, lane_idx, softmax_scale_log2)
         tLSErdPsum = copy_utils.load_s2r(tLSEsdPsum[None, smem_dO])
         tdVrP = cvt_relu_f16(layout_utils.reshape_acc_to_frgA(acc_S), self.dtype)
         if const_expr(not self.mma_dkv_is_rs):
@@ -173,7 +190,7 @@ class SoftpickBackwardSm90(FlashAttentionBackwardSm90):
 
         warpgroup.wait_group(0)  # dP is ready
         acc_dP_mn = layout_utils.reshape_acc_to_mn(acc_dP, transpose=self.SdP_swapAB)
-        self._grad_scores(acc_dP_mn, acc_S_mn, tLSErLSE, tLSErdPsum, lane_idx)
+        self._grad_scores(acc_dP_mn, acc_S_mn, tLSErFloor, tLSErdPsum, lane_idx)
         tdKrdS = utils.cvt_f16(layout_utils.reshape_acc_to_frgA(acc_dP), self.dtype)
         if const_expr(not self.mma_dkv_is_rs or (self.PdS_stage == 1 and self.mma_dkv_is_rs)):
             cute.arch.fence_view_async_shared()

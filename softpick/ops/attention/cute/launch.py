@@ -56,8 +56,9 @@ def _cache(name: str):
 
 
 @contextlib.contextmanager
-def _kernels(softpick: bool, eps: float = 0.0):
-    """Run FlashAttention-4's launchers with softpick's kernels and caches (or its own for softmax)."""
+def _kernels(softpick: bool, forward: bool, eps: float = 0.0):
+    """Run FlashAttention-4's forward (``forward``) or backward launcher with softpick's kernels and
+    caches, or with its own for softmax."""
     from flash_attn.cute import interface
 
     with _LOCK:
@@ -68,18 +69,53 @@ def _kernels(softpick: bool, eps: float = 0.0):
             SoftpickBackwardSm90, SoftpickForwardSm90, softpick_forward_scope,
         )
 
-        fwd, bwd = interface._flash_attn_fwd, interface._flash_attn_bwd
-        saved = (interface.FlashAttentionForwardSm90, interface.FlashAttentionBackwardSm90,
-                 fwd.compile_cache, bwd.compile_cache)
-        with softpick_forward_scope(eps):
-            interface.FlashAttentionForwardSm90 = SoftpickForwardSm90
-            interface.FlashAttentionBackwardSm90 = SoftpickBackwardSm90
-            fwd.compile_cache, bwd.compile_cache = _cache(f"fwd-eps{eps!r}"), _cache("bwd")
+        if forward:
+            name, cls, launcher, cache = "FlashAttentionForwardSm90", SoftpickForwardSm90, interface._flash_attn_fwd, _cache(f"fwd-eps{eps!r}")
+            scope = softpick_forward_scope(eps)
+        else:
+            name, cls, launcher, cache = "FlashAttentionBackwardSm90", SoftpickBackwardSm90, interface._flash_attn_bwd, _cache("bwd")
+            scope = _bwd_tiles(interface)
+        saved = getattr(interface, name), launcher.compile_cache
+        with scope:
+            setattr(interface, name, cls)
+            launcher.compile_cache = cache
             try:
                 yield interface
             finally:
-                (interface.FlashAttentionForwardSm90, interface.FlashAttentionBackwardSm90,
-                 fwd.compile_cache, bwd.compile_cache) = saved
+                setattr(interface, name, saved[0])
+                launcher.compile_cache = saved[1]
+
+
+SOFTPICK_BWD_TILES = {
+    64: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+             SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+             AtomLayoutMdQ=1, dQ_single_wg=True),
+    128: dict(m_block_size=64, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
+              SdP_swapAB=False, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2,
+              AtomLayoutMdQ=1),
+}
+"""Softpick's backward tiles where they differ from FlashAttention-4's softmax ones (head dim <= key):
+its 128-row query tile at D <= 64 and its transposed S tile at D <= 128 leave softpick's dS step
+spilling registers (``compile_check``: 22 and 4 spill instructions); these have none. D = 256 keeps
+FlashAttention-4's tile (no spills)."""
+
+
+@contextlib.contextmanager
+def _bwd_tiles(interface):
+    """Make FlashAttention-4's backward launcher pick :data:`SOFTPICK_BWD_TILES`."""
+    original = interface._tile_size_bwd_sm90
+
+    def tiles(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
+        for limit, config in sorted(SOFTPICK_BWD_TILES.items()):
+            if head_dim <= limit:
+                return interface.BwdConfig(**config)
+        return original(head_dim, head_dim_v, causal, local, sparse_block_size_q)
+
+    interface._tile_size_bwd_sm90 = tiles
+    try:
+        yield
+    finally:
+        interface._tile_size_bwd_sm90 = original
 
 
 def _flat(t: torch.Tensor, varlen: bool) -> torch.Tensor:
@@ -92,7 +128,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     varlen = cu_seqlens is not None
     extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
                  max_seqlen_k=max_seqlen or None) if varlen else {}
-    with _kernels(softpick, eps) as fa4:
+    with _kernels(softpick, True, eps) as fa4:
         out, lse, *_ = fa4._flash_attn_fwd(
             _flat(q, varlen), _flat(k, varlen), _flat(v, varlen), softmax_scale=scale, causal=causal,
             learnable_sink=sink, return_lse=True, **extra,
@@ -106,7 +142,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
                  max_seqlen_k=max_seqlen or None) if varlen else {}
     flat = [_flat(t, varlen) for t in (q, k, v, o, do)]
-    with _kernels(softpick) as fa4:
+    with _kernels(softpick, False) as fa4:
         grads = fa4._flash_attn_bwd(
             *flat[:4], flat[4], lse, softmax_scale=scale, causal=causal, learnable_sink=sink,
             deterministic=torch.are_deterministic_algorithms_enabled(), **extra,

@@ -6,7 +6,8 @@ like FlashAttention-4's softmax state) and a running denominator ``d``. Each key
 
     m' = max(m, max_j s_j)                  (the max starts at 0, so it never is -inf)
     e_j = exp2(a * s_j - a * m'),  c = exp2(-a * m')   (= e^{x_j - m'} and e^{-m'}, x = scale * s)
-    p_j = relu(e_j - c)                     (written over s: the P of the P.V wgmma)
+    p_j = relu(e_j - c)                     (the P of the P.V wgmma: e_j - c is written over s, and the
+                                             relu happens in the f32 -> 16-bit convert of P)
     d' = d * exp2(a * (m - m')) + sum_j |e_j - c|
 
 and the same ``exp2(a * (m - m'))`` rescales the output accumulator. At the end
@@ -19,8 +20,11 @@ Masked keys must not enter ``d``: FlashAttention-4's masks write -inf, whose ter
 mask runs only on the blocks that need one (the causal diagonal, the sequence end), so unmasked blocks
 pay nothing for it.
 
-Per score this costs, over softmax's online step, one FADD (``e - c``) and one FMNMX (the relu); the
-``|.|`` folds into the FADD of the sum.
+Per score this costs, over softmax's online step, one FADD (``e - c``); the ``|.|`` folds into the FADD
+of the sum and the relu into the convert (``cvt.rn.relu.bf16x2.f32``): the forward skeleton converts P with
+``flash_attn.cute.utils.cvt_f16`` in every block but the first (which uses ``.to(dtype)``, so the first
+block's relu is an FMNMX), and :func:`.kernels.softpick_forward_scope` binds that name to
+:func:`.kernels.cvt_relu_f16_into` while the forward is traced (the skeleton converts nothing else with it).
 """
 
 from __future__ import annotations
@@ -78,7 +82,10 @@ class SoftpickOnline(Softmax):
             max_scaled = row_max_cur * scale_log2
             floor = cute.math.exp2(-max_scaled, fastmath=True)
             shifted = cute.math.exp2(scores * scale_log2 - max_scaled, fastmath=True) - floor
-            acc_S_mn[r, None].store(cute.where(shifted > Float32(0.0), shifted, Float32(0.0)))
+            if cutlass.const_expr(is_first):  # the first block's P is converted without a relu
+                acc_S_mn[r, None].store(cute.where(shifted > Float32(0.0), shifted, Float32(0.0)))
+            else:  # later blocks' P goes through cvt_relu_f16 (relu in the convert instruction)
+                acc_S_mn[r, None].store(shifted)
             if cutlass.const_expr(is_first):
                 row_scale[r] = 1.0
                 self.row_sum[r] = utils.fadd_reduce(abs(shifted), init_val=None, arch=self.arch)

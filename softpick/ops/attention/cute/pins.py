@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from importlib import metadata
 
+import torch
+
 PINS: dict[str, str] = {
     "nvidia-cutlass-dsl": "4.8.1",
     "flash-attn-4": "4.0.0b36",
@@ -20,7 +22,7 @@ INSTALL_HINT = "pip install 'softpick[hopper]'"
 
 
 @functools.lru_cache(maxsize=None)
-def problem() -> str | None:
+def _problem() -> str | None:
     """None when the pinned CuTe DSL stack is installed and imports, else why not (one phrase)."""
     for name, want in PINS.items():
         try:
@@ -35,3 +37,9 @@ def problem() -> str | None:
     except Exception as error:  # an import failure of a pinned, installed stack: say which
         return f"the CuTe DSL stack does not import ({type(error).__name__}: {error})"
     return None
+
+
+@torch.compiler.assume_constant_result
+def problem() -> str | None:
+    """:func:`_problem`, cached, and a constant to ``torch.compile`` (which cannot trace package metadata)."""
+    return _problem()
