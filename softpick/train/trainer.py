@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from softpick.errors import UserError
 from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
@@ -44,38 +45,27 @@ VARLEN_MODEL_TYPES = ("softpick_transformer",)
 
 
 def load_model_config(path: str | None) -> Any:
-    """AutoConfig from a json file or a folder with config.json (ours registered by ``softpick.models``)."""
-    import softpick.models  # noqa: F401  (registers model_type softpick_transformer)
-    from transformers import AutoConfig
+    """The model config of ``--model.config``: ours, fla's transformer json, any HF type, or a hub id."""
+    from softpick.models.loading import load_model_config as load
 
-    if path is None:
-        raise ConfigError("model.config is required: a config json (e.g. configs/softpick_transformer_340M.json).")
-    if not os.path.exists(path):
-        raise ConfigError(f"model.config {path!r} does not exist.")
-    if os.path.isdir(path):
-        return AutoConfig.from_pretrained(path)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    model_type = data.pop("model_type", None)
-    if model_type is None:
-        raise ConfigError(f"model.config {path!r} has no model_type.")
     try:
-        return AutoConfig.for_model(model_type, **data)
-    except ValueError as err:
-        raise ConfigError(f"model.config {path!r}: {str(err).splitlines()[0]}") from None
+        return load(path, flag="model.config")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_tokenizer(path: str | None) -> Any:
-    """An HF tokenizer from a folder, or the embedded corpus tokenizer when ``path`` is None."""
+    """The tokenizer of ``--model.tokenizer_path`` (a folder or a hub id), or the embedded one when None."""
     if path is None:
         from softpick.corpus import embedded_tokenizer
 
         return embedded_tokenizer()
-    from transformers import AutoTokenizer
+    from softpick.models.loading import load_tokenizer as load
 
-    if not os.path.exists(path):
-        raise ConfigError(f"model.tokenizer_path {path!r} does not exist (no network: give a local folder).")
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return load(path, flag="model.tokenizer_path")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def clean_name(name: str) -> str:
@@ -348,8 +338,7 @@ class Trainer:
                     profiler.step()
         gc.enable()
         self.checkpointer.wait()
-        if cfg.checkpoint.enable_checkpoint:
-            self.export_hf(self.dump / "hf")
+        self.export_hf(self.dump / "hf")  # every run ends with a model folder, checkpointing on or off
 
     def export_hf(self, out_dir: Path) -> None:
         """Gather the full weights and write an HF model folder (rank 0 writes)."""
