@@ -35,7 +35,8 @@ from pathlib import Path
 from softpick.corpus.local import GatherStats, gather_documents
 from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
 from softpick.corpus.tokenized import TokenizedWriter, read_meta
-from softpick.corpus.tokenizer import load_local_tokenizer, train_tokenizer
+from softpick.corpus.tokenizer import train_tokenizer
+from softpick.models.loading import load_tokenizer
 
 
 def _jsonl_texts(path: Path):
@@ -80,8 +81,7 @@ def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
         raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
-    given_tokenizer = (load_local_tokenizer(args.tokenizer, "--tokenizer", ", or leave --tokenizer out to train one")
-                       if args.tokenizer else None)  # fail before the long part
+    given_tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer") if args.tokenizer else None  # fail fast
     out = Path(args.out)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)

@@ -19,26 +19,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from softpick.corpus.dataset import CORPUS_VERSION, embedded_documents
-from softpick.errors import UserError
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 """transformers attribute -> token; ids are assigned in this order (0, 1, 2, 3)."""
 
 DEFAULT_VOCAB_SIZE = 8192
-
-
-def load_local_tokenizer(folder: str | Path, flag: str, hint: str = "") -> PreTrainedTokenizerFast:
-    """``AutoTokenizer.from_pretrained`` of a local ``folder`` (never the network); UserError naming
-    ``flag`` (the option that gave it) when the folder is missing or holds no tokenizer."""
-    from transformers import AutoTokenizer
-
-    if not Path(folder).is_dir():
-        raise UserError(f"{flag} {str(folder)!r} is not a folder (no network: give a local tokenizer folder).")
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError):
-        raise UserError(f"{flag} {str(folder)!r} holds no tokenizer transformers can read; give a folder with "
-                        f"tokenizer.json or tokenizer_config.json{hint}.") from None
 
 
 def train_tokenizer(

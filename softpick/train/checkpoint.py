@@ -30,6 +30,7 @@ import pickle
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -251,9 +252,12 @@ class CheckpointManager:
         self._pending: tuple[Any, Path, Path] | None = None
         # async saves talk over their own gloo group, so their background collectives never interleave
         # with the training collectives on the default group
-        self._async_group = None
+        self._async_group = self._clock_group = None
         if cfg.enable_checkpoint and cfg.async_mode != "disabled" and dist.is_initialized():
             self._async_group = dist.new_group(backend="gloo")
+        if cfg.enable_checkpoint and cfg.interval_type == "seconds" and dist.is_initialized():
+            self._clock_group = dist.new_group(backend="gloo")  # CPU broadcast of rank 0's "save now"
+        self._last_save = time.monotonic()
 
     def _full_state(self) -> dict[str, Any]:
         rank = _rank()
@@ -291,10 +295,20 @@ class CheckpointManager:
         return True
 
     # -- saving ----------------------------------------------------------------------------------
+    def _due(self, step: int) -> bool:
+        """Whether ``interval`` has passed: steps, or seconds of wall time since the last save (rank 0's clock)."""
+        if self.cfg.interval_type != "seconds":
+            return step % self.cfg.interval == 0
+        due = torch.tensor([time.monotonic() - self._last_save >= self.cfg.interval], dtype=torch.int32)
+        if dist.is_initialized():  # every rank must save at the same step: rank 0 decides
+            dist.broadcast(due, src=0, group=self._clock_group)
+        return bool(due.item())
+
     def maybe_save(self, step: int, *, last: bool) -> Path | None:
-        """Save at every ``interval`` steps and at the last step; returns the final folder or None."""
-        if not (self.cfg.enable_checkpoint and (last or step % self.cfg.interval == 0)):
+        """Save at every ``interval`` (steps or seconds) and at the last step; returns the final folder or None."""
+        if not self.cfg.enable_checkpoint or not (self._due(step) or last):
             return None
+        self._last_save = time.monotonic()
         if last and self.cfg.model_weights_only:
             state = {"model": ModelState(self.model, TORCH_DTYPES[self.cfg.export_dtype])}
             return self.save(step, state, use_async=False)
@@ -379,18 +393,15 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_hf(model_config: Any, state: dict[str, torch.Tensor], out_dir: Path, *, tokenizer: Any = None,
               dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``save_pretrained`` files (and the tokenizer) to ``out_dir`` atomically; call on rank 0."""
+    """Write ``save_pretrained`` files (and the tokenizer) to ``out_dir`` atomically; call on rank 0.
+
+    The folder loads without softpick (:func:`softpick.models.export.save_portable`): a Llama checkpoint
+    for a plain softmax model, self-contained remote code for the other variants.
+    """
     from transformers import AutoModelForCausalLM
+
+    from softpick.models.export import save_portable
 
     model = AutoModelForCausalLM.from_config(model_config)
     model.load_state_dict(state, strict=True)
-    model.to(dtype)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return save_portable(model, out_dir, tokenizer=tokenizer, dtype=dtype)

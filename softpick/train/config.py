@@ -179,8 +179,11 @@ class Metrics:
 class Checkpoint:
     enable_checkpoint: bool = opt(False, "Whether to save (and resume from) checkpoints")
     folder: str = opt("checkpoint", "Checkpoints go to {job.dump_folder}/{checkpoint.folder}/step-N")
-    interval_type: str = opt("steps", "Checkpointing interval unit", ("steps",))
-    interval: int = opt(500, "Checkpointing interval, in steps")
+    interval_type: str = opt(
+        "steps", "Unit of checkpoint.interval: steps (flame also spells it step) or seconds of wall time",
+        ("steps", "step", "seconds"),
+    )
+    interval: int = opt(500, "Checkpointing interval, in steps or seconds (see interval_type)")
     model_weights_only: bool = opt(
         False, "At the end save model weights only (in export_dtype); during training full checkpoints"
     )
@@ -219,9 +222,11 @@ class Float8:
     enable_float8_linear: bool = opt(False, "Swap nn.Linear for torchao Float8Linear (needs torchao)")
     enable_fsdp_float8_all_gather: bool = opt(False, "float8 all-gather in FSDP (needs torchao)")
     precompute_float8_dynamic_scale_for_fsdp: bool = opt(False, "Precompute float8 scales for FSDP")
-    scaling_type_input: str = opt("dynamic", "float8 scaling for input", ("dynamic",))
-    scaling_type_weight: str = opt("dynamic", "float8 scaling for weight", ("dynamic",))
-    scaling_type_grad_output: str = opt("dynamic", "float8 scaling for grad output", ("dynamic",))
+    scaling_type_input: str = opt("dynamic", "float8 scaling for input (delayed: not supported)", ("dynamic", "delayed"))
+    scaling_type_weight: str = opt("dynamic", "float8 scaling for weight (delayed: not supported)", ("dynamic", "delayed"))
+    scaling_type_grad_output: str = opt(
+        "dynamic", "float8 scaling for grad output (delayed: not supported)", ("dynamic", "delayed")
+    )
 
 
 @dataclass
@@ -436,6 +441,12 @@ def validate(config: JobConfig) -> None:
         if getattr(getattr(config, section), name) != getattr(getattr(defaults, section), name):
             value = getattr(getattr(config, section), name)
             raise ConfigError(f"{key}={value!r} is not supported by softpick train; leave it at its default.")
+    for name in ("scaling_type_input", "scaling_type_weight", "scaling_type_grad_output"):
+        if getattr(config.float8, name) == "delayed":
+            raise ConfigError(f"float8.{name}='delayed' is not supported (torchao removed delayed scaling); "
+                              "use dynamic, the default.")
+    if config.checkpoint.interval_type == "step":  # flame's spelling
+        config.checkpoint.interval_type = "steps"
     tr, sch = config.training, config.lr_scheduler
     positive = {
         "training.batch_size": tr.batch_size, "training.seq_len": tr.seq_len,

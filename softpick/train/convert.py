@@ -2,13 +2,17 @@
 
     python -m softpick.train.convert dcp-to-hf --path DUMP_FOLDER [--step N] [--out DIR] [--tokenizer DIR]
     python -m softpick.train.convert hf-to-dcp --model HF_DIR --checkpoint DUMP_FOLDER/checkpoint/step-0
+    python -m softpick.train.convert fla-to-hf SRC OUT [--dtype bfloat16]
 
 ``dcp-to-hf`` reads ``{path}/checkpoint/step-N`` (N = the latest by default; any number of ranks may
 have written it) and writes ``save_pretrained`` files to ``--out`` (default ``{path}/hf-checkpoints/step-N``). The
 model config comes from ``--config`` or from the ``hf`` export the trainer wrote beside it.
 ``hf-to-dcp`` writes the weights of an HF model as a weights-only DCP checkpoint; put it at
 ``step-0`` of a run's checkpoint folder and ``softpick train --checkpoint.enable_checkpoint`` starts
-from those weights (continual training). Both run in one process, on CPU.
+from those weights (continual training). ``fla-to-hf`` converts a checkpoint folder in fla's ``transformer``
+format (the softpick authors' published models; config and weights, safetensors or .bin, sharded or not)
+to our model (:mod:`softpick.models.fla`); a softmax one comes out as a Llama checkpoint. All run in one
+process, on CPU.
 """
 
 from __future__ import annotations
@@ -101,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("hf-to-dcp", help="a Hugging Face model folder to a DCP checkpoint (continual training)")
     b.add_argument("--model", required=True, help="HF model folder (from save_pretrained)")
     b.add_argument("--checkpoint", required=True, help="output, e.g. DUMP_FOLDER/checkpoint/step-0")
+    c = sub.add_parser("fla-to-hf", help="an fla 'transformer' checkpoint (the paper's models) to our HF format")
+    c.add_argument("src", help="fla checkpoint folder (config.json and weights)")
+    c.add_argument("out", help="output folder")
+    c.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="dtype of the saved weights (default: kept)")
     return parser
 
 
@@ -110,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dcp-to-hf":
         out = dcp_to_hf(args.path, step=args.step, config=args.config, tokenizer=args.tokenizer,
                         out=args.out, dtype=args.dtype, folder=args.folder)
+    elif args.command == "fla-to-hf":
+        from softpick.models.fla import convert_fla_checkpoint
+
+        out = convert_fla_checkpoint(args.src, args.out, dtype=DTYPES[args.dtype] if args.dtype else None)
     else:
         out = hf_to_dcp(args.model, args.checkpoint)
     print(f"wrote {out}")

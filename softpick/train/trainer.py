@@ -49,45 +49,27 @@ VARLEN_MODEL_TYPES = ("softpick_transformer",)
 
 
 def load_model_config(path: str | None) -> Any:
-    """AutoConfig from a json file or a folder with config.json (ours registered by ``softpick.models``)."""
-    import softpick.models  # noqa: F401  (registers model_type softpick_transformer)
-    from transformers import AutoConfig
+    """The model config of ``--model.config``: ours, fla's transformer json, any HF type, or a hub id."""
+    from softpick.models.loading import load_model_config as load
 
-    if path is None:
-        raise ConfigError("model.config is required: a config json (e.g. configs/softpick_transformer_340M.json).")
-    if not os.path.exists(path):
-        raise ConfigError(f"model.config {path!r} does not exist.")
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"model.config {path!r} is a folder without config.json; give a config json or a model folder.")
-        path = os.path.join(path, "config.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ConfigError(f"model.config {path!r} is not valid json ({one_line(err)}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"model.config {path!r} must hold a json object, not {type(data).__name__}.")
-    model_type = data.pop("model_type", None)
-    if model_type is None:
-        raise ConfigError(f"model.config {path!r} has no model_type.")
-    try:
-        return AutoConfig.for_model(model_type, **data)
-    except ValueError as err:
-        raise ConfigError(f"model.config {path!r}: {str(err).splitlines()[0]}") from None
-    except TypeError as err:  # e.g. "hidden_size": "abc"
-        raise ConfigError(f"model.config {path!r}: a field has the wrong type ({str(err).splitlines()[0]}).") from None
+        return load(path, flag="model.config")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_tokenizer(path: str | None) -> Any:
-    """An HF tokenizer from a folder, or the embedded corpus tokenizer when ``path`` is None."""
+    """The tokenizer of ``--model.tokenizer_path`` (a folder or a hub id), or the embedded one when None."""
     if path is None:
         from softpick.corpus import embedded_tokenizer
 
         return embedded_tokenizer()
-    from softpick.corpus.tokenizer import load_local_tokenizer
+    from softpick.models.loading import load_tokenizer as load
 
-    return load_local_tokenizer(path, "model.tokenizer_path")
+    try:
+        return load(path, flag="model.tokenizer_path")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def clean_name(name: str) -> str:
@@ -411,8 +393,7 @@ class Trainer:
         finally:  # also when a step raises: Trainer runs in-process under `softpick experiment`
             gc.enable()
             self.checkpointer.wait()
-        if cfg.checkpoint.enable_checkpoint:
-            self.export_hf(self.dump / "hf")
+        self.export_hf(self.dump / "hf")  # every run ends with a model folder, checkpointing on or off
 
     def _steps(self) -> None:
         """The training loop; the first SIGTERM/SIGINT stops it after a whole step (see :meth:`_stop`)."""

@@ -56,7 +56,7 @@ def broken(model_dir: Path, tmp_path: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how, named", [
-    ("bad_config", "config.json is not valid json"), ("no_weights", "holds no weights"),
+    ("bad_config", "config.json' is not valid json"), ("no_weights", "holds no weights"),
     ("truncated_weights", "do not load"), ("wrong_shape", "do not load"),
 ])
 def test_analyze_and_generate_on_a_broken_model_folder(model_dir, tmp_path, capsys, how, named):
@@ -104,7 +104,7 @@ def test_data_build_checks_the_tokenizer_first(tmp_path, capsys):
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("A plain sentence of prose that the cleaner keeps. " * 40)
     (tmp_path / "empty").mkdir()
-    for tokenizer, named in (("empty", "holds no tokenizer"), ("missing", "is not a folder")):
+    for tokenizer, named in (("empty", "holds no tokenizer"), ("missing", "does not exist")):
         argv = ["build", str(tmp_path / "text"), "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / tokenizer)]
         assert run_command("data", data_main, argv) == 2
         assert named in one_line(capsys, "softpick data")
