@@ -14,7 +14,7 @@ set -euo pipefail
 
 for arg in "$@"; do
   if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    exec python -m softpick.train.trainer -h
+    exec python -m softpick train -h  # answered without importing torch
   fi
 done
 

@@ -7,6 +7,11 @@ causal attention FLOPs per token, against the peak given by ``--peak-flops``.
 
     python benchmarks/train_throughput.py --steps 40 --batch-size 8 --seq-len 4096 --compile \
         --peak-flops 989e12 --json out.json
+
+``--converters none,float8`` runs every variant twice, plain (bf16 autocast) and with
+``--model.converters float8`` (torchao ``Float8Linear`` on every Linear but the LM head, dynamic
+scaling; needs torchao and a GPU of compute capability >= 8.9), and prints the float8 / bf16 ratio of
+tokens/s and the last-step losses side by side.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ VARIANTS = {
 """--attn names -> fields changed in the paper's 340M config (issue 10's variants)."""
 
 
-def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
+def run_one(attn: str, args: argparse.Namespace, dump: Path, converter: str = "none") -> dict:
     dump.mkdir(parents=True, exist_ok=True)
     config = json.loads(Path(args.config).read_text()) | VARIANTS[attn]
     (dump / "model_config.json").write_text(json.dumps(config))
@@ -56,6 +61,8 @@ def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
     ]
     if args.peak_flops:
         cmd += ["--metrics.peak_flops", str(args.peak_flops)]
+    if converter != "none":
+        cmd += ["--model.converters", converter]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     rows = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
@@ -68,7 +75,7 @@ def run_one(attn: str, args: argparse.Namespace, dump: Path) -> dict:
         return statistics.median(values) if values else None
 
     return {
-        "attn": attn, "tps": median("tps"), "tflops": median("tflops"), "mfu": median("mfu"),
+        "attn": attn if converter == "none" else f"{attn}+{converter}", "converter": converter, "tps": median("tps"), "tflops": median("tflops"), "mfu": median("mfu"),
         "loss_last": rows[-1].get("loss"), "peak_mem_gib": max(r.get("memory_gib") or 0.0 for r in rows),
         "logged_steps": len(timed),
     }
@@ -85,15 +92,20 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-flops", type=float, default=None)
     parser.add_argument("--attn", default="softpick,softmax", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--converters", default="none", help="comma-separated model converters to compare: none, float8")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    converters = args.converters.split(",")
+    if any(c not in ("none", "float8") for c in converters):
+        parser.error(f"--converters: choose from none, float8 (got {args.converters}).")
     unknown = [a for a in args.attn.split(",") if a not in VARIANTS]
     if unknown:
         parser.error(f"--attn: unknown variants {unknown}; choose from {', '.join(VARIANTS)}.")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for attn in args.attn.split(","):  # each row is printed and saved as it finishes (a cut-off run keeps them)
-            results.append(run_one(attn, args, Path(tmp) / attn))
+        runs = [(attn, c) for attn in args.attn.split(",") for c in converters]
+        for attn, converter in runs:  # each row is printed and saved as it finishes (a cut-off run keeps them)
+            results.append(run_one(attn, args, Path(tmp) / f"{attn}-{converter}", converter))
             print(f"RESULT {_row(results[-1])}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2))
@@ -101,10 +113,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         print(_row(r))
+    plain = {r["attn"]: r for r in results if r["converter"] == "none"}
+    for r in results:
+        base = plain.get(r["attn"].rsplit("+", 1)[0]) if r["converter"] != "none" else None
+        if base is not None:
+            print(f"{r['attn']} / bf16 tokens/s: {r['tps'] / base['tps']:.3f}; last loss {r['loss_last']:.3f} "
+                  f"vs {base['loss_last']:.3f}")
     softmax = next((r for r in results if r["attn"] == "softmax"), None)
     if softmax is not None:
         for r in results:
-            if r is not softmax:
+            if r is not softmax and r["converter"] == "none":
                 print(f"{r['attn']} / softmax tokens/s: {r['tps'] / softmax['tps']:.3f}")
 
 

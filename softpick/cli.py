@@ -1,9 +1,9 @@
 """``softpick <command> [args]``: one entry point that hands the rest of the line to each command.
 
 Commands are looked up lazily, so a command's own imports (the trainer, the analysis, lm-eval, ...)
-load only when it runs; the package itself (torch, transformers, the Auto-class registration) loads
-first in every case, about 5 s on a 2-core machine. Each target is a
-``main(argv: list[str]) -> int | None`` function.
+load only when it runs. Each target is a ``main(argv: list[str]) -> int | None`` function.
+``softpick -h``, ``softpick --version`` and ``softpick train -h`` load neither torch nor transformers
+(see :func:`softpick.help_only`), so they answer in well under a second.
 """
 
 from __future__ import annotations
@@ -11,23 +11,29 @@ from __future__ import annotations
 import importlib
 import sys
 
-from softpick.errors import USAGE_EXIT, UserError, debug_enabled, one_line
+from softpick.errors import run_command
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("softpick.demo:main", "train a tiny softpick model on the embedded corpus, offline, on CPU"),
     "data": ("softpick.corpus.cli:main", "build a pre-tokenized dataset from local text files, offline"),
     "train": ("softpick.train.trainer:main", "train with flame-compatible flags (torchrun for several GPUs)"),
     "experiment": ("softpick.experiment:main", "train variants alike, analyse and compare them (paper reproduction)"),
-    "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp"),
+    "convert": ("softpick.train.convert:main", "convert checkpoints: dcp-to-hf, hf-to-dcp, fla-to-hf (the paper's fla models)"),
     "generate": ("softpick.generate:main", "generate text from a saved model (streamed, KV cache)"),
     "analyze": ("softpick.analysis.cli:analyze_main", "sinks, activations, sparsity, quantization report"),
     "compare": ("softpick.analysis.cli:compare_main", "put two or more analysis reports side by side"),
+    "lm-eval": ("softpick.analysis.lm_eval_cli:main", "lm_eval with softpick registered (takes every lm_eval flag)"),
 }
+
+
+HELP_PARSERS: dict[str, str] = {"train": "softpick.train.config:build_parser"}
+"""Commands whose ``-h`` is printed from a parser that imports no torch."""
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: softpick <command> [options]   (softpick <command> -h for its options)", "", "commands:"]
+    lines = ["usage: softpick <command> [options]   (softpick <command> -h for its options; softpick --version)",
+             "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -37,21 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] == "--version":
+        from softpick import __version__
+
+        print(f"softpick {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"softpick: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    debug = debug_enabled(rest)
-    rest = [a for a in rest if a != "--debug"]
+    if name in HELP_PARSERS and ("-h" in rest or "--help" in rest):
+        module_name, func_name = HELP_PARSERS[name].split(":")
+        getattr(importlib.import_module(module_name), func_name)().print_help()
+        return 0
     module_name, func_name = COMMANDS[name][0].split(":")
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(rest) or 0)
-    except UserError as error:
-        if debug:
-            raise
-        print(f"softpick {name}: {one_line(error)}", file=sys.stderr)
-        return USAGE_EXIT
+
+    def command(args: list[str]) -> int | None:
+        return getattr(importlib.import_module(module_name), func_name)(args)
+
+    return run_command(name, command, rest)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 import transformers
 
 from softpick.analysis.cli import analyze, analyze_options, int_list
-from softpick.analysis.report import quantization_by_method
+from softpick.analysis.report import quantization_by_method, quantization_cells
 from softpick.corpus import embedded_tokenizer
 from softpick.models import ATTN_TYPES
 from softpick.train.config import from_dict, to_argv
@@ -221,10 +221,13 @@ def run(options: DemoOptions) -> DemoResult:
     print(f"sink rate {result.sink_rate:.1f}% (first-token attention {result.first_token_mass:.3f}), "
           f"attention sparsity {result.sparsity:.1f}%, max kurtosis {result.max_kurtosis:.1f}, "
           f"max |activation| {result.max_abs_activation:.1f}")
-    for method, by_bits in quant.items():
-        cells = ", ".join(f"{bits}-bit {value:.2f}" if math.isfinite(value) else f"{bits}-bit inf"
-                          for bits, value in by_bits.items())
-        print(f"perplexity with {method} weights: {cells}")
+    cells_by_method: dict[str, list[str]] = {}
+    cells = quantization_cells(report)  # widths a library lacks show as "not supported"
+    for (method, bits), value in sorted(cells.items(), key=lambda item: (item[0][0], -item[0][1])):
+        text = value if isinstance(value, str) else f"{value:.2f}" if math.isfinite(value) else "inf"
+        cells_by_method.setdefault(method, []).append(f"{bits}-bit {text}")
+    for method, texts in cells_by_method.items():
+        print(f"perplexity with {method} weights: {', '.join(texts)}")
     print(f"analysis report: {result.report}")
     print(f"wall time {result.wall_time_s:.1f} s (training {train_time:.1f} s, analysis {analysis_time:.1f} s), "
           f"final loss {final_loss:.3f}")

@@ -1,20 +1,26 @@
 """The one exception type for user mistakes, and how a command line reports it.
 
 Raise :class:`UserError` with one sentence that names the bad value and the fix; ``softpick <command>``
-prints it as one line on stderr and exits with :data:`USAGE_EXIT` (2). Anything else is a bug and keeps
-its traceback. ``--debug`` (anywhere on the command line) or ``SOFTPICK_DEBUG=1`` shows the traceback of
-a user error too.
+prints it as one line on stderr and exits with its ``exit_code`` (:data:`USAGE_EXIT`, 2). Subclasses
+for other expected ends of a run (a diverged loss, a full disk, a signal; see
+``softpick.train.stops``) keep the one line and set their own ``exit_code``. Anything else is a bug
+and keeps its traceback. ``--debug`` (anywhere on the command line) or ``SOFTPICK_DEBUG=1`` shows the
+traceback of a user error too.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable
 
 USAGE_EXIT = 2
 
 
 class UserError(Exception):
     """A mistake in what the user passed (a flag, a file, a folder): one line naming it and the fix."""
+
+    exit_code: int = USAGE_EXIT
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:
@@ -25,3 +31,19 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 def one_line(error: BaseException) -> str:
     """The error's message on one line (newlines folded), for stderr."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_command(name: str, func: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """Run ``func(argv)`` (``--debug`` removed) as ``softpick <name>``: a :class:`UserError` becomes one
+    line on stderr and its exit code; with ``--debug`` it keeps its traceback. ``--debug`` also sets
+    ``SOFTPICK_DEBUG=1`` so an entry point that reports errors itself (``softpick train``) sees it."""
+    debug = debug_enabled(argv)
+    if debug:
+        os.environ["SOFTPICK_DEBUG"] = "1"
+    try:
+        return int(func([a for a in argv if a != "--debug"]) or 0)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"softpick {name}: {one_line(error)}", file=sys.stderr)
+        return error.exit_code

@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from softpick.errors import one_line
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -355,6 +357,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run(config, argv, reuse=args.reuse, only=only)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"softpick experiment: {error}", file=sys.stderr)
+        print(f"softpick experiment: {one_line(error)}", file=sys.stderr)
         return 2
     return 0

@@ -52,6 +52,10 @@ def generate(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     dtype = DTYPES[args.dtype] or (torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, dtype)
     if tokenizer.pad_token_id is None:

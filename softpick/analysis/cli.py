@@ -13,6 +13,7 @@ weight-only quantization study, and optionally lm-eval tasks and passkey retriev
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from softpick.analysis.perplexity import PerplexityObserver
 from softpick.analysis.report import load_report, write_comparison, write_report
 from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
 from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
+from softpick.errors import one_line
 from softpick.models.loading import load_model_and_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -171,6 +173,12 @@ def analyze(args: argparse.Namespace) -> dict:
                                             seed=args.seed, progress=progress)
     if report["settings"]["dtype"] != "float32":
         notes.append("Low-precision attention weights underflow: sparsity counts rounding zeros too.")
+    non_finite = non_finite_fields(report)
+    if non_finite:
+        shown = ", ".join(non_finite[:6]) + (f" and {len(non_finite) - 6} more" if len(non_finite) > 6 else "")
+        notes.append(f"The model produced non-finite values (NaN/Inf) in {shown}: they are null in report.json, "
+                     f"n/a in the tables and left out of the plots.")
+        print(f"softpick analyze: warning: non-finite values (NaN/Inf) in {shown}", file=sys.stderr)
     report["notes"] = notes
     write_report(report, args.out)
     return report
@@ -206,6 +214,17 @@ def analyze_options(model_dir: str | Path, out: str | Path, **values) -> argpars
     return args
 
 
+def non_finite_fields(value, path: str = "") -> list[str]:
+    """Dotted paths of the NaN/Inf floats in a report (list items as ``[i]``)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in non_finite_fields(v, f"{path}[{i}]")]
+    return []
+
+
 def analyze_main(argv: list[str]) -> int:
     parser = analyze_parser()
     args = parser.parse_args(argv)
@@ -215,7 +234,7 @@ def analyze_main(argv: list[str]) -> int:
     try:
         analyze(args)
     except (FileNotFoundError, ImportError, ValueError) as error:
-        print(f"softpick analyze: error: {error}", file=sys.stderr)
+        print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0

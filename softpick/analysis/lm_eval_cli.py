@@ -1,6 +1,7 @@
 """lm-eval's own command line with softpick's models registered.
 
-    python -m softpick.analysis.lm_eval_cli --model hf --model_args pretrained=DIR --tasks TASKS [...]
+    softpick lm-eval --model hf --model_args pretrained=DIR --tasks TASKS [...]
+    python -m softpick.analysis.lm_eval_cli ...            (the same)
 
 Every lm-eval flag works as with ``lm_eval``; the only difference is ``import softpick`` first, which
 registers ``softpick_transformer`` with transformers' Auto classes, so ``AutoModelForCausalLM``

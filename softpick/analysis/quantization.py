@@ -43,6 +43,17 @@ def _installed(module: str) -> bool:
         return False
 
 
+NOT_SUPPORTED, NOT_INSTALLED, FAILED = "not supported", "not installed", "failed"
+"""``status`` of a skipped (method, bits): the library has no such width, is missing, or raised."""
+
+
+def unavailable_status(method: str, bits: int) -> str | None:
+    """NOT_INSTALLED or NOT_SUPPORTED when ``method`` cannot quantize to ``bits`` here, else None."""
+    if method in LIBRARY and not _installed(LIBRARY[method]):
+        return NOT_INSTALLED
+    return NOT_SUPPORTED if bits not in BITS[method] else None
+
+
 def method_unavailable(method: str, bits: int) -> str | None:
     """None when ``method`` can quantize to ``bits`` here, else the reason in one sentence."""
     if method not in METHODS:
@@ -165,7 +176,7 @@ def compute_quantization_study(
 
     Returns a dict: ``baseline`` (perplexity dict of the original), ``group_size``, ``results``: a
     list of ``{"method", "bits", "perplexity", "loss"}``, and ``skipped``: a list of
-    ``{"method", "bits", "reason"}``.
+    ``{"method", "bits", "reason", "status"}`` (status: "not supported", "not installed" or "failed").
     """
     for method in methods:
         if method not in METHODS:
@@ -180,13 +191,14 @@ def compute_quantization_study(
         for b in bits:
             reason = method_unavailable(method, b)
             if reason is not None:
-                skipped.append({"method": method, "bits": b, "reason": reason})
+                skipped.append({"method": method, "bits": b, "reason": reason, "status": unavailable_status(method, b)})
                 continue
             try:
                 quantized = quantize_model(model, method, b, group_size)
                 ppl = compute_perplexity(quantized, batches, progress=progress, desc=f"{method} {b}-bit")
             except Exception as error:  # a library failing on this device/dtype is reported, not fatal
-                skipped.append({"method": method, "bits": b, "reason": f"{method} failed: {type(error).__name__}: {error}"})
+                skipped.append({"method": method, "bits": b, "status": FAILED,
+                                "reason": f"{method} failed: {type(error).__name__}: {error}"})
                 continue
             results.append({"method": method, "bits": b, "perplexity": ppl["perplexity"], "loss": ppl["loss"]})
     return {"baseline": baseline, "group_size": group_size, "results": results, "skipped": skipped}

@@ -104,6 +104,15 @@ def quantization_by_method(report: dict) -> dict[str, dict[str, float | None]]:
     return table
 
 
+def quantization_cells(report: dict) -> dict[tuple[str, int], float | str | None]:
+    """(method, bits) -> perplexity, or why there is none ("not supported", "not installed", "failed")."""
+    study = report.get("quantization") or {}
+    cells: dict[tuple[str, int], float | str | None] = {
+        (s["method"], int(s["bits"])): s.get("status", "skipped") for s in study.get("skipped", [])}
+    cells.update(quantization_rows(report))
+    return cells
+
+
 # ---------------------------------------------------------------- plots
 
 
@@ -262,9 +271,9 @@ def _quantization_section(report: dict) -> list[str]:
     study = report.get("quantization")
     if not study:
         return []
-    rows = quantization_rows(report)
-    methods = sorted({m for m, _ in rows} | {s["method"] for s in study["skipped"]})
-    bits = sorted({b for _, b in rows} | {int(s["bits"]) for s in study["skipped"]}, reverse=True)
+    rows = quantization_cells(report)
+    methods = sorted({m for m, _ in rows})
+    bits = sorted({b for _, b in rows}, reverse=True)
     lines = [f"## Quantization (weight-only, group size {study['group_size']}; unquantized perplexity "
              f"{_fmt(study['baseline']['perplexity'])})", ""]
     lines += _table(["method"] + [f"{b}-bit" for b in bits], [[m] + [rows.get((m, b)) for b in bits] for m in methods])
@@ -334,7 +343,7 @@ def write_comparison(reports: dict[str, dict], out: str | Path) -> list[Path]:
         if depth:
             rows = [[i] + [s[i] if i < len(s) else None for s in series] for i in range(depth)]
             lines += ["", f"## {title}", ""] + _table(["layer", *labels], rows)
-    quant = [quantization_rows(r) for r in reports.values()]
+    quant = [quantization_cells(r) for r in reports.values()]
     keys = sorted({k for q in quant for k in q}, key=lambda k: (k[0], -k[1]))
     if keys:
         rows = [["unquantized", ""] + [(value(r, "quantization", "baseline") or {}).get("perplexity")

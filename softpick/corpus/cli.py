@@ -36,6 +36,7 @@ from softpick.corpus.local import GatherStats, gather_documents
 from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
 from softpick.corpus.tokenized import TokenizedWriter, read_meta
 from softpick.corpus.tokenizer import train_tokenizer
+from softpick.models.loading import load_tokenizer
 
 
 def _jsonl_texts(path: Path):
@@ -80,6 +81,7 @@ def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
         raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
+    given_tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer") if args.tokenizer else None  # fail fast
     out = Path(args.out)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +119,8 @@ def build(args: argparse.Namespace) -> dict:
     if stats.kept["train"] == 0:
         raise ValueError("no document survived cleaning; lower --min-chars or --min-letter-share.")
 
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if given_tokenizer is not None:
+        tokenizer = given_tokenizer
     else:
         sample = itertools.islice(_jsonl_texts(text_dir / "train.jsonl"), args.tokenizer_docs)
         tokenizer = train_tokenizer(sample, vocab_size=args.vocab_size)

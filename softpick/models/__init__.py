@@ -18,8 +18,9 @@ AutoConfig.register(SoftpickConfig.model_type, SoftpickConfig, exist_ok=True)
 AutoModel.register(SoftpickConfig, SoftpickModel, exist_ok=True)
 AutoModelForCausalLM.register(SoftpickConfig, SoftpickForCausalLM, exist_ok=True)
 # save_pretrained also writes an auto_map and copies of configuration_softpick.py / modeling_softpick.py, so a
-# process that never imported softpick (lm-eval, say) loads checkpoints with trust_remote_code=True; the copies
-# import the installed softpick package for the attention ops.
+# process that never imported softpick (lm-eval, say) loads checkpoints with trust_remote_code=True; those copies
+# import the installed softpick package. softpick.models.export.save_portable (what the trainer and the
+# converters write) ships self-contained copies instead, and saves plain softmax models as Llama checkpoints.
 SoftpickConfig.register_for_auto_class()
 SoftpickModel.register_for_auto_class("AutoModel")
 SoftpickForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -99,6 +99,9 @@ class SoftpickConfig(PreTrainedConfig):
     its document + 1), s_h a learnable per-head scale. Works with every attn_type. Default False."""
     ssmax_init: float = 0.3
     """Initial value of the SSMax scales s_h (the softpick authors' value). Default 0.3."""
+    ssmax_offset: int = 1
+    """SSMax multiplies q by log(position + ssmax_offset): 1 is log(n), n the keys the query sees; 2 is the
+    table of the softpick authors' fla models (``*_scaled_*`` attn_impl, log 2 at position 0). Default 1."""
     output_gate: str | None = None
     """Sigmoid gate on the attention output before o_proj, computed from the layer input: "headwise" (one per
     head), "elementwise" (one per channel) or None. Default None."""
@@ -134,6 +137,9 @@ class SoftpickConfig(PreTrainedConfig):
             raise ValueError(f"output_gate must be one of {OUTPUT_GATES}, got {self.output_gate!r}.")
         if not isinstance(self.ssmax, bool):
             raise ValueError(f"ssmax must be true or false, got {self.ssmax!r}.")
+        if not _positive(self.ssmax_offset):
+            raise ValueError(f"ssmax_offset must be a positive integer (1, or 2 for fla's scaled models), "
+                             f"got {self.ssmax_offset!r}.")
         if self.attn_impl == "sdpa" and self.attn_type != "softmax":
             raise ValueError(
                 f"attn_impl 'sdpa' computes softmax only, but attn_type is {self.attn_type!r}; "

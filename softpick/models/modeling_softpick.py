@@ -380,7 +380,8 @@ class SoftpickModel(SoftpickPreTrainedModel):
         position_embeddings = self.rotary_emb(position_ids)
         # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
         # document and skip left padding, as generate() computes them from the attention mask)
-        extra = {"ssmax_log_n": torch.log1p(position_ids.float())} if self.config.ssmax else {}
+        offset = self.config.ssmax_offset - 1  # log1p(p) = log(p + 1) exactly, the default
+        extra = {"ssmax_log_n": torch.log1p(position_ids.float() + offset)} if self.config.ssmax else {}
         mask = _key_padding_mask(attention_mask, check_all=not decoding_static)
 
         all_hidden = [] if output_hidden_states else None

@@ -23,14 +23,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from softpick.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A bad flag, toml key or value; the message is one line that names it."""
+class ConfigError(UserError, ValueError):
+    """A bad flag, toml key or value; the message is one line that names it (exit code 2)."""
 
 
 def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -115,7 +117,12 @@ class Training:
     gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step")
     steps: int = opt(10000, "How many train steps (optimizer updates) to run")
     max_norm: float = opt(1.0, "Max norm for gradient clipping (<= 0 disables clipping)")
-    skip_nan_inf: bool = opt(False, "Skip the update when the loss or grad norm is NaN/Inf (counted)")
+    skip_nan_inf: bool = opt(
+        False, "Skip the update when the loss or grad norm is NaN/Inf (counted); off: such a step stops the run"
+    )
+    skip_nan_inf_limit: int = opt(
+        10, "With skip_nan_inf: stop the run after this many consecutive skipped steps (0: no limit)"
+    )
     dataset: str | None = opt(
         None, "Dataset(s), comma separated: hub names, local folders or data-file types. Default: embedded"
     )
@@ -167,8 +174,11 @@ class Metrics:
 class Checkpoint:
     enable_checkpoint: bool = opt(False, "Whether to save (and resume from) checkpoints")
     folder: str = opt("checkpoint", "Checkpoints go to {job.dump_folder}/{checkpoint.folder}/step-N")
-    interval_type: str = opt("steps", "Checkpointing interval unit", ("steps",))
-    interval: int = opt(500, "Checkpointing interval, in steps")
+    interval_type: str = opt(
+        "steps", "Unit of checkpoint.interval: steps (flame also spells it step) or seconds of wall time",
+        ("steps", "step", "seconds"),
+    )
+    interval: int = opt(500, "Checkpointing interval, in steps or seconds (see interval_type)")
     model_weights_only: bool = opt(
         False, "At the end save model weights only (in export_dtype); during training full checkpoints"
     )
@@ -203,9 +213,11 @@ class ActivationCheckpoint:
 class Float8:
     enable_float8_linear: bool = opt(False, "Swap nn.Linear for torchao Float8Linear (needs torchao)")
     enable_fsdp_float8_all_gather: bool = opt(False, "float8 all-gather in FSDP (needs torchao)")
-    scaling_type_input: str = opt("dynamic", "float8 scaling for input", ("dynamic",))
-    scaling_type_weight: str = opt("dynamic", "float8 scaling for weight", ("dynamic",))
-    scaling_type_grad_output: str = opt("dynamic", "float8 scaling for grad output", ("dynamic",))
+    scaling_type_input: str = opt("dynamic", "float8 scaling for input (delayed: not supported)", ("dynamic", "delayed"))
+    scaling_type_weight: str = opt("dynamic", "float8 scaling for weight (delayed: not supported)", ("dynamic", "delayed"))
+    scaling_type_grad_output: str = opt(
+        "dynamic", "float8 scaling for grad output (delayed: not supported)", ("dynamic", "delayed")
+    )
 
 
 @dataclass
@@ -472,6 +484,12 @@ def validate(config: JobConfig) -> None:
     for key, value in config.flame_only.items():
         if not FLAME_ONLY[key].any_value and value != FLAME_ONLY[key].default:
             raise ConfigError(f"{key}={value!r} is not supported by softpick train; leave it at its default.")
+    for name in ("scaling_type_input", "scaling_type_weight", "scaling_type_grad_output"):
+        if getattr(config.float8, name) == "delayed":
+            raise ConfigError(f"float8.{name}='delayed' is not supported (torchao removed delayed scaling); "
+                              "use dynamic, the default.")
+    if config.checkpoint.interval_type == "step":  # flame's spelling
+        config.checkpoint.interval_type = "steps"
     tr, sch = config.training, config.lr_scheduler
     positive = {
         "training.batch_size": tr.batch_size, "training.seq_len": tr.seq_len,
@@ -485,6 +503,7 @@ def validate(config: JobConfig) -> None:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}.")
     for key, value in {"training.num_workers": tr.num_workers, "lr_scheduler.warmup_steps": sch.warmup_steps,
+                       "training.skip_nan_inf_limit": tr.skip_nan_inf_limit,
                        "checkpoint.keep_latest_k": config.checkpoint.keep_latest_k}.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}.")

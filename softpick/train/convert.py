@@ -2,13 +2,17 @@
 
     python -m softpick.train.convert dcp-to-hf --path DUMP_FOLDER [--step N] [--out DIR] [--tokenizer DIR]
     python -m softpick.train.convert hf-to-dcp --model HF_DIR --checkpoint DUMP_FOLDER/checkpoint/step-0
+    python -m softpick.train.convert fla-to-hf SRC OUT [--dtype bfloat16]
 
 ``dcp-to-hf`` reads ``{path}/checkpoint/step-N`` (N = the latest by default; any number of ranks may
 have written it) and writes ``save_pretrained`` files to ``--out`` (default ``{path}/hf-checkpoints/step-N``). The
 model config comes from ``--config`` or from the ``hf`` export the trainer wrote beside it.
 ``hf-to-dcp`` writes the weights of an HF model as a weights-only DCP checkpoint; put it at
 ``step-0`` of a run's checkpoint folder and ``softpick train --checkpoint.enable_checkpoint`` starts
-from those weights (continual training). Both run in one process, on CPU.
+from those weights (continual training). ``fla-to-hf`` converts a checkpoint folder in fla's ``transformer``
+format (the softpick authors' published models; config and weights, safetensors or .bin, sharded or not)
+to our model (:mod:`softpick.models.fla`); a softmax one comes out as a Llama checkpoint. All run in one
+process, on CPU.
 """
 
 from __future__ import annotations
@@ -22,34 +26,37 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from softpick.train.checkpoint import ModelState, export_hf, step_dirs
+from softpick.errors import UserError, run_command
+from softpick.train.checkpoint import STEP_DIR, ModelState, check_model_fits, export_hf, pick_checkpoint, seal
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def dcp_to_hf(path: str | Path, *, step: int = -1, config: str | None = None, tokenizer: str | None = None,
               out: str | Path | None = None, dtype: str = "float32", folder: str = "checkpoint") -> Path:
-    """Write the model of checkpoint ``step`` under dump folder ``path`` as an HF folder; returns it."""
+    """Write the model of checkpoint ``step`` under dump folder ``path`` as an HF folder; returns it.
+
+    The checkpoint is checked as a resume checks it (whole, of this model config, strict shapes);
+    UserError (one line) otherwise.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from softpick.train.trainer import load_model_config
+    from softpick.train.trainer import load_model_config, load_tokenizer
 
     path = Path(path)
-    done = step_dirs(path / folder)
-    if not done:
-        raise FileNotFoundError(f"no checkpoints in {path / folder}.")
-    if step == -1:
-        step = max(done)
-    if step not in done:
-        raise FileNotFoundError(f"no checkpoint step-{step} in {path / folder} (have {sorted(done)}).")
+    checkpoint = pick_checkpoint(path / folder, step)
+    if checkpoint is None:
+        raise UserError(f"no checkpoints in {path / folder}; --path is the run's job.dump_folder.")
+    step = int(checkpoint.name.split("-")[1])
     if config is None:
         if not (path / "hf" / "config.json").is_file():
-            raise FileNotFoundError(f"give --config: {path / 'hf' / 'config.json'} does not exist.")
+            raise UserError(f"give --config: {path / 'hf' / 'config.json'} does not exist.")
         config = str(path / "hf")
     model_config = load_model_config(config)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
-    dcp.load({"model": ModelState(model)}, checkpoint_id=str(done[step]))
-    tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else None
+    check_model_fits(checkpoint, model, model_config)
+    dcp.load({"model": ModelState(model)}, checkpoint_id=str(checkpoint))
+    tok = load_tokenizer(tokenizer) if tokenizer else None
     if tok is None and (path / "hf" / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(path / "hf"))
     out = Path(out) if out is not None else path / "hf-checkpoints" / f"step-{step}"
@@ -58,16 +65,26 @@ def dcp_to_hf(path: str | Path, *, step: int = -1, config: str | None = None, to
 
 
 def hf_to_dcp(model_dir: str | Path, checkpoint: str | Path) -> Path:
-    """Save the weights of the HF model in ``model_dir`` as a DCP checkpoint folder ``checkpoint``."""
+    """Save the weights of the HF model in ``model_dir`` as a DCP checkpoint folder ``checkpoint``
+    (with a manifest). It carries no ``model_config.json``: a continual run from it may change
+    switches that keep the shapes (e.g. attn_type); names and shapes are still checked."""
     import softpick.models  # noqa: F401  (registers our model type)
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"--model {str(model_dir)!r} has no config.json; give a folder written by save_pretrained.")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {str(model_dir)!r} cannot be loaded ({str(err).splitlines()[0][:200]}).") from None
     final = Path(checkpoint)
+    step = int(final.name.split("-")[1]) if STEP_DIR.match(final.name) else 0
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dcp.save({"model": ModelState(model)}, checkpoint_id=str(tmp))
+    seal(tmp, step, None)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -88,23 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("hf-to-dcp", help="a Hugging Face model folder to a DCP checkpoint (continual training)")
     b.add_argument("--model", required=True, help="HF model folder (from save_pretrained)")
     b.add_argument("--checkpoint", required=True, help="output, e.g. DUMP_FOLDER/checkpoint/step-0")
+    c = sub.add_parser("fla-to-hf", help="an fla 'transformer' checkpoint (the paper's models) to our HF format")
+    c.add_argument("src", help="fla checkpoint folder (config.json and weights)")
+    c.add_argument("out", help="output folder")
+    c.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="dtype of the saved weights (default: kept)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``softpick convert dcp-to-hf|hf-to-dcp ...``; a UserError is reported by the caller (one line)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "dcp-to-hf":
-            out = dcp_to_hf(args.path, step=args.step, config=args.config, tokenizer=args.tokenizer,
-                            out=args.out, dtype=args.dtype, folder=args.folder)
-        else:
-            out = hf_to_dcp(args.model, args.checkpoint)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"softpick convert: error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "dcp-to-hf":
+        out = dcp_to_hf(args.path, step=args.step, config=args.config, tokenizer=args.tokenizer,
+                        out=args.out, dtype=args.dtype, folder=args.folder)
+    elif args.command == "fla-to-hf":
+        from softpick.models.fla import convert_fla_checkpoint
+
+        out = convert_fla_checkpoint(args.src, args.out, dtype=DTYPES[args.dtype] if args.dtype else None)
+    else:
+        out = hf_to_dcp(args.model, args.checkpoint)
     print(f"wrote {out}")
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("convert", main, sys.argv[1:]))

@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from softpick.corpus.records import no_text_field, text_field
 from softpick.corpus.tokenized import TokenizedDocuments, encode_documents, is_tokenized_dataset
+from softpick.errors import UserError
+from softpick.hub import looks_like_repo_id, require_hub
 from softpick.train.config import ConfigError, Training, split_list
 
 FILE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text", "text": "text", "csv": "csv"}
@@ -93,6 +95,11 @@ def load_documents(cfg: Training, seed: int) -> Any:
         builder = FILE_BUILDERS.get(name, name)
         if name in FILE_BUILDERS and data_files is None:
             raise ConfigError(f"training.dataset {name!r} reads files: give them with --training.data_files.")
+        if name not in FILE_BUILDERS and looks_like_repo_id(name):
+            try:
+                require_hub("training.dataset", name)  # seconds, instead of datasets' retries when offline
+            except UserError as err:
+                raise ConfigError(str(err)) from None
         try:
             ds = datasets.load_dataset(
                 builder, name=config, data_dir=data_dir, data_files=data_files,

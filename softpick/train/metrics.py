@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
 from contextlib import contextmanager
@@ -89,6 +90,28 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value``, or None when it is a NaN/Inf float (JSON has no NaN)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+DASHBOARD_TAGS = {
+    "loss": "loss_metrics/global_avg_loss", "grad_norm": "grad_norm", "lr": "lr", "tps": "throughput(tps)",
+    "tflops": "tflops", "mfu": "mfu(%)", "memory_gib": "memory/max_allocated(GiB)", "tokens": "tokens_seen",
+    "skipped": "skipped_steps",
+}
+"""metrics.jsonl key -> TensorBoard / wandb tag, named as torchtitan (and so flame) names them, so their
+dashboards line up; ``mfu(%)`` is a percentage, as there. (The jsonl file keeps the short keys.)"""
+
+
+def dashboard_values(values: dict[str, float]) -> dict[str, float]:
+    """The numeric metrics of one step under their dashboard tags (MFU in percent)."""
+    out = {}
+    for key, value in values.items():
+        out[DASHBOARD_TAGS.get(key, key)] = 100.0 * value if key == "mfu" else value
+    return out
+
+
 class MetricsLogger:
     """Writes each logged step to the console bar, ``metrics.jsonl``, TensorBoard and wandb.
 
@@ -101,6 +124,7 @@ class MetricsLogger:
         self.cfg, self.rank = cfg, rank
         self.active = rank == 0 or not cfg.rank_0_only
         self.bar = self.jsonl = self.tb = self.wandb = None
+        self._redirect = None  # tqdm's logging redirect while a bar is shown
         self._warned_mfu = False
         if not self.active:
             return
@@ -120,9 +144,13 @@ class MetricsLogger:
                                     name=job_config.job.description)
         if rank == 0 and cfg.progress_bar:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                             disable=None)
+            if not self.bar.disable:  # log lines go through tqdm.write, above the bar, never into it
+                self._redirect = logging_redirect_tqdm()
+                self._redirect.__enter__()
 
     def step(self) -> None:
         if self.bar is not None:
@@ -136,15 +164,16 @@ class MetricsLogger:
             metrics["mfu"] = None
         if not self.active:
             return
-        row = {"step": step, **metrics}
-        self.jsonl.write(json.dumps(row) + "\n")
+        row = {"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: NaN/Inf are written as null
         self.jsonl.flush()
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        tagged = dashboard_values(values)
         if self.tb is not None:
-            for key, value in values.items():
-                self.tb.add_scalar(key, value, step)
+            for tag, value in tagged.items():
+                self.tb.add_scalar(tag, value, step)
         if self.wandb is not None:
-            self.wandb.log(values, step=step)
+            self.wandb.log(tagged, step=step)
         shown = {"loss": "{:.4f}", "grad_norm": "{:.3f}", "lr": "{:.2e}", "tps": "{:.0f}", "mfu": "{:.1%}",
                  "memory_gib": "{:.1f}"}
         line = " ".join(f"{k} {fmt.format(values[k])}" for k, fmt in shown.items() if values.get(k) is not None)
@@ -154,6 +183,9 @@ class MetricsLogger:
             logger.info("step %d: %s", step, line)
 
     def close(self) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         for handle in (self.bar, self.jsonl, self.tb):
             if handle is not None:
                 handle.close()

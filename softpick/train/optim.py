@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import torch
 
 from softpick.train.config import LRScheduler, Optimizer
+
+logger = logging.getLogger("softpick.train")
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: Optimizer, device: torch.device) -> torch.optim.Optimizer:
@@ -76,6 +79,10 @@ def build_lr_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per update; its state (last_epoch) goes into checkpoints."""
     warmup, stable, decay = schedule_phases(cfg, steps)
+    if warmup < cfg.warmup_steps:  # as torchtitan warns when warmup exceeds the run
+        logger.warning("lr_scheduler.warmup_steps (%d) does not fit in training.steps (%d)%s: warmup is cut to "
+                       "%d steps.", cfg.warmup_steps, steps, " with its decay phase" if cfg.decay_ratio else "",
+                       warmup)
     fn = functools.partial(
         lr_factor, warmup_steps=warmup, stable_steps=stable, decay_steps=decay,
         decay_type=cfg.decay_type, lr_min=cfg.lr_min,

@@ -149,13 +149,24 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         parallelize_module(block, tp_mesh, plan)
 
 
+def saved_ops() -> set:
+    """The ops whose outputs selective AC by op keeps: matmuls, SDPA, and our fused attention forwards
+    (``softpick::attention_fwd``, Triton; ``softpick::cute_attention_fwd``, Hopper): without them the
+    attention kernel reruns in the backward."""
+    import softpick.ops.attention.cute.launch  # noqa: F401  (registers the ops; imports no DSL)
+    import softpick.ops.attention.triton.training  # noqa: F401
+
+    return {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten._scaled_dot_product_flash_attention.default,
+            torch.ops.aten._scaled_dot_product_efficient_attention.default,
+            torch.ops.softpick.attention_fwd.default, torch.ops.softpick.cute_attention_fwd.default}
+
+
 def _selective_op_context():
     """Selective AC by op: keep matmul and attention outputs, recompute the cheap elementwise ops."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    save = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-            torch.ops.aten._scaled_dot_product_flash_attention.default,
-            torch.ops.aten._scaled_dot_product_efficient_attention.default}
+    save = saved_ops()
 
     def policy(ctx, func, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if func in save else CheckpointPolicy.PREFER_RECOMPUTE

@@ -8,7 +8,9 @@ Examples::
 
 ``main`` parses the config, builds a :class:`Trainer` (each build step is one labelled method call),
 runs ``train()`` and closes. Under torchrun the process ends with ``os._exit`` after
-``destroy_process_group`` (see :func:`_exit_distributed`).
+``destroy_process_group`` (see :func:`_exit_distributed`). A user mistake or an expected stop (NaN/Inf,
+a full disk, SIGTERM/SIGINT; exit codes in ``stops.py``) ends in one line on stderr from rank 0; the
+faults tried and what each keeps are listed in docs/faults.md.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ import torch.distributed as dist
 from torch import nn
 
 from softpick._compat import set_pg_timeout
+from softpick.errors import UserError, debug_enabled, one_line
 from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
+from softpick.train.lock import DumpLock, check_writable
 from softpick.train.metrics import (
     MetricsLogger, Throughput, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
     peak_memory_gib, profiling,
 )
 from softpick.train.optim import build_lr_scheduler, build_optimizer
 from softpick.train.parallel import ParallelDims, parallelize
+from softpick.train.stops import Interrupted, NonFinite, StopSignals
 
 logger = logging.getLogger("softpick.train")
 
@@ -45,38 +50,27 @@ VARLEN_MODEL_TYPES = ("softpick_transformer",)
 
 
 def load_model_config(path: str | None) -> Any:
-    """AutoConfig from a json file or a folder with config.json (ours registered by ``softpick.models``)."""
-    import softpick.models  # noqa: F401  (registers model_type softpick_transformer)
-    from transformers import AutoConfig
+    """The model config of ``--model.config``: ours, fla's transformer json, any HF type, or a hub id."""
+    from softpick.models.loading import load_model_config as load
 
-    if path is None:
-        raise ConfigError("model.config is required: a config json (e.g. configs/softpick_transformer_340M.json).")
-    if not os.path.exists(path):
-        raise ConfigError(f"model.config {path!r} does not exist.")
-    if os.path.isdir(path):
-        return AutoConfig.from_pretrained(path)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    model_type = data.pop("model_type", None)
-    if model_type is None:
-        raise ConfigError(f"model.config {path!r} has no model_type.")
     try:
-        return AutoConfig.for_model(model_type, **data)
-    except ValueError as err:
-        raise ConfigError(f"model.config {path!r}: {str(err).splitlines()[0]}") from None
+        return load(path, flag="model.config")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_tokenizer(path: str | None) -> Any:
-    """An HF tokenizer from a folder, or the embedded corpus tokenizer when ``path`` is None."""
+    """The tokenizer of ``--model.tokenizer_path`` (a folder or a hub id), or the embedded one when None."""
     if path is None:
         from softpick.corpus import embedded_tokenizer
 
         return embedded_tokenizer()
-    from transformers import AutoTokenizer
+    from softpick.models.loading import load_tokenizer as load
 
-    if not os.path.exists(path):
-        raise ConfigError(f"model.tokenizer_path {path!r} does not exist (no network: give a local folder).")
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return load(path, flag="model.tokenizer_path")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def clean_name(name: str) -> str:
@@ -125,6 +119,10 @@ class Trainer:
             raise ConfigError(f"checkpoint.create_seed_checkpoint needs one process (NGPU=1), not {world}.")
         if config.profiling.enable_memory_snapshot and self.device.type != "cuda":
             raise ConfigError("profiling.enable_memory_snapshot needs a CUDA device.")
+        checkpoints = self.dump / config.checkpoint.folder
+        self._on_rank0(lambda: check_writable(self.dump, "job.dump_folder"))  # before any work
+        if config.checkpoint.enable_checkpoint:
+            self._on_rank0(lambda: check_writable(checkpoints, "checkpoint.folder"))
         self.seed = 42 if tr.seed is None else tr.seed
         if tr.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -149,22 +147,51 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, config.optimizer, self.device)
         self.scheduler = build_lr_scheduler(self.optimizer, config.lr_scheduler, tr.steps)
 
-        # checkpoints: resume when one exists
-        self.state: dict[str, Any] = {"step": 0, "skipped": 0, "tokens": 0}
-        self.checkpointer = CheckpointManager(
-            config.checkpoint, self.dump / config.checkpoint.folder, model=self.model, optimizer=self.optimizer,
-            scheduler=self.scheduler, loader=self.loader, train_state=self.state,
-        )
-        if config.checkpoint.enable_checkpoint and self.checkpointer.load(config.checkpoint.load_step):
-            logger.info("resumed from step %d", self.state["step"])
+        # the dump folder is this run's from here on (rank 0 holds the lock; released by close())
+        self.lock: DumpLock | None = self._on_rank0(lambda: DumpLock(self.dump))
+        try:
+            # checkpoints: resume when one exists (after checking it is whole and of this model)
+            self.state: dict[str, Any] = {"step": 0, "skipped": 0, "tokens": 0}
+            self.skipped_in_a_row = 0
+            self.checkpointer = CheckpointManager(
+                config.checkpoint, checkpoints, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, loader=self.loader, train_state=self.state, model_config=self.model_config,
+            )
+            if config.checkpoint.enable_checkpoint and self.checkpointer.load(config.checkpoint.load_step,
+                                                                               max_step=tr.steps):
+                logger.info("resumed from step %d", self.state["step"])
 
-        # metrics
-        self.metrics = MetricsLogger(config.metrics, self.dump, rank=self.rank, total_steps=tr.steps,
-                                     start_step=self.state["step"], job_config=config)
+            # metrics
+            self.metrics = MetricsLogger(config.metrics, self.dump, rank=self.rank, total_steps=tr.steps,
+                                         start_step=self.state["step"], job_config=config)
+        except BaseException:
+            self._release()
+            raise
         self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops),
                                      split=self.dims.tp)
         if self.rank == 0:
             self._log_setup()
+
+    def _on_rank0(self, fn: Any) -> Any:
+        """``fn()`` on rank 0 (None elsewhere); a UserError there is raised on every rank, so no rank
+        is left waiting in a collective."""
+        result, error = None, None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except UserError as err:
+                error = err
+        if dist.is_initialized():
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise error
+        return result
+
+    def _release(self) -> None:
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
     def _log_setup(self) -> None:
         """One INFO line each for the model, the layout and the batch (what a log reader needs first)."""
@@ -290,34 +317,92 @@ class Trainer:
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm_(self.params, self.config.training.max_norm)
-        # skip_nan_inf needs one value on the host (a sync point); otherwise we never wait here
-        if self.config.training.skip_nan_inf and not torch.isfinite(grad_norm + loss_sum).item():
-            self.state["skipped"] += 1
-            logger.warning("step %d: loss %s, grad norm %s: update skipped", self.state["step"] + 1,
-                           loss_sum.item(), grad_norm.item())
-        else:
+        loss = self._global_mean(loss_sum)
+        # one value on the host per step (a sync point): a NaN/Inf never reaches the weights
+        if torch.isfinite(grad_norm + loss).item():
             self.optimizer.step()
+            self.skipped_in_a_row = 0
+        else:
+            self._skip_or_stop(loss.item(), grad_norm.item())
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return loss_sum, grad_norm
+        return loss, grad_norm
 
-    def _global_mean(self, value: torch.Tensor) -> float:
+    def _skip_or_stop(self, loss: float, grad_norm: float) -> None:
+        """A step whose loss or grad norm is NaN/Inf: skip it (skip_nan_inf, within the limit) or stop."""
+        tr, step = self.config.training, self.state["step"] + 1
+        values = f"loss {loss:.6g}, grad norm {grad_norm:.6g}"
+        if not tr.skip_nan_inf:
+            raise NonFinite(f"step {step}: {values} is not finite; stopped before the update, no checkpoint written "
+                            f"(the saved ones are kept). Lower --optimizer.lr, or pass --training.skip_nan_inf to "
+                            f"skip such steps.")
+        self.state["skipped"] += 1
+        self.skipped_in_a_row += 1
+        logger.warning("step %d: %s: update skipped", step, values)
+        if 0 < tr.skip_nan_inf_limit <= self.skipped_in_a_row:
+            raise NonFinite(f"step {step}: {self.skipped_in_a_row} steps in a row skipped for a non-finite loss or "
+                            f"grad norm ({values}); stopped, no checkpoint written (the saved ones are kept). Lower "
+                            f"--optimizer.lr, or raise --training.skip_nan_inf_limit.")
+
+    def _global_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over all ranks (a new tensor)."""
+        value = value.detach().clone()
         if dist.is_initialized():
-            value = value.clone()
             dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return value.item()
+        return value
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether any rank got SIGTERM/SIGINT (one tiny all_reduce per step under torchrun)."""
+        if not dist.is_initialized():
+            return signals.received is not None
+        flag = torch.tensor([float(signals.received is not None)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _after_first_step(self) -> None:
+        """Start-up is over (also for a resumed run): the tighter collective timeout; compile report."""
+        if dist.is_initialized():
+            timeout = datetime.timedelta(seconds=self.config.comm.train_timeout_seconds)
+            set_pg_timeout(timeout)
+        if self.config.training.compile and self.rank == 0:
+            self._log_compile()
+
+    def _stop(self, signals: StopSignals, step: int) -> Interrupted:
+        """Write a checkpoint of ``step`` (when on) after a signal; the Interrupted error to raise."""
+        name = signals.name or "a signal on another rank"
+        if not self.config.checkpoint.enable_checkpoint:
+            return Interrupted(f"stopped by {name} after step {step}; nothing saved (checkpointing is off: "
+                               f"--checkpoint.enable_checkpoint keeps the progress of a run).")
+        self.checkpointer.wait()  # an async save of this very step counts
+        path = self.checkpointer.folder / f"step-{step}"
+        if not path.is_dir():
+            path = self.checkpointer.save_full(step)
+        return Interrupted(f"stopped by {name} after step {step}; checkpoint {path} written, rerun the same "
+                           f"command to resume.")
 
     def train(self) -> None:
-        tr, cfg = self.config.training, self.config
+        """Run the steps left, then export ``hf/``; however the steps end, gc is back on and a pending
+        async save (of an earlier, good step) is published."""
+        cfg = self.config
         if cfg.checkpoint.create_seed_checkpoint:
             self.checkpointer.save(0, {"model": ModelState(self.model)})
             logger.info("wrote the seed checkpoint %s", self.checkpointer.folder / "step-0")
             return
+        gc.disable()
+        try:
+            self._steps()
+        finally:  # also when a step raises: Trainer runs in-process under `softpick experiment`
+            gc.enable()
+            self.checkpointer.wait()
+        self.export_hf(self.dump / "hf")  # every run ends with a model folder, checkpointing on or off
+
+    def _steps(self) -> None:
+        """The training loop; the first SIGTERM/SIGINT stops it after a whole step (see :meth:`_stop`)."""
+        tr, cfg = self.config.training, self.config
         data = iter(self.loader)
         first_step = True
-        gc.disable()
-        with profiling(cfg.profiling, self.dump, rank=self.rank, start_step=self.state["step"],
-                       device=self.device) as profiler:
+        with StopSignals() as signals, profiling(cfg.profiling, self.dump, rank=self.rank,
+                                                 start_step=self.state["step"], device=self.device) as profiler:
             while self.state["step"] < tr.steps:
                 step = self.state["step"] + 1
                 if step % tr.gc_freq == 0:
@@ -327,18 +412,15 @@ class Trainer:
                 for batch in batches:
                     self.throughput.add(batch)
                 loss, grad_norm = self.train_step(batches)
-                if step == 1 and dist.is_initialized():  # start-up is over: use the tighter timeout
-                    timeout = datetime.timedelta(seconds=cfg.comm.train_timeout_seconds)
-                    set_pg_timeout(timeout)
-                if first_step and tr.compile and self.rank == 0:
-                    self._log_compile()
-                first_step = False
+                if first_step:
+                    self._after_first_step()
+                    first_step = False
                 self.state["step"] = step
                 self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
                 self.metrics.step()
                 if step % cfg.metrics.log_freq == 0 or step == tr.steps:
                     self.metrics.log(step, {
-                        "loss": self._global_mean(loss), "grad_norm": grad_norm.item(), "lr": lr,
+                        "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                         **self.throughput.report(), "memory_gib": peak_memory_gib(self.device),
                         "tokens": self.state["tokens"], "skipped": self.state["skipped"],
                     })
@@ -347,10 +429,8 @@ class Trainer:
                     self.export_hf(self.dump / "hf-checkpoints" / saved.name)
                 if profiler is not None:
                     profiler.step()
-        gc.enable()
-        self.checkpointer.wait()
-        if cfg.checkpoint.enable_checkpoint:
-            self.export_hf(self.dump / "hf")
+                if step < tr.steps and self._stop_requested(signals):
+                    raise self._stop(signals, step)
 
     def export_hf(self, out_dir: Path) -> None:
         """Gather the full weights and write an HF model folder (rank 0 writes)."""
@@ -364,6 +444,7 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        self._release()
 
 
 def _exit_distributed(code: int) -> None:
@@ -380,27 +461,34 @@ def _exit_distributed(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``softpick train [--section.key value ...]``; returns 0, or 2 for a configuration error."""
+    """``softpick train [--section.key value ...]``; returns 0, or the exit code of a user error or an
+    expected stop (stops.py) after one line on stderr from rank 0 (``--debug``: the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = parse_args(argv)
-        if config.job.print_args and int(os.environ.get("RANK", "0")) == 0:
-            print(json.dumps(config.to_dict(), indent=2))
-        trainer = Trainer(config)
-    except ConfigError as err:
+        code = _run([a for a in argv if a != "--debug"])
+    except UserError as err:
+        if debug:
+            raise
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"softpick train: error: {err}", file=sys.stderr)
-        if dist.is_initialized():
-            _exit_distributed(2)
-        return 2
+            print(f"softpick train: {one_line(err)}", file=sys.stderr)
+        code = err.exit_code
+    if dist.is_initialized():
+        _exit_distributed(code)
+    return code
+
+
+def _run(argv: list[str]) -> int:
+    config = parse_args(argv)
+    if config.job.print_args and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(config.to_dict(), indent=2))
+    trainer = Trainer(config)
     try:
         trainer.train()
     finally:
         trainer.close()
-    if dist.is_initialized():
-        _exit_distributed(0)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

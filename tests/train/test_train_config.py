@@ -84,6 +84,7 @@ def test_flame_only_flags_are_kept_aside_and_mostly_default_only():
         (["--experimental.context_parallel_degree", "2"], "experimental.context_parallel_degree"),
         (["--lr_scheduler.decay_type", "exp"], "lr_scheduler.decay_type"),
         (["--training.steps", "0"], "training.steps"),
+        (["--training.skip_nan_inf_limit", "-1"], "training.skip_nan_inf_limit"),
     ],
 )
 def test_bad_values_fail_with_one_line(argv, names):

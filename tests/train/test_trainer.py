@@ -56,7 +56,7 @@ def test_compile_applies_and_matches_eager(assets, tmp_path, caplog):
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 
 
-def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path):
+def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path, capsys):
     full = tmp_path / "full"
     args = ("--checkpoint.enable_checkpoint", "--checkpoint.interval", "3")
     assert main(train_args(assets, full, *args, steps=7)) == 0
@@ -64,10 +64,15 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(assets, tmp_path):
     # a run that stopped after saving step 3: its folder holds only that checkpoint
     cut = tmp_path / "cut"
     shutil.copytree(full / "checkpoint" / "step-3", cut / "checkpoint" / "step-3")
-    # a save that crashed half-way leaves a .tmp folder (or a folder without DCP metadata): never loaded
+    # a save that crashed half-way leaves a .tmp folder: never loaded
     shutil.copytree(full / "checkpoint" / "step-6", cut / "checkpoint" / "step-6.tmp")
+    # a newer step folder without DCP metadata is not skipped silently: the run names the good step
     (cut / "checkpoint" / "step-5").mkdir()
-    assert main(train_args(assets, cut, *args, steps=7)) == 0
+    capsys.readouterr()
+    assert main(train_args(assets, cut, *args, steps=7)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("softpick train:")]
+    assert len(err) == 1 and "step-5 is damaged (no .metadata" in err[0] and "--checkpoint.load_step 3" in err[0]
+    assert main(train_args(assets, cut, *args, "--checkpoint.load_step", "3", steps=7)) == 0
     resumed = read_metrics(cut)
     assert [r["step"] for r in resumed] == [4, 5, 6, 7]
     assert [r["loss"] for r in resumed] == losses(full)[3:]  # bitwise: exact float equality

@@ -1,0 +1,97 @@
+"""Portable exports: a softmax model is a Llama checkpoint, other variants ship self-contained remote code.
+
+Loading is checked in a fresh interpreter where ``import softpick`` fails (a ``sys.meta_path`` blocker: the
+package is installed in the test environment, so merely not importing it would prove nothing), with stdin
+closed, so a ``[y/N]`` trust prompt would show in the output. lm-eval's ``HFLM`` loads both folders by path.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softpick.corpus import embedded_tokenizer
+from softpick.models import SoftpickForCausalLM
+from softpick.models.export import save_portable
+
+from tiny_models import tiny_model
+
+LOADER = r"""
+import importlib.abc, json, sys
+
+class BlockSoftpick(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "softpick" or name.startswith("softpick."):
+            raise ImportError(f"softpick is blocked in this test ({name})")
+
+sys.meta_path.insert(0, BlockSoftpick())
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    remote = name != "softmax"
+    if remote:
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    else:
+        model = LlamaForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote or None)
+    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        diff = (model(ids).logits - torch.load(folder + "/logits.pt")).abs().max().item()
+    lm = HFLM(pretrained=folder, trust_remote_code=remote, batch_size=1, device="cpu")
+    request = Instance(request_type="loglikelihood", doc={}, arguments=("the cat sat", " on the mat"), idx=0)
+    (loglik, _), = lm.loglikelihood([request], disable_tqdm=True)
+    out[name] = {"class": type(model).__name__, "diff": diff, "loglik": loglik, "ids": ids.tolist()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_exports_load_without_softpick_and_in_lm_eval(tmp_path):
+    tokenizer = embedded_tokenizer()
+    variants = {"softmax": dict(attn_type="softmax"), "softpick": dict(attn_type="softpick"),
+                "gated_ssmax_sink": dict(attn_type="sink", ssmax=True, output_gate="headwise")}
+    folders, expected_ids = {}, tokenizer("the cat sat on the mat")["input_ids"]
+    for name, fields in variants.items():
+        model = tiny_model(vocab_size=len(tokenizer), **fields)
+        folder = save_portable(model, tmp_path / name, tokenizer=tokenizer)
+        with torch.no_grad():
+            torch.save(model(torch.tensor([expected_ids])).logits, folder / "logits.pt")
+        folders[name] = str(folder)
+    config = json.loads((tmp_path / "softmax" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config
+    assert not list((tmp_path / "softmax").glob("*.py"))
+    assert json.loads((tmp_path / "softpick" / "config.json").read_text())["model_type"] == "softpick_transformer"
+
+    result = subprocess.run([sys.executable, "-c", LOADER, json.dumps(folders)], capture_output=True, text=True,
+                            timeout=300, stdin=subprocess.DEVNULL)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    assert "[y/N]" not in result.stdout + result.stderr
+    loaded = json.loads(lines[0][len("RESULT "):])
+    assert loaded["softmax"]["class"] == "LlamaForCausalLM"
+    for name in variants:
+        assert loaded[name]["ids"] == [expected_ids]
+        assert loaded[name]["diff"] < 1e-5, (name, loaded[name])
+        assert loaded[name]["loglik"] < 0
+    assert loaded["softpick"]["class"] == "SoftpickForCausalLM"
+
+
+def test_export_loads_with_softpick_through_the_registered_classes(tmp_path):
+    """With softpick imported the folder uses our classes (fast kernels), and the tokenizer needs no prompt."""
+    tokenizer = embedded_tokenizer()
+    model = tiny_model(vocab_size=len(tokenizer))
+    save_portable(model, tmp_path / "hf", tokenizer=tokenizer, dtype=torch.bfloat16)
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert type(loaded) is SoftpickForCausalLM and loaded.dtype == torch.bfloat16
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf")).encode("a b") == tokenizer.encode("a b")
+    shipped = sorted(p.name for p in (tmp_path / "hf").glob("*.py"))
+    assert "modeling_softpick.py" in shipped and "softpick_ops_attention_portable.py" in shipped
+    for path in (tmp_path / "hf").glob("*.py"):
+        assert "from softpick" not in path.read_text() and "import softpick" not in path.read_text()
