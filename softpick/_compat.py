@@ -1,6 +1,6 @@
 """Other libraries' versions, and every place softpick leans on their internals, in one module.
 
-``check_versions`` runs at ``import softpick`` and fails with one line when torch or transformers is
+``check_versions`` runs when the package loads and fails with one line when torch or transformers is
 too old. The rest are workarounds on private or undocumented parts of other libraries; each says what
 it relies on and the versions it was checked against (``CHECKED``), has a test in tests/test_compat.py,
 and raises :class:`CompatError` naming the installed version when that part is gone, instead of an
