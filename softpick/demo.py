@@ -33,7 +33,6 @@ import torch
 import transformers
 
 from softpick.analysis.cli import analyze, analyze_options, int_list
-from softpick.analysis.report import quantization_by_method, quantization_cells
 from softpick.corpus import embedded_tokenizer
 from softpick.models import ATTN_TYPES
 from softpick.train.config import from_dict, to_argv
@@ -204,14 +203,14 @@ def run(options: DemoOptions) -> DemoResult:
     print(f"sample: {sample}", flush=True)
 
     analysis_start = time.perf_counter()
-    report = analyze(analysis_options(options, hf_dir, out / "analysis"))
+    report = analyze(hf_dir, analysis_options(options, hf_dir, out / "analysis"))
     analysis_time = time.perf_counter() - analysis_start
-    acts, ppl = report["activations"], report["perplexity"]
-    quant = quantization_by_method(report)
+    acts, ppl = report.activations, report.perplexity
+    quant = report.quantization_by_method()
     result = DemoResult(
         first_train_loss=losses[0], final_train_loss=final_loss, val_loss=ppl["loss"],
-        sink_rate=report["sink"]["sink_rate"], first_token_mass=report["sink"]["first_token_mass"],
-        sparsity=report["sparsity"]["sparsity"], max_kurtosis=acts["max_kurtosis"],
+        sink_rate=report.sink["sink_rate"], first_token_mass=report.sink["first_token_mass"],
+        sparsity=report.sparsity["sparsity"], max_kurtosis=acts["max_kurtosis"],
         max_abs_activation=acts["max_abs"], quantization=quant, wall_time_s=time.perf_counter() - start,
         train_time_s=train_time, analysis_time_s=analysis_time, sample=sample, out=str(out),
         report=str(out / "analysis" / "report.md"),
@@ -222,7 +221,7 @@ def run(options: DemoOptions) -> DemoResult:
           f"attention sparsity {result.sparsity:.1f}%, max kurtosis {result.max_kurtosis:.1f}, "
           f"max |activation| {result.max_abs_activation:.1f}")
     cells_by_method: dict[str, list[str]] = {}
-    cells = quantization_cells(report)  # widths a library lacks show as "not supported"
+    cells = report.quantization_cells()  # widths a library lacks show as "not supported"
     for (method, bits), value in sorted(cells.items(), key=lambda item: (item[0][0], -item[0][1])):
         text = value if isinstance(value, str) else f"{value:.2f}" if math.isfinite(value) else "inf"
         cells_by_method.setdefault(method, []).append(f"{bits}-bit {text}")

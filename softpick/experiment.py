@@ -43,11 +43,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from softpick.errors import one_line
+
+if TYPE_CHECKING:
+    from softpick.analysis.report import Report
 
 try:
     import tomllib
@@ -181,9 +184,9 @@ def _final(rows: list[dict], n: int = 10) -> float | None:
     return statistics.fmean(r["loss"] for r in rows[-n:]) if rows else None
 
 
-def write_summary(config: dict, out: Path, results: dict[str, dict], reports: dict[str, dict], argv: list[str]) -> Path:
+def write_summary(config: dict, out: Path, results: dict[str, dict], reports: dict[str, Report], argv: list[str]) -> Path:
     from softpick.analysis.claims import claims
-    from softpick.analysis.report import headline, value
+    from softpick.analysis.report import Report
 
     commit = os.environ.get("SOFTPICK_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or "unknown"
@@ -195,12 +198,12 @@ def write_summary(config: dict, out: Path, results: dict[str, dict], reports: di
              f"{exp['nproc']} process(es) per run, torch {torch.__version__}",
              "- variants: " + ", ".join(f"{n} ({json.dumps(config['variants'][n])})" for n in exp["variants"]), "",
              "| variant | parameters | tokens | train s | analysis s | final train loss | "
-             + " | ".join(headline({})) + " |",
-             "|---" * (6 + len(headline({}))) + "|"]
+             + " | ".join(Report().headline()) + " |",
+             "|---" * (6 + len(Report().headline())) + "|"]
     for name in exp["variants"]:
         r, rep = results[name], reports[name]
-        values = ["n/a" if v is None else f"{v:.4g}" for v in headline(rep).values()]
-        params = value(rep, "model", "parameters")
+        values = ["n/a" if v is None else f"{v:.4g}" for v in rep.headline().values()]
+        params = rep.model.get("parameters")
         lines.append(f"| {name} | {params or 'n/a'} | {r['tokens']} | {r['train_s']:.0f} | {r['analysis_s']:.0f} | "
                      f"{r['final_loss']:.4f} | " + " | ".join(values) + " |")
     found = claims(reports)
@@ -235,7 +238,7 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
     """Train, analyse and compare every variant (or train and analyse only ``only``, without a
     comparison); returns the summary path (None with ``only``)."""
     from softpick.analysis.cli import analyze, analyze_options
-    from softpick.analysis.report import load_report, write_comparison
+    from softpick.analysis.report import Report, write_comparison
     from softpick.train.config import to_argv
 
     exp = config["experiment"]
@@ -268,14 +271,14 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
         if not analysed:
             start = time.perf_counter()
             print(f"[{name}] analysing {dump / 'hf'}", flush=True)
-            analyze(analyze_options(dump / "hf", analysis, **config.get("analyze", {})))
+            analyze(dump / "hf", analyze_options(dump / "hf", analysis, **config.get("analyze", {})))
             analysis_s = time.perf_counter() - start
             _save_timing(folder, analysis_s=analysis_s)
         if only:
             continue
         rows = read_metrics(dump)
         curves[name] = rows
-        reports[name] = load_report(analysis)
+        reports[name] = Report.load(analysis)
         results[name] = {"train_s": train_s, "analysis_s": analysis_s, "final_loss": _final(rows) or float("nan"),
                          "tokens": rows[-1]["tokens"] if rows else 0}
     if only:

@@ -9,8 +9,10 @@
 - :mod:`~softpick.analysis.passkey` — passkey retrieval (``compute_passkey``)
 
 :mod:`~softpick.analysis.collect` runs the forward passes (hooks, one layer's attention map at a
-time), :mod:`~softpick.analysis.data` reads and pads text, :mod:`~softpick.analysis.report` writes
-reports and plots, :mod:`~softpick.analysis.cli` is ``softpick analyze`` / ``softpick compare``.
+time), :mod:`~softpick.analysis.data` reads and pads text, :mod:`~softpick.analysis.report` holds
+the ``Report`` (one reader and one writer of report.json/report.md) and the plots,
+:mod:`~softpick.analysis.cli` is ``softpick analyze`` (``analyze(model_dir, options) -> Report``) and
+``softpick compare``.
 """
 
 from softpick.analysis.activations import compute_activation_stats

@@ -8,40 +8,40 @@ quantization. ``softpick experiment`` puts them in its summary.
 
 from __future__ import annotations
 
-from softpick.analysis.report import quantization_rows, value
+from softpick.analysis.report import Report
 
 
-def claims(reports: dict[str, dict], reference: str = "softmax", subject: str = "softpick") -> list[str]:
+def claims(reports: dict[str, Report], reference: str = "softmax", subject: str = "softpick") -> list[str]:
     """The paper's headline claims, each stated with this experiment's numbers."""
     if reference not in reports or subject not in reports:
         return []
     a, b = reports[subject], reports[reference]
     lines = []
-    sink_a, sink_b = value(a, "sink", "sink_rate"), value(b, "sink", "sink_rate")
+    sink_a, sink_b = a.value("sink", "sink_rate"), b.value("sink", "sink_rate")
     if sink_a is not None and sink_b is not None:
         if sink_b == 0:
             verdict = f"cannot be tested here: {reference} forms no sinks at this scale either"
         else:
             verdict = "holds here" if sink_a == 0 else ("partly holds here" if sink_a < sink_b else "does not hold here")
-        other_a, other_b = value(a, "sink", "other_token_sink_rate"), value(b, "sink", "other_token_sink_rate")
+        other_a, other_b = a.value("sink", "other_token_sink_rate"), b.value("sink", "other_token_sink_rate")
         other = ("" if other_a is None or other_b is None else
                  f" Sinks on other tokens (one token id holding > eps of a head's attention): {other_a:.1f}% vs {other_b:.1f}%.")
         lines.append(f"No attention sinks with softpick (paper: 0% vs a high rate): {subject} {sink_a:.1f}% vs "
                      f"{reference} {sink_b:.1f}% of layer-heads; {verdict}.{other}")
-    kurt_a, kurt_b = value(a, "activations", "max_kurtosis"), value(b, "activations", "max_kurtosis")
+    kurt_a, kurt_b = a.value("activations", "max_kurtosis"), b.value("activations", "max_kurtosis")
     if kurt_a and kurt_b:
         verdict = "holds" if kurt_a < kurt_b / 2 else ("is weak" if kurt_a < kurt_b else "does not hold")
         lines.append(f"Lower hidden-state kurtosis (paper, 340M: 340 vs 33,510): max over layers {kurt_a:.1f} vs "
                      f"{kurt_b:.1f} (ratio {kurt_b / kurt_a:.1f}x); {verdict} here.")
-    sp_a, sp_b = value(a, "sparsity", "sparsity"), value(b, "sparsity", "sparsity")
+    sp_a, sp_b = a.value("sparsity", "sparsity"), b.value("sparsity", "sparsity")
     if sp_a is not None and sp_b is not None:
         lines.append(f"Sparse attention maps (paper: 46.97%): {sp_a:.1f}% of causal weights <= 1e-5 vs {sp_b:.1f}% "
                      f"for {reference}; {'holds' if sp_a > sp_b + 10 else 'does not hold'} here.")
-    ppl_a, ppl_b = value(a, "perplexity", "perplexity"), value(b, "perplexity", "perplexity")
+    ppl_a, ppl_b = a.value("perplexity", "perplexity"), b.value("perplexity", "perplexity")
     if ppl_a and ppl_b:
         lines.append(f"Quality parity at small scale (paper v1): validation perplexity {ppl_a:.3f} vs {ppl_b:.3f} "
                      f"({100 * (ppl_a / ppl_b - 1):+.1f}%).")
-    qa, qb = (quantization_rows(r, finite_only=True) for r in (a, b))
+    qa, qb = (r.quantization_rows(finite_only=True) for r in (a, b))
     shared = sorted(set(qa) & set(qb), key=lambda mb: (mb[0], -mb[1]))
     if shared and ppl_a and ppl_b:
         cells, tally = [], {"less": 0, "more": 0, "tie": 0}

@@ -27,7 +27,7 @@ from softpick.analysis.collect import attn_implementation, decoder_layers, run_p
 from softpick.analysis.data import load_documents, make_batches, tokenize_samples
 from softpick.analysis.passkey import compute_passkey
 from softpick.analysis.perplexity import PerplexityObserver
-from softpick.analysis.report import load_report, write_comparison, write_report
+from softpick.analysis.report import Report, write_comparison
 from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
 from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
 from softpick.errors import one_line
@@ -115,8 +115,11 @@ def _versions() -> dict:
             "softpick": softpick.__version__}
 
 
-def analyze(args: argparse.Namespace) -> dict:
-    """Run every requested measurement and write the report; returns the report dict."""
+def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
+    """Measure the model saved in ``model_dir`` with ``args`` (the options of ``softpick analyze``, as
+    :func:`analyze_parser` or :func:`analyze_options` give them; their ``model_dir`` is not read), write
+    the report to ``args.out`` and return it."""
+    model_dir = str(model_dir)
     torch.manual_seed(args.seed)
     progress = not args.no_progress
     notes = []
@@ -127,7 +130,7 @@ def analyze(args: argparse.Namespace) -> dict:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
     documents = load_documents(args.data, args.split)
-    model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
+    model, tokenizer = load_model_and_tokenizer(model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
     max_positions = getattr(model.config, "max_position_embeddings", None)
     for name, length in [("--seq-len", args.seq_len)] + [("--passkey-lengths", n) for n in args.passkey_lengths]:
         if max_positions is not None and length > max_positions:
@@ -140,24 +143,24 @@ def analyze(args: argparse.Namespace) -> dict:
                  PerplexityObserver()]
     run_pass(model, batches, observers, progress=progress, desc="attention, activations, perplexity")
     sink, sparsity, activations, perplexity = observers
-    report = {
-        "model": describe_model(model, args.model_dir),
-        "settings": {
+    report = Report(
+        model=describe_model(model, model_dir),
+        settings={
             "data": args.data or f"embedded corpus ({args.split})",
             "num_samples": len(samples), "seq_len": args.seq_len, "tokens": sum(len(s) for s in samples),
             "batch_size": args.batch_size, "padding_side": args.padding_side, "device": str(args.device),
             "dtype": args.dtype, "seed": args.seed, "versions": _versions(),
         },
-        "perplexity": perplexity.result(),
-        "sink": sink.result(tokenizer),
-        "sparsity": sparsity.result(),
-        "activations": activations.result(tokenizer),
-    }
+        perplexity=perplexity.result(),
+        sink=sink.result(tokenizer),
+        sparsity=sparsity.result(),
+        activations=activations.result(tokenizer),
+    )
 
     if args.quant_bits and args.quant_methods:
-        report["quantization"] = quantization.compute_quantization_study(
+        report.quantization = quantization.compute_quantization_study(
             model, batches, methods=tuple(args.quant_methods), bits=tuple(args.quant_bits),
-            group_size=args.quant_group_size, baseline=report["perplexity"], progress=progress,
+            group_size=args.quant_group_size, baseline=report.perplexity, progress=progress,
         )
     if args.tasks:
         tasks, tasks_dir = list(args.tasks), list(args.tasks_dir)
@@ -165,22 +168,22 @@ def analyze(args: argparse.Namespace) -> dict:
             tasks.remove("local")
             tasks += list(evaluation.LOCAL_TASKS)
             tasks_dir.append(str(evaluation.write_local_tasks(documents, Path(args.out) / "lm_eval_tasks")))
-        report["lm_eval"] = evaluation.compute_lm_eval(
+        report.lm_eval = evaluation.compute_lm_eval(
             model, tokenizer, tasks, tasks_dir=tasks_dir or None, batch_size=args.eval_batch_size, limit=args.eval_limit
         )
     if args.passkey_lengths:
-        report["passkey"] = compute_passkey(model, tokenizer, args.passkey_lengths, trials=args.passkey_trials,
+        report.passkey = compute_passkey(model, tokenizer, args.passkey_lengths, trials=args.passkey_trials,
                                             seed=args.seed, progress=progress)
-    if report["settings"]["dtype"] != "float32":
+    if args.dtype != "float32":
         notes.append("Low-precision attention weights underflow: sparsity counts rounding zeros too.")
-    non_finite = non_finite_fields(report)
+    non_finite = non_finite_fields(report.to_dict())
     if non_finite:
         shown = ", ".join(non_finite[:6]) + (f" and {len(non_finite) - 6} more" if len(non_finite) > 6 else "")
         notes.append(f"The model produced non-finite values (NaN/Inf) in {shown}: they are null in report.json, "
                      f"n/a in the tables and left out of the plots.")
         print(f"softpick analyze: warning: non-finite values (NaN/Inf) in {shown}", file=sys.stderr)
-    report["notes"] = notes
-    write_report(report, args.out)
+    report.notes = notes
+    report.write(args.out)
     return report
 
 
@@ -232,7 +235,7 @@ def analyze_main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     try:
-        analyze(args)
+        analyze(args.model_dir, args)
     except (FileNotFoundError, ImportError, ValueError) as error:
         print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
         return 2
@@ -263,8 +266,8 @@ def compare_main(argv: list[str]) -> int:
     if len(labels) != len(args.reports) or len(set(labels)) != len(labels):
         parser.error(f"--labels must give {len(args.reports)} distinct names, got {labels}.")
     try:
-        reports = {label: load_report(folder) for label, folder in zip(labels, args.reports)}
-    except FileNotFoundError as error:
+        reports = {label: Report.load(folder) for label, folder in zip(labels, args.reports)}
+    except (FileNotFoundError, ValueError) as error:
         print(f"softpick compare: error: {error}", file=sys.stderr)
         return 2
     write_comparison(reports, args.out)

@@ -1,7 +1,8 @@
 """Writing reports: report.json, report.md and PNG plots for one model, and side-by-side comparisons.
 
-A report is the plain dict built by :mod:`softpick.analysis.cli`; non-finite numbers are stored as
-null in JSON. Plots use matplotlib's Agg backend (no display needed); each per-layer plot overlays
+A report is a :class:`Report`, built by :func:`softpick.analysis.cli.analyze`; it has one writer
+(:meth:`Report.write`: report.json, report.md, plots) and one reader (:meth:`Report.load`).
+Non-finite numbers are stored as null in JSON. Plots use matplotlib's Agg backend (no display needed); each per-layer plot overlays
 one line per model, so the same functions draw one report and a comparison.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import matplotlib
@@ -39,16 +41,119 @@ def clean(value):
     return value
 
 
-def write_json(report: dict, path: Path) -> None:
-    path.write_text(json.dumps(clean(report), indent=2, allow_nan=False) + "\n")
+def json_text(data: dict) -> str:
+    """``data`` as indented JSON text, non-finite floats as null: report.json's and comparison.json's format."""
+    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
 
 
-def load_report(folder: str | Path) -> dict:
-    """The report.json in ``folder``; FileNotFoundError names the missing file."""
-    path = Path(folder) / "report.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `softpick analyze ... --out {folder}` first.")
-    return json.loads(path.read_text())
+@dataclass
+class Report:
+    """One model's analysis: each field is a top-level section of report.json, a JSON object (string
+    keys, non-finite numbers as None) or None where that measurement was not run.
+
+    ``model``: path, class, model_type, num_layers, num_heads, hidden_size, parameters, attention;
+    ``settings``: data, num_samples, seq_len, tokens, batch_size, padding_side, device, dtype, seed,
+    versions; ``perplexity``: loss, perplexity, tokens; ``sink``, ``sparsity``, ``activations``:
+    headline numbers and per-layer lists; ``quantization``: baseline, results, skipped, group_size;
+    ``lm_eval``: lm_eval_version, results (task -> metric -> value); ``passkey``: trials, accuracy
+    (prompt tokens -> fraction); ``notes``: sentences for the reader.
+    """
+
+    model: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    perplexity: dict | None = None
+    sink: dict | None = None
+    sparsity: dict | None = None
+    activations: dict | None = None
+    quantization: dict | None = None
+    lm_eval: dict | None = None
+    passkey: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """The report of a report.json's object; ValueError names a section this class does not know."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"report has unknown section(s) {unknown}; expected some of {known}.")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Report:
+        """The report.json in ``folder``; FileNotFoundError names the missing file."""
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `softpick analyze ... --out {folder}` first.")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def to_dict(self) -> dict:
+        """The JSON object of report.json: sections in field order, those not run left out."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None or f.name in ("model", "settings", "notes")}
+
+    def to_json(self) -> str:
+        """The text of report.json."""
+        return json_text(self.to_dict())
+
+    def write(self, out: str | Path) -> list[Path]:
+        """report.json, report.md and the plots in ``out`` (created); returns the paths written."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        text = self.to_json()
+        (out / "report.json").write_text(text)
+        report = Report.from_dict(json.loads(text))  # the same view of the data as a reloaded report.json
+        plots = write_plots({report.model["path"]: report}, out)
+        write_markdown(report, plots, out / "report.md")
+        return [out / "report.json", out / "report.md"] + [out / p for p in plots]
+
+    def value(self, section: str, key: str):
+        """``section``'s ``key`` (e.g. ``("sink", "sink_rate")``), or None when the section was not run or has no such key."""
+        return (getattr(self, section) or {}).get(key)
+
+    def headline(self) -> dict[str, float | None]:
+        """The single numbers a reader compares first (None when a section was not run)."""
+        return {
+            "perplexity": self.value("perplexity", "perplexity"),
+            "sink rate (%)": self.value("sink", "sink_rate"),
+            "first-token attention (mean)": self.value("sink", "first_token_mass"),
+            "other-token sink rate (%)": self.value("sink", "other_token_sink_rate"),
+            "attention sparsity (%)": self.value("sparsity", "sparsity"),
+            "max kurtosis": self.value("activations", "max_kurtosis"),
+            "max abs activation": self.value("activations", "max_abs"),
+        }
+
+    def quantization_rows(self, finite_only: bool = False) -> dict[tuple[str, int], float | None]:
+        """(method, bits) -> perplexity of the quantization study: the one table of it that the
+        markdown, the plots, the comparison, the demo and the experiment's claims all read. A
+        perplexity that overflowed is None after JSON; ``finite_only`` leaves those out."""
+        study = self.quantization or {}
+        rows = {(r["method"], int(r["bits"])): r["perplexity"] for r in study.get("results", [])}
+        if finite_only:
+            rows = {key: ppl for key, ppl in rows.items() if ppl is not None and math.isfinite(ppl)}
+        return rows
+
+    def quantization_by_method(self) -> dict[str, dict[str, float | None]]:
+        """The same table nested for JSON: method -> bits (a string) -> perplexity."""
+        table: dict[str, dict[str, float | None]] = {}
+        for (method, bits), perplexity in self.quantization_rows().items():
+            table.setdefault(method, {})[str(bits)] = perplexity
+        return table
+
+    def quantization_cells(self) -> dict[tuple[str, int], float | str | None]:
+        """(method, bits) -> perplexity, or why there is none ("not supported", "not installed", "failed")."""
+        study = self.quantization or {}
+        cells: dict[tuple[str, int], float | str | None] = {
+            (s["method"], int(s["bits"])): s.get("status", "skipped") for s in study.get("skipped", [])}
+        cells.update(self.quantization_rows())
+        return cells
+
+    def unquantized_perplexity(self) -> float | None:
+        """The quantization study's baseline perplexity (None when the study was not run)."""
+        return (self.value("quantization", "baseline") or {}).get("perplexity")
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -65,52 +170,6 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def value(report: dict, section: str, key: str):
-    """``report[section][key]``, or None when the section was not run or has no such key."""
-    return (report.get(section) or {}).get(key)
-
-
-def headline(report: dict) -> dict[str, float | None]:
-    """The single numbers a reader compares first (None when a section was not run)."""
-    return {
-        "perplexity": value(report, "perplexity", "perplexity"),
-        "sink rate (%)": value(report, "sink", "sink_rate"),
-        "first-token attention (mean)": value(report, "sink", "first_token_mass"),
-        "other-token sink rate (%)": value(report, "sink", "other_token_sink_rate"),
-        "attention sparsity (%)": value(report, "sparsity", "sparsity"),
-        "max kurtosis": value(report, "activations", "max_kurtosis"),
-        "max abs activation": value(report, "activations", "max_abs"),
-    }
-
-
-def quantization_rows(report: dict, finite_only: bool = False) -> dict[tuple[str, int], float | None]:
-    """(method, bits) -> perplexity of the report's quantization study: the one table of it that the
-    markdown, the plots, the comparison, the demo and the experiment's claims all read. A perplexity
-    that overflowed is None after JSON; ``finite_only`` leaves those out."""
-    study = report.get("quantization") or {}
-    rows = {(r["method"], int(r["bits"])): r["perplexity"] for r in study.get("results", [])}
-    if finite_only:
-        rows = {key: ppl for key, ppl in rows.items() if ppl is not None and math.isfinite(ppl)}
-    return rows
-
-
-def quantization_by_method(report: dict) -> dict[str, dict[str, float | None]]:
-    """The same table nested for JSON: method -> bits (a string) -> perplexity."""
-    table: dict[str, dict[str, float | None]] = {}
-    for (method, bits), perplexity in quantization_rows(report).items():
-        table.setdefault(method, {})[str(bits)] = perplexity
-    return table
-
-
-def quantization_cells(report: dict) -> dict[tuple[str, int], float | str | None]:
-    """(method, bits) -> perplexity, or why there is none ("not supported", "not installed", "failed")."""
-    study = report.get("quantization") or {}
-    cells: dict[tuple[str, int], float | str | None] = {
-        (s["method"], int(s["bits"])): s.get("status", "skipped") for s in study.get("skipped", [])}
-    cells.update(quantization_rows(report))
-    return cells
 
 
 # ---------------------------------------------------------------- plots
@@ -149,20 +208,20 @@ def plot_head_heatmap(matrix: list[list[float]], title: str, path: Path) -> None
     _save(fig, path)
 
 
-def plot_quantization(reports: dict[str, dict], path: Path) -> None:
+def plot_quantization(reports: dict[str, Report], path: Path) -> None:
     """Perplexity against bits: one panel per method, one line per model, dashed unquantized level."""
-    methods = sorted({m for r in reports.values() for (m, _) in quantization_rows(r)})
+    methods = sorted({m for r in reports.values() for (m, _) in r.quantization_rows()})
     if not methods:
         return
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         values, all_bits = [], set()
         for i, (label, report) in enumerate(reports.items()):
-            rows = {b: p for (m, b), p in quantization_rows(report).items() if m == method and p is not None}
+            rows = {b: p for (m, b), p in report.quantization_rows().items() if m == method and p is not None}
             color = f"C{i}"
             bits = sorted(rows)
             ax.plot(bits, [rows[b] for b in bits], marker="o", color=color, label=label)
-            base = (value(report, "quantization", "baseline") or {}).get("perplexity")
+            base = report.unquantized_perplexity()
             if base is not None:
                 ax.axhline(base, color=color, linestyle="--", linewidth=0.8)
                 values.append(base)
@@ -179,37 +238,37 @@ def plot_quantization(reports: dict[str, dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_passkey(reports: dict[str, dict], path: Path) -> None:
+def plot_passkey(reports: dict[str, Report], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, report in reports.items():
-        accuracy = value(report, "passkey", "accuracy") or {}
+        accuracy = report.value("passkey", "accuracy") or {}
         lengths = sorted(int(k) for k in accuracy)
         ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", label=label)
     ax.set(title="Passkey retrieval", xlabel="prompt tokens", ylabel="accuracy (%)", ylim=(-5, 105))
     _save(fig, path, ax, legend=len(reports) > 1)
 
 
-def write_plots(reports: dict[str, dict], out: Path) -> list[str]:
+def write_plots(reports: dict[str, Report], out: Path) -> list[str]:
     """Every plot the reports have data for; returns the file names written.
 
-    Reports must have passed through JSON (string keys), as :func:`write_report` and
-    :func:`load_report` ensure.
+    Reports must have passed through JSON (string keys), as :meth:`Report.write` and
+    :meth:`Report.load` ensure.
     """
     written = []
     for name, section, key, title, ylabel, log in PER_LAYER_PLOTS:
-        series = {label: r[section][key] for label, r in reports.items() if value(r, section, key)}
+        series = {label: r.value(section, key) for label, r in reports.items() if r.value(section, key)}
         if series:
             plot_per_layer(series, title, ylabel, out / name, log)
             written.append(name)
-    if any(quantization_rows(r) for r in reports.values()):
+    if any(r.quantization_rows() for r in reports.values()):
         plot_quantization(reports, out / "quantization.png")
         written.append("quantization.png")
-    if any(value(r, "passkey", "accuracy") for r in reports.values()):
+    if any(r.value("passkey", "accuracy") for r in reports.values()):
         plot_passkey(reports, out / "passkey.png")
         written.append("passkey.png")
     if len(reports) == 1:
         (label, report), = reports.items()
-        per_head = value(report, "sink", "first_token_mass_per_head")
+        per_head = report.value("sink", "first_token_mass_per_head")
         if per_head:
             plot_head_heatmap(per_head, "Attention on the first token per head", out / "sink_heads.png")
             written.append("sink_heads.png")
@@ -219,8 +278,8 @@ def write_plots(reports: dict[str, dict], out: Path) -> list[str]:
 # ---------------------------------------------------------------- markdown
 
 
-def _model_section(report: dict) -> list[str]:
-    model, settings = report["model"], report["settings"]
+def _model_section(report: Report) -> list[str]:
+    model, settings = report.model, report.settings
     lines = [f"# Analysis of `{model['path']}`", ""]
     lines += [f"- model: {model['class']} ({model['model_type']}), {model['num_layers']} layers, "
               f"{model['num_heads']} heads, {model['parameters']:,} parameters, attention {model.get('attention')}"]
@@ -231,8 +290,8 @@ def _model_section(report: dict) -> list[str]:
     return lines + [""]
 
 
-def _layer_table(report: dict) -> list[str]:
-    sink, sparsity, act = report.get("sink") or {}, report.get("sparsity") or {}, report.get("activations") or {}
+def _layer_table(report: Report) -> list[str]:
+    sink, sparsity, act = report.sink or {}, report.sparsity or {}, report.activations or {}
     layers = act.get("layers") or []
     rows = []
     for i in range(len(sink.get("sink_rate_per_layer") or layers)):
@@ -248,8 +307,8 @@ def _layer_table(report: dict) -> list[str]:
     return ["## Per layer", ""] + _table(header, rows) + [""]
 
 
-def _other_token_sinks(report: dict) -> list[str]:
-    sinks = value(report, "sink", "other_token_sinks")
+def _other_token_sinks(report: Report) -> list[str]:
+    sinks = report.value("sink", "other_token_sinks")
     if not sinks:
         return []
     rows = [[e["layer"], e["head"], repr(e.get("token", e["token_id"])).replace("|", "\\|"), e["mass"]] for e in sinks]
@@ -257,8 +316,8 @@ def _other_token_sinks(report: dict) -> list[str]:
         ["layer", "head", "token", "mass"], rows) + [""]
 
 
-def _top_activations(report: dict) -> list[str]:
-    layers = value(report, "activations", "layers") or []
+def _top_activations(report: Report) -> list[str]:
+    layers = report.value("activations", "layers") or []
     if not layers:
         return []
     layer = max(layers, key=lambda l: l["max_abs"] or 0)
@@ -267,11 +326,11 @@ def _top_activations(report: dict) -> list[str]:
         ["value", "token", "sample", "position", "channel"], rows) + [""]
 
 
-def _quantization_section(report: dict) -> list[str]:
-    study = report.get("quantization")
+def _quantization_section(report: Report) -> list[str]:
+    study = report.quantization
     if not study:
         return []
-    rows = quantization_cells(report)
+    rows = report.quantization_cells()
     methods = sorted({m for m, _ in rows})
     bits = sorted({b for _, b in rows}, reverse=True)
     lines = [f"## Quantization (weight-only, group size {study['group_size']}; unquantized perplexity "
@@ -284,47 +343,36 @@ def _quantization_section(report: dict) -> list[str]:
     return lines
 
 
-def _eval_sections(report: dict) -> list[str]:
+def _eval_sections(report: Report) -> list[str]:
     lines = []
-    evaluation = report.get("lm_eval")
+    evaluation = report.lm_eval
     if evaluation:
         lines += [f"## lm-evaluation-harness {evaluation['lm_eval_version']}", ""]
         rows = [[task, metric, value] for task, metrics in evaluation["results"].items() for metric, value in metrics.items()]
         lines += _table(["task", "metric", "value"], rows) + [""]
-    passkey = report.get("passkey")
+    passkey = report.passkey
     if passkey:
         lines += [f"## Passkey retrieval ({passkey['trials']} prompts per length)", ""]
         lines += _table(["prompt tokens", "accuracy %"], [[k, 100 * v] for k, v in passkey["accuracy"].items()]) + [""]
     return lines
 
 
-def write_markdown(report: dict, plots: list[str], path: Path) -> None:
+def write_markdown(report: Report, plots: list[str], path: Path) -> None:
     lines = _model_section(report)
-    lines += ["## Summary", ""] + _table(["metric", "value"], [[k, v] for k, v in headline(report).items()]) + [""]
-    act = report.get("activations") or {}
-    lines += [f"Kurtosis: {act.get('kurtosis_definition', 'n/a')}. Sink eps {report['sink']['eps'] if report.get('sink') else 'n/a'}; "
-              f"sparsity threshold {report['sparsity']['threshold'] if report.get('sparsity') else 'n/a'}. "
+    lines += ["## Summary", ""] + _table(["metric", "value"], [[k, v] for k, v in report.headline().items()]) + [""]
+    act = report.activations or {}
+    lines += [f"Kurtosis: {act.get('kurtosis_definition', 'n/a')}. Sink eps {report.sink['eps'] if report.sink else 'n/a'}; "
+              f"sparsity threshold {report.sparsity['threshold'] if report.sparsity else 'n/a'}. "
               "Padding never counts; sums are divided once, so batch size does not change the numbers.", ""]
     lines += (_layer_table(report) + _other_token_sinks(report) + _top_activations(report)
               + _quantization_section(report) + _eval_sections(report))
-    for note in report.get("notes", []):
+    for note in report.notes:
         lines.append(f"> {note}")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_report(report: dict, out: str | Path) -> list[Path]:
-    """report.json, report.md and the plots in ``out`` (created); returns the paths written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = json.loads(json.dumps(clean(report)))  # the same view of the data as a reloaded report.json
-    write_json(report, out / "report.json")
-    plots = write_plots({report["model"]["path"]: report}, out)
-    write_markdown(report, plots, out / "report.md")
-    return [out / "report.json", out / "report.md"] + [out / p for p in plots]
-
-
-def write_comparison(reports: dict[str, dict], out: str | Path) -> list[Path]:
+def write_comparison(reports: dict[str, Report], out: str | Path) -> list[Path]:
     """comparison.md (headline, per-layer and quantization tables) and overlaid plots in ``out``."""
     if len(reports) < 2:
         raise ValueError(f"compare needs at least two reports, got {len(reports)}.")
@@ -332,36 +380,36 @@ def write_comparison(reports: dict[str, dict], out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     labels = list(reports)
     lines = ["# Comparison", ""]
-    lines += _table(["metric", *labels], [[k] + [headline(r)[k] for r in reports.values()] for k in headline({})])
-    lines += ["", "Models:"] + [f"- {label}: `{r['model']['path']}` ({r['model']['class']}, attention "
-                                f"{r['model'].get('attention')}), data {r['settings']['data']}" for label, r in reports.items()]
+    lines += _table(["metric", *labels], [[k] + [r.headline()[k] for r in reports.values()] for k in Report().headline()])
+    lines += ["", "Models:"] + [f"- {label}: `{r.model['path']}` ({r.model['class']}, attention "
+                                f"{r.model.get('attention')}), data {r.settings['data']}" for label, r in reports.items()]
     for section, key, title in (("sink", "first_token_mass_per_layer", "First-token attention per layer"),
                                 ("sparsity", "sparsity_per_layer", "Sparsity % per layer"),
                                 ("activations", "kurtosis_per_layer", "Kurtosis per layer")):
-        series = [value(r, section, key) or [] for r in reports.values()]
+        series = [r.value(section, key) or [] for r in reports.values()]
         depth = max(len(s) for s in series)
         if depth:
             rows = [[i] + [s[i] if i < len(s) else None for s in series] for i in range(depth)]
             lines += ["", f"## {title}", ""] + _table(["layer", *labels], rows)
-    quant = [quantization_cells(r) for r in reports.values()]
+    quant = [r.quantization_cells() for r in reports.values()]
     keys = sorted({k for q in quant for k in q}, key=lambda k: (k[0], -k[1]))
     if keys:
-        rows = [["unquantized", ""] + [(value(r, "quantization", "baseline") or {}).get("perplexity")
+        rows = [["unquantized", ""] + [r.unquantized_perplexity()
                                        for r in reports.values()]]
         rows += [[m, b] + [q.get((m, b)) for q in quant] for m, b in keys]
         lines += ["", "## Perplexity after quantization", ""] + _table(["method", "bits", *labels], rows)
-    evals = [value(r, "lm_eval", "results") or {} for r in reports.values()]
+    evals = [r.value("lm_eval", "results") or {} for r in reports.values()]
     metrics = sorted({(t, m) for e in evals for t, ms in e.items() for m in ms})
     if metrics:
         rows = [[t, m] + [e.get(t, {}).get(m) for e in evals] for t, m in metrics]
         lines += ["", "## lm-evaluation-harness", ""] + _table(["task", "metric", *labels], rows)
-    lengths = sorted({int(k) for r in reports.values() for k in (value(r, "passkey", "accuracy") or {})})
+    lengths = sorted({int(k) for r in reports.values() for k in (r.value("passkey", "accuracy") or {})})
     if lengths:
-        rows = [[n] + [(value(r, "passkey", "accuracy") or {}).get(str(n)) for r in reports.values()]
+        rows = [[n] + [(r.value("passkey", "accuracy") or {}).get(str(n)) for r in reports.values()]
                 for n in lengths]
         lines += ["", "## Passkey accuracy", ""] + _table(["prompt tokens", *labels], rows)
     plots = write_plots(reports, out)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
-    write_json({"reports": reports}, out / "comparison.json")
+    (out / "comparison.json").write_text(json_text({"reports": {label: r.to_dict() for label, r in reports.items()}}))
     return [out / "comparison.md", out / "comparison.json"] + [out / p for p in plots]

@@ -1,14 +1,14 @@
 """analysis.claims: the paper's claims stated from two reports, with verdicts that follow the numbers."""
 
 from softpick.analysis.claims import claims
-from softpick.analysis.report import quantization_by_method, quantization_rows
+from softpick.analysis.report import Report
 
 
 def _report(sink_rate, kurtosis, sparsity, ppl, quant):
-    return {"sink": {"sink_rate": sink_rate, "other_token_sink_rate": 0.0},
-            "activations": {"max_kurtosis": kurtosis}, "sparsity": {"sparsity": sparsity},
-            "perplexity": {"perplexity": ppl},
-            "quantization": {"results": [{"method": m, "bits": b, "perplexity": p} for (m, b), p in quant.items()]}}
+    return Report(sink={"sink_rate": sink_rate, "other_token_sink_rate": 0.0},
+                  activations={"max_kurtosis": kurtosis}, sparsity={"sparsity": sparsity},
+                  perplexity={"perplexity": ppl},
+                  quantization={"results": [{"method": m, "bits": b, "perplexity": p} for (m, b), p in quant.items()]})
 
 
 def test_claims_hold_or_fail_with_the_numbers():
@@ -31,7 +31,7 @@ def test_claims_hold_or_fail_with_the_numbers():
 
 def test_quantization_table_views():
     report = _report(0.0, 1.0, 1.0, 1.0, {("rtn", 4): 10.5, ("rtn", 2): None, ("hqq", 4): 10.4})
-    assert quantization_rows(report) == {("rtn", 4): 10.5, ("rtn", 2): None, ("hqq", 4): 10.4}
-    assert quantization_rows(report, finite_only=True) == {("rtn", 4): 10.5, ("hqq", 4): 10.4}
-    assert quantization_by_method(report) == {"rtn": {"4": 10.5, "2": None}, "hqq": {"4": 10.4}}
-    assert quantization_rows({}) == {}
+    assert report.quantization_rows() == {("rtn", 4): 10.5, ("rtn", 2): None, ("hqq", 4): 10.4}
+    assert report.quantization_rows(finite_only=True) == {("rtn", 4): 10.5, ("hqq", 4): 10.4}
+    assert report.quantization_by_method() == {"rtn": {"4": 10.5, "2": None}, "hqq": {"4": 10.4}}
+    assert Report().quantization_rows() == {}

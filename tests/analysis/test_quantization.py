@@ -93,14 +93,14 @@ def test_missing_library_and_bit_width_are_reported(peaked_llama, monkeypatch):
 
 def test_width_a_library_lacks_shows_as_not_supported(peaked_llama, monkeypatch, tmp_path):
     """quanto has no 3-bit type: the study, report.md and comparison.md say "not supported", not a gap."""
-    from softpick.analysis.report import _quantization_section, quantization_cells, write_comparison
+    from softpick.analysis.report import Report, _quantization_section, write_comparison
 
     monkeypatch.setattr(quantization, "_installed", lambda module: True)  # as if quanto were installed
     batches = make_batches(random_samples([8, 8]), 2)
     study = compute_quantization_study(peaked_llama, batches, methods=("quanto",), bits=(3,))
     assert study["skipped"][0]["status"] == quantization.NOT_SUPPORTED and study["results"] == []
-    report = {"quantization": study, "model": {"path": "m", "class": "LlamaForCausalLM"}, "settings": {"data": "d"}}
-    assert quantization_cells(report) == {("quanto", 3): "not supported"}
+    report = Report(quantization=study, model={"path": "m", "class": "LlamaForCausalLM"}, settings={"data": "d"})
+    assert report.quantization_cells() == {("quanto", 3): "not supported"}
     assert "| quanto | not supported |" in _quantization_section(report)  # the section of report.md
     write_comparison({"a": report, "b": report}, tmp_path / "cmp")
     assert "| quanto | 3 | not supported | not supported |" in (tmp_path / "cmp" / "comparison.md").read_text()
