@@ -38,8 +38,11 @@ def test_hopper_picks_cute_for_every_variant_and_head_dim(gpu):
         q, k, v = tensors(D=D)
         assert resolve(None, "softpick", q, k, v) == "cute"
         assert resolve(None, "softmax", q, k, v, sink=torch.empty(4, device="cuda")) == "cute"
-    q, k, v = tensors(T=32, Tk=128)  # queries shorter than keys (chunked prefill)
+    q, k, v = tensors(T=128, Tk=512)  # queries shorter than keys (chunked prefill)
     assert resolve(None, "softpick", q, k, v) == "cute"
+    q, k, v = tensors(T=1, Tk=512)  # a decoding step: the split-K KV-cache kernels, unless forced
+    assert resolve(None, "softpick", q, k, v) == "kv-cache"
+    assert resolve("cute", "softpick", q, k, v) == "cute"
     q, k, v = tensors(dtype=torch.float16)
     assert resolve(None, "softpick", q, k, v) == "cute"
 

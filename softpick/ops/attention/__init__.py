@@ -23,6 +23,8 @@ from softpick.ops.attention.naive import naive_attention, visible_keys
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
 IMPLS = ("naive", "triton", "cute", "sdpa")
+CUTE_MIN_QUERIES = 128
+"""With ``impl=None``, queries shorter than keys go to the Hopper kernels from this many on (one query tile)."""
 
 
 def _sdpa_attention(q, k, v, *, scale, causal, attention_mask, kv_len=None) -> torch.Tensor:
@@ -90,7 +92,10 @@ def _resolve_impl(impl: str | None, variant: str, q, k, v, attention_mask, cu_se
             raise NotImplementedError(f"impl='triton' cannot run these inputs: {reason}; use impl='naive'.")
         return kernels
     if q.is_cuda:
-        if kv_len is None and _cute_problem(variant, q, k, v, attention_mask, sink) is None:
+        # Decoding steps (a few queries against a long cache) stay on the split-K KV-cache kernels: the
+        # Hopper kernels pad queries to 128-row tiles and run one program per tile.
+        prefill = q.shape[1] == k.shape[1] or q.shape[1] >= CUTE_MIN_QUERIES
+        if kv_len is None and prefill and _cute_problem(variant, q, k, v, attention_mask, sink) is None:
             return "cute"
         kernels, _ = _triton_kernels(q, k, v, attention_mask, cu_seqlens, sink, kv_len)
         if kernels is not None:
