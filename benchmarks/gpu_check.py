@@ -88,43 +88,45 @@ def supported(case, impl: str) -> bool:
     return impl != "cute" or case[5] in (64, 128, 256)
 
 
+def forward_backward(fn, q, k, v, do, sink, learn_sink: bool, **kwargs) -> tuple[torch.Tensor, ...]:
+    """(o, dq, dk, dv[, d(sink)]) of ``fn`` on fresh leaf copies of q, k, v (and the sink when learnt)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    if sink is not None:
+        sink = sink.detach().clone().requires_grad_(learn_sink)
+        kwargs["sink"] = sink
+    o = fn(*leaves, **kwargs)
+    return (o, *torch.autograd.grad(o, leaves + ([sink] if learn_sink else []), do.to(o.dtype)))
+
+
+def errors(outs, refs, keys) -> dict[str, float]:
+    return {key: rel_err(out, ref) for key, out, ref in zip(keys, outs, refs)}
+
+
 def check_case(case, variant, causal, dtype, device, impl: str = "triton") -> dict:
     name, B, T, H, HQ, D, cu, mult, kind = case
     cu_t = None if cu is None else torch.tensor(cu, device=device, dtype=torch.int32)
     q, k, v, do = make_inputs(B, T, H, HQ, D, mult, kind, dtype, device)
     base = "softpick" if variant == "softpick" else "softmax"
+    learn_sink = variant == "sink"
     sink = None
     if variant == "softmax+1":
         sink = torch.zeros(HQ, device=device)
-    elif variant == "sink":
-        sink = torch.randn(HQ, device=device).requires_grad_()
+    elif learn_sink:
+        sink = torch.randn(HQ, device=device)
     fn = softpick_attention if base == "softpick" else softmax_attention
-    extra = {} if sink is None else {"sink": sink}
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    o = fn(qg, kg, vg, causal=causal, cu_seqlens=cu_t, impl=impl, **extra)
-    wrt = (qg, kg, vg) + ((sink,) if variant == "sink" else ())
-    grads = torch.autograd.grad(o, wrt, do)
-    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    sink64 = None if sink is None else sink.detach().double().requires_grad_(variant == "sink")
-    o64 = naive_attention(q64, k64, v64, variant=base, causal=causal, cu_seqlens=cu_t, sink=sink64)
-    wrt64 = (q64, k64, v64) + ((sink64,) if variant == "sink" else ())
-    grads64 = torch.autograd.grad(o64, wrt64, do.double())
+    o, *grads = forward_backward(fn, q, k, v, do, sink, learn_sink, causal=causal, cu_seqlens=cu_t, impl=impl)
+    ref = forward_backward(naive_attention, q.double(), k.double(), v.double(), do, None if sink is None else sink.double(),
+                           learn_sink, variant=base, causal=causal, cu_seqlens=cu_t)
     row = {"case": name, "variant": variant, "causal": causal, "dtype": str(dtype).split(".")[-1], "impl": impl}
     keys = ("o", "dq", "dk", "dv", "dsink")[: 1 + len(grads)]
-    for key, out, ref in zip(keys, (o, *grads), (o64, *grads64)):
-        row[key] = rel_err(out, ref)
+    row.update(errors((o, *grads), ref, keys))
     if variant == "softmax" and cu is None:
-        qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
-        os_ = softmax_attention(qs, ks, vs, causal=causal, impl="sdpa")
-        gs = torch.autograd.grad(os_, (qs, ks, vs), do)
-        row["sdpa"] = {key: rel_err(out, ref) for key, out, ref in zip(("o", "dq", "dk", "dv"), (os_, *gs), (o64, *grads64))}
+        sdpa = forward_backward(softmax_attention, q, k, v, do, None, False, causal=causal, impl="sdpa")
+        row["sdpa"] = errors(sdpa, ref, ("o", "dq", "dk", "dv"))
     needs_oracle = any(row[key] > TOL[key] for key in keys)
     if impl == "cute" and needs_oracle:  # the oracle on the same inputs: a limit shared with it is no kernel bug
-        tg = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_())
-        sink_t = None if sink is None else sink.detach().clone().requires_grad_(variant == "sink")
-        ot = fn(*tg, causal=causal, cu_seqlens=cu_t, impl="triton", **({} if sink_t is None else {"sink": sink_t}))
-        gt = torch.autograd.grad(ot, tg + ((sink_t,) if variant == "sink" else ()), do)
-        row["triton"] = {key: rel_err(out, ref) for key, out, ref in zip(keys, (ot, *gt), (o64, *grads64))}
+        oracle = forward_backward(fn, q, k, v, do, sink, learn_sink, causal=causal, cu_seqlens=cu_t, impl="triton")
+        row["triton"] = errors(oracle, ref, keys)
     if kind == "negative" and variant == "softpick":
         # exact zeros expected: o = 0 and all gradients 0
         row["exact_zero"] = bool(o.abs().max() == 0 and all(g.abs().max() == 0 for g in grads))

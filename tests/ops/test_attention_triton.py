@@ -95,8 +95,8 @@ def test_max_seqlen_gives_the_same_output_and_gradients(monkeypatch):
     from softpick.ops.attention.triton import training as parallel
 
     seen = []
-    docs = parallel._docs
-    monkeypatch.setattr(parallel, "_docs", lambda q, cu, max_seqlen=0: seen.append(max_seqlen) or docs(q, cu, max_seqlen))
+    docs = parallel.packed_docs
+    monkeypatch.setattr(parallel, "packed_docs", lambda q, cu, max_seqlen=0: seen.append(max_seqlen) or docs(q, cu, max_seqlen))
     cu = torch.tensor([0, 1, 18, 19, 50], dtype=torch.int32, device=DEVICE)
     q, k, v = (torch.randn(1, 50, 2, 32, device=DEVICE).to(DTYPE).requires_grad_() for _ in range(3))
     outs = []

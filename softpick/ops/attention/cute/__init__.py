@@ -64,13 +64,12 @@ def cute_attention(
     """Attention on the Hopper kernels; arguments as :func:`softpick.ops.softpick_attention`'s, checked
     by :func:`supports` first. Returns o [B, T_q, HQ, V] in q.dtype (differentiable in q, k, v, sink)."""
     from softpick.ops.attention.cute.launch import cute_attention_fwd_op
-    from softpick.ops.attention.triton.training import kernel_scale
+    from softpick.ops.attention.triton.training import kernel_scale, packed_docs
 
     scale = kernel_scale(variant, scale, q.shape[-1])
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-        if not max_seqlen:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        max_seqlen = packed_docs(q, cu_seqlens, max_seqlen or 0)[1]  # FlashAttention-4 needs the longest document
     o, _ = cute_attention_fwd_op(
         q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, variant == "softpick", scale, bool(causal),
         float(eps), None if sink is None else sink.float().contiguous(), int(max_seqlen or 0),

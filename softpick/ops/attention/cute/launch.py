@@ -29,12 +29,14 @@ from softpick.ops.attention.custom_op import register_autograd
 
 from softpick.ops.attention.cute.pins import problem
 
-if problem() is not None:  # the import-time check of the pinned DSL stack
-    raise ImportError(f"softpick's Hopper kernels cannot load: {problem()}.")
+_PROBLEM = problem()
+if _PROBLEM is not None:  # the import-time check of the pinned DSL stack
+    raise ImportError(f"softpick's Hopper kernels cannot load: {_PROBLEM}.")
 
 _LOCK = threading.RLock()
 
 
+@functools.lru_cache(maxsize=1)
 def _fingerprint() -> str:
     """Hash of this package's CuTe sources and the pinned versions (names the disk cache folder)."""
     from softpick.ops.attention.cute.pins import PINS
@@ -130,11 +132,18 @@ def _flat(t: torch.Tensor, varlen: bool) -> torch.Tensor:
     return t.view(t.shape[1:]) if varlen else t
 
 
+def _varlen_kwargs(cu_seqlens, max_seqlen: int) -> dict:
+    """FlashAttention-4's launcher arguments for packed documents (queries and keys share the offsets)."""
+    if cu_seqlens is None:
+        return {}
+    return dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
+                max_seqlen_k=max_seqlen or None)
+
+
 def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink, max_seqlen: int):
     """(o [B, T_q, HQ, V], lse) with lse natural-log, [B, HQ, T_q] (dense) or [HQ, T] (varlen)."""
     varlen = cu_seqlens is not None
-    extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
-                 max_seqlen_k=max_seqlen or None) if varlen else {}
+    extra = _varlen_kwargs(cu_seqlens, max_seqlen)
     with _kernels(softpick, True, eps) as fa4:
         out, lse, *_ = fa4._flash_attn_fwd(
             _flat(q, varlen), _flat(k, varlen), _flat(v, varlen), softmax_scale=scale, causal=causal,
@@ -146,8 +155,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
 def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink, max_seqlen: int):
     """(dq, dk, dv) like q, k, v and d(sink) [HQ] float32 (empty without a sink)."""
     varlen = cu_seqlens is not None
-    extra = dict(cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
-                 max_seqlen_k=max_seqlen or None) if varlen else {}
+    extra = _varlen_kwargs(cu_seqlens, max_seqlen)
     flat = [_flat(t, varlen) for t in (q, k, v, o, do)]
     with _kernels(softpick, False) as fa4:
         grads = fa4._flash_attn_bwd(

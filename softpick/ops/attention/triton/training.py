@@ -94,7 +94,7 @@ def supports(
     return head_dim_support(q, v) or device_support(q)
 
 
-def _docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None, max_seqlen: int = 0) -> tuple[int, int]:
+def packed_docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None, max_seqlen: int = 0) -> tuple[int, int]:
     """(number of documents, longest document) of q [B, T, HQ, K]; max_seqlen > 0 is taken as the
     longest (no host read of cu_seqlens, which would wait for the GPU)."""
     if cu_seqlens is None:
@@ -166,7 +166,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
     B, T, HQ, _ = q.shape
     o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(B, T, HQ, dtype=torch.float32, device=q.device)
-    n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
+    n_docs, max_len = packed_docs(q, cu_seqlens, max_seqlen)
 
     def grid(meta):
         return (math.ceil(max_len / meta["BM"]), n_docs, HQ)
@@ -205,7 +205,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
 
     T, HQ, H = q.shape[1], q.shape[2], k.shape[2]
     dims = _dims(q, k, v)
-    n_docs, max_len = _docs(q, cu_seqlens, max_seqlen)
+    n_docs, max_len = packed_docs(q, cu_seqlens, max_seqlen)
     delta, lse_c = _bwd_rows(o, do, lse, softpick)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from softpick.ops.attention.triton.training_fwd import INTERPRET, doc_bounds, relu_cast
+from softpick.ops.attention.triton.training_fwd import INTERPRET, doc_bounds, query_block, relu_cast
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -288,12 +288,7 @@ def attention_bwd_dq_kernel(
 ):
     """Grid (cdiv(max_len, BM), documents, HQ); TUNE_LEN only keys the autotuner. dq [*, HQ, K] in q's dtype."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    i_n = tl.program_id(1)
-    i_hq = tl.program_id(2)
-    i_h = i_hq // (HQ // H)
-    bos, L = doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    start_m = i_m * BM
+    i_hq, i_h, bos, L, start_m = query_block(cu_seqlens, T, HQ, H, BM, IS_VARLEN)
     if start_m >= L:
         return
 

@@ -152,6 +152,17 @@ def doc_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def query_block(cu_seqlens, T, HQ, H, BM: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The program's query block on a (query blocks, documents, HQ) grid: (query head, its KV head, the
+    document's first row and length, the block's first row in it); largest blocks first, since under
+    causal masking they carry the most work."""
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_hq = tl.program_id(2)
+    bos, L = doc_bounds(cu_seqlens, tl.program_id(1), T, IS_VARLEN)
+    return i_hq, i_hq // (HQ // H), bos, L, i_m * BM
+
+
+@triton.jit
 def doc_rows(x, bos, L, width, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Tensor descriptor of one document's rows of x [tokens, width] (row-major), from token bos, L rows,
     loaded and stored in [ROWS, COLS] blocks; rows past L read as 0 and are not written."""
@@ -264,13 +275,7 @@ def attention_fwd_kernel(
     moves q, k, v and o through tensor descriptors of the document, so its edges need no masks."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
     tl.static_assert(TMA_OK or not TMA, "descriptor loads need K == BK, V == BV and aligned tensors")
-    # Largest query blocks first: under causal masking they carry the most work.
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    i_n = tl.program_id(1)
-    i_hq = tl.program_id(2)
-    i_h = i_hq // (HQ // H)
-    bos, L = doc_bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    start_m = i_m * BM
+    i_hq, i_h, bos, L, start_m = query_block(cu_seqlens, T, HQ, H, BM, IS_VARLEN)
     if start_m >= L:
         return
 
