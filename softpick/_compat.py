@@ -1,7 +1,8 @@
 """Other libraries' versions, and every place softpick leans on their internals, in one module.
 
-``check_versions`` runs when the package loads and fails with one line when torch or transformers is
-too old. The rest are workarounds on private or undocumented parts of other libraries; each says what
+``check_versions`` runs when the package loads: it fails with one line when torch or transformers is
+too old, and warns once (:class:`UncheckedVersionWarning`, one line) when torch, transformers or triton
+is newer than the versions softpick was checked with (requirements/lock.txt pins those for CI). The rest are workarounds on private or undocumented parts of other libraries; each says what
 it relies on and the versions it was checked against (``CHECKED``), has a test in tests/test_compat.py,
 and raises :class:`CompatError` naming the installed version when that part is gone, instead of an
 AttributeError deep in a kernel launch or a decoding step.
@@ -27,6 +28,10 @@ class CompatError(RuntimeError):
     """An internal of another library that softpick relies on is not there in the installed version."""
 
 
+class UncheckedVersionWarning(UserWarning):
+    """An installed library is newer than the versions softpick was checked with; it may still work."""
+
+
 def _parse(version: str) -> tuple[int, int]:
     match = re.match(r"(\d+)\.(\d+)", version)
     if match is None:
@@ -48,6 +53,28 @@ def check_versions() -> None:
             f"softpick needs transformers >= {MIN_TRANSFORMERS[0]}.{MIN_TRANSFORMERS[1]}, "
             f"found transformers {transformers.__version__}."
         )
+    warn_unchecked()
+
+
+def warn_unchecked() -> list[str]:
+    """Warn once per library newer than ``CHECKED``; returns the warnings' texts (empty when all are checked)."""
+    import importlib.metadata
+    import warnings
+
+    texts = []
+    for library, checked in CHECKED.items():
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if _parse(version) <= _parse(checked.split(" - ")[1]):
+            continue
+        texts.append(
+            f"softpick was checked with {library} {checked}; {library} {version} is newer and may work, but "
+            f"if something breaks install the locked version: pip install -c requirements/lock.txt {library}."
+        )
+        warnings.warn(texts[-1], UncheckedVersionWarning, stacklevel=2)
+    return texts
 
 
 def _broken(library: str, relies_on: str, why: str) -> CompatError:

@@ -9,14 +9,32 @@ import torch.distributed as dist
 from softpick import _compat
 
 
-def test_checked_versions_cover_the_installed_ones():
-    import torch
-    import transformers
-    import triton
+def _locked() -> dict[str, str]:
+    from pathlib import Path
 
-    for library, module in (("torch", torch), ("transformers", transformers), ("triton", triton)):
-        low, high = (_compat._parse(v) for v in _compat.CHECKED[library].split(" - "))
-        assert low <= _compat._parse(module.__version__) <= high, (library, module.__version__)
+    lock = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+    pins = (line.split("==") for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#"))
+    return {name.lower(): version for name, version in pins}
+
+
+def test_checked_versions_cover_the_locked_ones():
+    """The lock file CI installs from holds versions the workarounds were checked with."""
+    locked = _locked()
+    for library, checked in _compat.CHECKED.items():
+        low, high = (_compat._parse(v) for v in checked.split(" - "))
+        assert low <= _compat._parse(locked[library]) <= high, (library, locked[library], checked)
+
+
+def test_newer_library_warns_not_fails(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.99.0" if name == "transformers" else real(name))
+    with pytest.warns(_compat.UncheckedVersionWarning, match=r"checked with transformers 5\.0 - 5\.24; transformers 5\.99\.0 is newer") as caught:
+        texts = _compat.warn_unchecked()
+    assert len(texts) == 1 and len(caught) == 1 and "\n" not in texts[0]
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    assert _compat.warn_unchecked() == []  # the suite runs on the locked versions
 
 
 def test_cache_fields(monkeypatch):
