@@ -7,8 +7,8 @@ kernel (on a CPU run: every op's own CPU time) into categories:
 
     matmul                  cuBLAS / CUTLASS / Triton-template GEMMs of the blocks
     attention fwd / bwd     the softpick::* attention ops' kernels
-    LM head + loss          the LM-head GEMMs (an operand with the vocab dimension) and the cross-entropy
-                            (the whole chunked linear cross-entropy when fused)
+    LM head + loss          kernels of ops with a [*, vocab] operand (LM-head GEMMs, the logits' float32
+                            cast) and the cross-entropy (the whole chunked linear cross-entropy when fused)
     norms + elementwise     every other kernel: RMSNorm, RoPE, SwiGLU, casts, embedding, copies
     optimizer               clip_grad_norm_ and Optimizer.step
     data (host)             host time spent in the loader's next(), per step
@@ -67,9 +67,11 @@ def classify(name: str, ancestors: list[str], shapes: list, vocab: int) -> str:
             return "attention bwd" if "bwd" in a or "backward" in a.lower() else "attention fwd"
     if any(key in a for a in [name, *ancestors] for key in LOSS_OPS):
         return "LM head + loss"
+    # an operand with the vocab dimension: the LM head's GEMMs and the logits' casts (not the embedding)
+    if any(vocab in s for s in shapes if isinstance(s, (list, tuple))) and not any(
+            "embedding" in a.lower() for a in [name, *ancestors]):
+        return "LM head + loss"
     if any(key in lowered for key in MATMUL_NAMES):
-        if any(vocab in s for s in shapes if isinstance(s, (list, tuple))):
-            return "LM head + loss"
         return "matmul"
     return "norms + elementwise"
 

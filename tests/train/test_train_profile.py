@@ -40,4 +40,7 @@ def test_classify_by_launching_op():
     assert c("triton_red_fused_mul_rsqrt", ["Torch-Compiled Region"], [], 100) == "norms + elementwise"
     assert c("multi_tensor_apply_kernel", ["aten::_fused_adamw_", "Optimizer.step#AdamW.step"], [], 100) == "optimizer"
     assert c("triton_poi_fused_exp", ["softpick::linear_cross_entropy"], [], 100) == "LM head + loss"
+    assert c("triton_poi_fused__to_copy", ["aten::_to_copy", "aten::to"], [[64, 100]], 100) == "LM head + loss"
+    assert c("embedding_backward_kernel", ["aten::embedding_dense_backward"], [[64, 16], [64]], 64) \
+        == "norms + elementwise"
     assert c("Memcpy HtoD (Pageable -> Device)", [], [], 100) == "host->device copies"
