@@ -13,6 +13,7 @@ kernel (on a CPU run: every op's own CPU time) into categories:
     optimizer               clip_grad_norm_ and Optimizer.step
     data (host)             host time spent in the loader's next(), per step
     host->device copies     Memcpy HtoD
+    unattributed kernels    kernels the profiler links to no op
     GPU idle                step wall time minus the time any kernel runs: launch gaps, syncs, data waits
 
 and counts the host syncs (cudaStreamSynchronize / cudaDeviceSynchronize / blocking copies / .item())
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import sys
@@ -45,7 +47,7 @@ import torch
 from softpick.train.metrics import attention_span
 
 CATEGORIES = ("matmul", "attention fwd", "attention bwd", "LM head + loss", "norms + elementwise", "optimizer",
-              "host->device copies", "data (host)", "GPU idle")
+              "host->device copies", "unattributed kernels", "data (host)", "GPU idle")
 
 MATMUL_NAMES = ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "triton_tem", "splitk", "aten::mm", "aten::addmm",
                 "aten::bmm", "aten::_scaled_mm", "aten::baddbmm", "mkl", "onednn")
@@ -85,40 +87,41 @@ def _chain(event) -> list[str]:
 
 
 def summarize(prof, steps: int, wall_s: float, vocab: int, cuda: bool) -> dict:
-    """Per-step milliseconds by category, syncs per step and GPU idle time, from a finished profiler."""
+    """Per-step milliseconds by category, syncs per step and GPU idle time, from a finished profiler.
+
+    Each GPU kernel is charged to the op that launched it (the profiler lists it in that op's
+    ``kernels``); kernels no op claims are "unattributed kernels". Busy time is the union of the
+    kernels' intervals on the device timeline."""
     from torch.autograd import DeviceType
 
     events = prof.events()
-    ops = {e.id: e for e in events if e.device_type == DeviceType.CPU and not e.is_async}
+    ops = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
     totals = dict.fromkeys(CATEGORIES, 0.0)
-    intervals = []
     if cuda:
-        for e in events:
-            if e.device_type != DeviceType.CUDA:
+        attributed = 0.0
+        for op in ops:
+            if not op.kernels:
                 continue
-            launcher = ops.get(e.linked_correlation_id)
-            chain = _chain(launcher) if launcher is not None else []
-            shapes = launcher.input_shapes if launcher is not None else []
-            totals[classify(e.name, chain, shapes, vocab)] += e.time_range.elapsed_us()
-            intervals.append((e.time_range.start, e.time_range.end))
-    else:
-        for e in ops.values():
-            totals[classify(e.name, _chain(e.cpu_parent), e.input_shapes, vocab)] += e.self_cpu_time_total
-    data_us = sum(e.cpu_time_total for e in ops.values() if e.name == "data")
-    totals["data (host)"] = data_us
-    syncs = [e for e in events if e.name in SYNC_NAMES or (e.name == "cudaMemcpy")]
-    if cuda:
+            chain = _chain(op)
+            for kernel in op.kernels:
+                totals[classify(kernel.name, chain, op.input_shapes, vocab)] += kernel.duration
+                attributed += kernel.duration
+        intervals = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
         busy, end = 0.0, float("-inf")
-        for s, t in sorted(intervals):
-            if t > end:
-                busy += t - max(s, end)
-                end = t
-        totals["GPU idle"] = max(wall_s * 1e6 - busy, 0.0)
-        totals["data (host)"] = data_us  # overlaps GPU work (or shows up as GPU idle)
-    per_step = {k: v / steps / 1e3 for k, v in totals.items()}
-    return {"ms_per_step": per_step, "step_ms": wall_s / steps * 1e3,
-            "syncs_per_step": len(syncs) / steps,
-            "sync_names": sorted({e.name for e in syncs})}
+        for start, stop in intervals:
+            if stop > end:
+                busy += stop - max(start, end)
+                end = stop
+        kernel_total = sum(stop - start for start, stop in intervals)
+        totals["unattributed kernels"] = max(kernel_total - attributed, 0.0)
+        totals["GPU idle"] = max(wall_s * 1e6 - (busy if intervals else attributed), 0.0)
+    else:
+        for op in ops:
+            totals[classify(op.name, _chain(op.cpu_parent), op.input_shapes, vocab)] += op.self_cpu_time_total
+    totals["data (host)"] = sum(e.cpu_time_total for e in ops if e.name == "data")
+    syncs = [e for e in events if e.name in SYNC_NAMES or e.name == "cudaMemcpy"]
+    return {"ms_per_step": {k: v / steps / 1e3 for k, v in totals.items()}, "step_ms": wall_s / steps * 1e3,
+            "syncs_per_step": len(syncs) / steps, "sync_names": sorted({e.name for e in syncs})}
 
 
 def build_trainer(args: argparse.Namespace, dump: Path):
@@ -180,17 +183,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cuda = trainer.device.type == "cuda"
         data = iter(trainer.loader)
 
-        def step() -> None:
+        def step() -> dict:
             with record_function("data"):
                 batch = next(data)
             trainer.train_step([batch])
+            return batch
 
         def sync() -> None:
             if cuda:
                 torch.cuda.synchronize()
 
         tokens = args.batch_size * args.seq_len
-        for fused in fused_values:
+        base = {"config": Path(args.config).stem, "attn": args.attn, "varlen": args.varlen,
+                "batch": f"{args.batch_size}x{args.seq_len}", "float8": args.float8, "compile": args.compile,
+                "device": torch.cuda.get_device_name() if cuda else "cpu"}
+
+        def measure(fused: bool) -> dict:
             if hasattr(trainer.model, "fuse_linear_cross_entropy"):
                 trainer.model.fuse_linear_cross_entropy = fused
             for _ in range(args.warmup):
@@ -198,12 +206,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             sync()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            times, flops = [], []
+            times, flops = [], 0.0
             for _ in range(args.timed):
                 t0 = time.perf_counter()
-                step()
+                batch = step()
                 sync()
                 times.append(time.perf_counter() - t0)
+                flops += tokens * trainer.flops_fn(attention_span(batch))
+            step_s, peak = statistics.median(times), trainer.throughput.peak
+            row = {**base, "fused_loss": fused, "tokens_per_s": tokens / step_s, "step_ms_timed": step_s * 1e3,
+                   "mfu": flops / sum(times) / peak if peak else None,
+                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            print(f"TIMED {json.dumps(row)}", flush=True)  # kept if the profile below fails
             graphs = counters["stats"]["unique_graphs"]
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
             with profile(activities=activities, record_shapes=True) as prof:
@@ -214,21 +228,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 wall = time.perf_counter() - t0
             if args.trace:
                 prof.export_chrome_trace(str(args.trace.with_suffix(f".{'fused' if fused else 'plain'}.json")))
-            summary = summarize(prof, args.profiled, wall, vocab, cuda)
-            step_s = statistics.median(times)
-            batch = next(data)
-            flops_per_step = tokens * trainer.flops_fn(attention_span(batch))
-            peak = trainer.throughput.peak
-            row = {
-                "config": Path(args.config).stem, "attn": args.attn, "varlen": args.varlen,
-                "batch": f"{args.batch_size}x{args.seq_len}", "fused_loss": fused, "float8": args.float8,
-                "compile": args.compile, "tokens_per_s": tokens / step_s, "step_ms_timed": step_s * 1e3,
-                "mfu": flops_per_step / step_s / peak if peak else None,
-                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                "graphs_built_while_profiling": counters["stats"]["unique_graphs"] - graphs,
-                "device": torch.cuda.get_device_name() if cuda else "cpu",
-                **summary,
-            }
+            row["graphs_built_while_profiling"] = counters["stats"]["unique_graphs"] - graphs
+            return row | summarize(prof, args.profiled, wall, vocab, cuda)
+
+        for fused in fused_values:
+            try:
+                row = measure(fused)
+            except torch.OutOfMemoryError as err:  # a finding (the plain loss at 64k tokens), not a crash
+                row = {**base, "fused_loss": fused, "oom": str(err).split(".")[0],
+                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+                del err
+                trainer.optimizer.zero_grad(set_to_none=True)
+                gc.collect()
+                torch.cuda.empty_cache()
             results.append(row)
             print(f"RESULT {json.dumps(row)}", flush=True)
         trainer.close()
@@ -239,21 +251,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def print_table(results: list[dict]) -> None:
-    """One markdown table: a column per run, a row per category (ms per step)."""
+    """One markdown table: a column per run, a row per category (ms per step); OOM runs say so."""
     heads = [f"{r['attn']} {'varlen' if r['varlen'] else 'dense'} {r['batch']}"
              f"{' fp8' if r['float8'] else ''} {'fused' if r['fused_loss'] else 'plain'} CE" for r in results]
+
+    def cell(r: dict, fmt) -> str:
+        try:
+            return fmt(r)
+        except (KeyError, TypeError):
+            return "OOM" if "oom" in r else "n/a"
+
+    rows = [(cat, lambda r, c=cat: f"{r['ms_per_step'][c]:.1f}") for cat in CATEGORIES] + [
+        ("step (profiled)", lambda r: f"{r['step_ms']:.1f}"),
+        ("step (timed)", lambda r: f"{r['step_ms_timed']:.1f}"),
+        ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+        ("MFU", lambda r: f"{r['mfu']:.1%}"),
+        ("peak GiB", lambda r: f"{r['peak_gib']:.1f}" + (" (OOM)" if "oom" in r else "")),
+        ("host syncs / step", lambda r: f"{r['syncs_per_step']:.1f}"),
+        ("graphs built while profiling", lambda r: str(r["graphs_built_while_profiling"])),
+    ]
     print("\n| ms per step | " + " | ".join(heads) + " |")
     print("|---|" + "---|" * len(results))
-    for cat in CATEGORIES:
-        print(f"| {cat} | " + " | ".join(f"{r['ms_per_step'][cat]:.1f}" for r in results) + " |")
-    print("| step (profiled) | " + " | ".join(f"{r['step_ms']:.1f}" for r in results) + " |")
-    print("| step (timed) | " + " | ".join(f"{r['step_ms_timed']:.1f}" for r in results) + " |")
-    print("| tokens/s | " + " | ".join(f"{r['tokens_per_s']:.0f}" for r in results) + " |")
-    print("| MFU | " + " | ".join(f"{r['mfu']:.1%}" if r["mfu"] else "n/a" for r in results) + " |")
-    print("| peak GiB | " + " | ".join(f"{r['peak_gib']:.1f}" if r["peak_gib"] else "n/a" for r in results) + " |")
-    print("| host syncs / step | " + " | ".join(f"{r['syncs_per_step']:.1f}" for r in results) + " |")
-    print("| graphs built while profiling | " + " | ".join(str(r["graphs_built_while_profiling"]) for r in results)
-          + " |")
+    for label, fmt in rows:
+        print(f"| {label} | " + " | ".join(cell(r, fmt) for r in results) + " |")
 
 
 if __name__ == "__main__":
