@@ -95,9 +95,12 @@ def bf16_operand_reference(q, k, v, do, *, variant: str, causal: bool, cu_seqlen
                            eps: float = DEFAULT_EPS, operand_dtype: torch.dtype | None = torch.bfloat16
                            ) -> tuple[torch.Tensor, ...]:
     """(o, dq, dk, dv) of softpick or softmax attention in float64 with the roundings a bf16
-    tensor-core kernel cannot avoid, and no others: P to bf16 before P @ V and P^T @ dO, o to bf16 (the
-    backward's delta = rowsum(o * dO) reads the stored o), dS to bf16 before dS @ K and dS^T @ Q, and
-    every output to bf16. q, k, v, do: [B, T, HQ or H, D] on any device; returns float64 tensors.
+    tensor-core kernel cannot avoid, and no others: the forward's unnormalised weights (e^{s-m}, or
+    relu(e^{s-m} - e^{-m})) to bf16 before they meet V (o is divided by the denominator after the
+    product, as in every online kernel), o to bf16 (the backward's delta = rowsum(o * dO) reads the stored
+    o), the backward's normalised P to bf16 before P^T @ dO, dS to bf16 before dS @ K and dS^T @ Q, and
+    every output to bf16. A one-key row shows why the forward's rounding matters: the kernel's o is v
+    times bf16(num) / den, not v, and dS amplifies o's error by e^s / den. q, k, v, do: [B, T, HQ or H, D] on any device; returns float64 tensors.
     ``operand_dtype=None`` rounds nothing: the exact gradients, as autograd of the naive op gives them."""
 
     def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -114,14 +117,15 @@ def bf16_operand_reference(q, k, v, do, *, variant: str, causal: bool, cu_seqlen
         m = m.clamp(min=0.0)
         e, em = torch.exp(s - m), torch.exp(-m)
         den = ((e - em).abs() * seen).sum(-1, keepdim=True) + eps * em
-        p = torch.relu(e - em) * seen / den
+        num = torch.relu(e - em) * seen
         grad_scale = e * seen / den  # e^{s - lse}
     else:
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        e = torch.exp(s - m) * seen
-        p = e / e.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+        num = torch.exp(s - m) * seen
+        den = num.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+    p = num / den
+    o = _bf16(torch.einsum("bhqk,bkhd->bqhd", _bf16(num) / den, vf))
     p_b = _bf16(p)
-    o = _bf16(torch.einsum("bhqk,bkhd->bqhd", p_b, vf))
     dv = _bf16(torch.einsum("bhqk,bqhd->bkhd", p_b, do64).unflatten(2, (-1, G)).sum(3))
     dp = torch.einsum("bqhd,bkhd->bhqk", do64, vf)
     delta = (o * do64).sum(-1).transpose(1, 2).unsqueeze(-1)  # [B, HQ, Tq, 1]
