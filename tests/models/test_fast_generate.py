@@ -118,15 +118,92 @@ def test_static_kv_cache_decoding_step_equals_the_dynamic_cache():
 
 
 @torch.no_grad()
-def test_decoding_step_compiles_with_fullgraph(monkeypatch):
-    """torch.compile(fullgraph=True) traces the whole step (model, sampler, bookkeeping): no graph break,
-    no host read; with the CPU's kv_len the compiled attention masks the buffer instead of slicing it."""
-    model = variant_model(attn_type="softpick")
+@pytest.mark.parametrize("fields", [VARIANTS[0], VARIANTS[2], dict(attn_type="softpick", ssmax=True,
+                                                                   output_gate="headwise", num_key_value_heads=1)],
+                         ids=variant_id)
+def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypatch):
+    """fast_generate(compile=True): torch.compile(fullgraph=True) traces the whole step (model with fused
+    projections, sampler, bookkeeping) as one graph, once per call shape, and its tokens are generate()'s."""
+    from torch._dynamo.utils import counters
+
+    from softpick.models import fast_generate as fast
+
+    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {**fast.COMPILE_OPTIONS, "backend": "aot_eager", "options": None})
+    model = variant_model(**fields)
     ids, mask = left_padded([5, 8])
-    expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    compiled = torch.compile(DecodeSession.run_step, backend="aot_eager", fullgraph=True)
-    monkeypatch.setattr(DecodeSession, "run_step", lambda self, *args: compiled(self, *args))
-    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=6), expected)
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    counters.clear()
+    notices = []
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True, notice=notices.append),
+                       expected)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert len(notices) == 2 and notices[0].startswith("compiling the decoding step")
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True, notice=notices.append),
+                       expected)
+    assert counters["stats"]["unique_graphs"] == 1 and len(notices) == 2  # reused: no second compile
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_inductor_step_gives_eager_tokens():
+    """The step as inductor builds it on the CPU (fused kernels, the draw from torch's generator): greedy
+    and seeded sampling give the tokens of the eager step."""
+    model = variant_model(attn_type="softpick")
+    ids, mask = left_padded([4, 9])
+    for options in (dict(), dict(do_sample=True, top_k=20, temperature=0.8)):
+        runs = []
+        for compile in (False, True):
+            torch.manual_seed(3)
+            runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=compile, **options))
+        assert torch.equal(runs[0], runs[1]), options
+
+
+@torch.no_grad()
+def test_fused_projections_keep_parameters_and_checkpoint():
+    """Inside fused_projections q/k/v (+ gate) and gate/up are one GEMM each; the parameters become views
+    of the fused weights (same names, same state dict, nothing stored twice) and the logits are unchanged;
+    after model.to(...) the fused weights are rebuilt, never stale."""
+    from softpick.models.modeling_softpick import fused_projections
+
+    model = variant_model(attn_type="softpick", output_gate="elementwise")
+    ids = torch.randint(3, VOCAB, (2, 9))
+    keys = list(model.state_dict())
+    reference = model(ids).logits
+    with fused_projections(model):
+        attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+        assert attn.fused is not None and mlp.fused is not None and len(attn.fused.sizes) == 4
+        torch.testing.assert_close(model(ids).logits, reference, atol=1e-5, rtol=1e-5)
+        assert attn.q_proj.weight.data_ptr() == attn.fused.weight.data_ptr()
+        assert attn.k_proj.weight.data_ptr() == attn.fused.weight[attn.q_proj.out_features].data_ptr()
+    assert attn.fused is None and list(model.state_dict()) == keys  # outside: the separate linears again
+    model.to(torch.float64)
+    with fused_projections(model):
+        assert attn.fused.weight.dtype == torch.float64 and attn.fused.valid()
+        torch.testing.assert_close(model(ids.clone()).logits, reference.double(), atol=1e-5, rtol=1e-5)
+    model.train()
+    with fused_projections(model):  # never while training
+        assert attn.fused is None
+
+
+def test_every_cache_kind_answers_the_same_protocol():
+    """update(layer, k, v) -> (k, v, kv_len) for no cache, transformers' dynamic and static caches and ours."""
+    from transformers import DynamicCache, StaticCache
+
+    from softpick.models.cache import kv_cache
+
+    config = tiny_model().config
+    k, v = torch.randn(2, 2, 3, 16), torch.randn(2, 2, 3, 16)
+    for cache, width, valid in ((None, 3, None), (DynamicCache(config=config), 3, None),
+                                (StaticCache(config=config, max_cache_len=8), 8, 3),
+                                (StaticKVCache.for_model(config, 2, 8, "cpu", torch.float32), 3, None)):
+        protocol = kv_cache(cache)
+        positions = protocol.begin(3, torch.device("cpu"))
+        keys, values, kv_len = protocol.update(0, k, v)
+        protocol.end()
+        assert torch.equal(positions, torch.arange(3)) and keys.shape[2] == values.shape[2] == width
+        assert torch.equal(keys[:, :, :3], k) and (kv_len is None) == (valid is None)
+        if valid is not None:
+            assert int(kv_len) == valid
 
 
 @torch.no_grad()
