@@ -7,6 +7,8 @@ name another config: ``1x1024@1B`` is configs/softpick_transformer_1B.json); Lla
 
 - ``softpick fast``: :func:`softpick.models.fast_generate.fast_generate`, the default: the decoding step
   compiled (torch.compile, our KV-cache attention as a custom op) and replayed in CUDA graphs;
+- ``softpick fast (combo kernels)``: the same with inductor's horizontal fusion of independent kernels
+  (``combo_kernels``, experimental in torch), to see what it saves;
 - ``softpick fast (no compile)``: the same loop, the eager step in CUDA graphs (the pre-issue-25 loop);
 - ``softpick generate (static cache)``: ``model.generate(cache_implementation="static")`` of our model
   (transformers compiles the forward, mode reduce-overhead);
@@ -55,6 +57,7 @@ KV_BUDGET_GIB = 40.0
 
 PATHS = {
     "softpick fast": "softpick",
+    "softpick fast (combo kernels)": "softpick",
     "softpick fast (no compile)": "softpick",
     "softpick generate (static cache)": "softpick",
     "HF Llama generate (static cache)": "llama",
@@ -65,7 +68,7 @@ PATHS = {
 
 DEFAULT_PATHS = ("softpick fast", "softpick generate (static cache)", "HF Llama generate (static cache)")
 
-ONLY_FIRST_CASE = ("softpick generate (static cache)", "softpick fast (no compile)")
+ONLY_FIRST_CASE = ("softpick generate (static cache)", "softpick fast (no compile)", "softpick fast (combo kernels)")
 """Paths run on the first case only unless --all-cases (each compile per shape costs device time)."""
 
 
@@ -92,8 +95,20 @@ def build_model(kind: str, config_file: Path, device: str, dtype: torch.dtype) -
 def generate_call(path: str, model, ids: torch.Tensor, new: int):
     """A function n <= new -> the generated ids [B, T + n] of ``path`` (greedy, exactly n new tokens)."""
     if path.startswith("softpick fast"):
-        compiled = path == "softpick fast"
-        return lambda n: fast_generate(model, ids, max_new_tokens=n, eos_token_id=None, compile=compiled)
+        from softpick.models import fast_generate as fast
+
+        compiled = path != "softpick fast (no compile)"
+        options = dict(fast.COMPILE_OPTIONS)
+        if "combo" in path:
+            options["options"] = {**options["options"], "combo_kernels": True}
+
+        def call(n):
+            default, fast.COMPILE_OPTIONS = fast.COMPILE_OPTIONS, options
+            try:
+                return fast_generate(model, ids, max_new_tokens=n, eos_token_id=None, compile=compiled)
+            finally:
+                fast.COMPILE_OPTIONS = default
+        return call
     mask = torch.ones_like(ids)
     extra = {}
     if "static" in path:
