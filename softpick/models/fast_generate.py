@@ -401,6 +401,52 @@ def _announce_compile(session: DecodeSession, key: tuple, notice: Callable[[str]
         notice(f"compiled in {time.perf_counter() - start:.1f} s")
 
 
+ROUTED_OPTIONS = frozenset({"input_ids", "attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k",
+                            "top_p", "eos_token_id", "pad_token_id", "streamer", "cache_implementation", "use_cache"})
+"""``generate`` keywords a call may use and still run :func:`fast_generate` (see :func:`static_cache_generate`)."""
+
+NEUTRAL_CONFIG_FIELDS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k",
+                                   "top_p", "max_length", "max_new_tokens", "use_cache", "cache_implementation",
+                                   "output_attentions", "output_hidden_states", "_from_model_config",
+                                   "transformers_version"})
+"""generation_config fields fast_generate reads or that leave the tokens alone (output_* only when false)."""
+
+
+def static_cache_generate(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``model.generate(input_ids, cache_implementation="static", ...)`` run by :func:`fast_generate`, or None.
+
+    transformers' loop costs about a millisecond of host time per step even when its forward is
+    compiled; a call that asks for the static cache with options the fast loop computes exactly
+    (greedy or temperature / top-k / top-p sampling, stop and pad ids, a streamer; a generation_config
+    that sets nothing else) gets the fast loop's tokens, which are generate()'s. Any other call (beams,
+    logits processors, ``return_dict_in_generate``, an explicit cache or compile_config, a prompt
+    holding the pad id without attention_mask, ...) returns None and goes through transformers.
+    """
+    if kwargs.get("cache_implementation") != "static" or len(args) > 1 or not supports_fast_generate(model):
+        return None
+    input_ids = args[0] if args else kwargs.get("input_ids")
+    config = getattr(model, "generation_config", None)
+    if (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or set(kwargs) - ROUTED_OPTIONS
+            or kwargs.get("use_cache") is False or config is None):
+        return None
+    settings = config.to_diff_dict()
+    if set(settings) - NEUTRAL_CONFIG_FIELDS or settings.get("output_attentions") or settings.get("output_hidden_states"):
+        return None
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    mask = kwargs.get("attention_mask")
+    if mask is None and pad is not None and bool((input_ids == pad).any()):
+        return None  # generate would infer a padding mask from the pad id
+    max_new = kwargs.get("max_new_tokens") or config.max_new_tokens or config.max_length - input_ids.shape[1]
+    if max_new < 1:
+        return None
+    extra = {"eos_token_id": kwargs["eos_token_id"]} if "eos_token_id" in kwargs else {}
+    return fast_generate(
+        model, input_ids, mask, max_new_tokens=max_new, do_sample=bool(kwargs.get("do_sample", config.do_sample)),
+        temperature=kwargs.get("temperature"), top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"),
+        pad_token_id=pad, streamer=kwargs.get("streamer"), **extra,
+    )
+
+
 def _stream(streamer, chunk: torch.Tensor, stop_ids: list[int], streamed: int) -> int | None:
     """Feed the new tokens chunk [n] (row 0) to the streamer up to its first stop token; returns the count
     streamed so far, or None once a stop token went out (the rest is padding)."""
@@ -420,4 +466,14 @@ def _tokens_until_all_stopped(new: torch.Tensor, stop: torch.Tensor) -> int:
     return int(first.max()) + 1
 
 
-__all__ = ["DecodeSession", "Sampler", "fast_generate", "length_buckets", "supports_fast_generate"]
+def _register_route() -> None:
+    from softpick.models.modeling_softpick import GENERATE_ROUTES
+
+    if static_cache_generate not in GENERATE_ROUTES:
+        GENERATE_ROUTES.append(static_cache_generate)
+
+
+_register_route()
+
+__all__ = ["DecodeSession", "Sampler", "fast_generate", "length_buckets", "static_cache_generate",
+           "supports_fast_generate"]

@@ -41,6 +41,11 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 IGNORE_INDEX = -100
 """Label value excluded from the loss."""
 
+GENERATE_ROUTES: list = []
+"""Functions (model, args, kwargs) -> output ids or None that ``SoftpickForCausalLM.generate`` tries before
+transformers' loop: :mod:`softpick.models.fast_generate` registers the one that runs static-cache calls
+(this module does not import it, so the shipped copy of this file stays free of the Triton kernels)."""
+
 
 def _take_cache(past_key_values: Cache | None, kwargs: dict) -> Cache | None:
     """The KV cache, whichever name it came under (transformers >= 5.24 ``generate`` passes ``cache=``).
@@ -533,7 +538,16 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
-        """transformers' ``generate``, with the q/k/v and gate/up projections fused (see :func:`fused_projections`)."""
+        """transformers' ``generate``, with the q/k/v and gate/up projections fused (see :func:`fused_projections`).
+
+        With softpick imported, ``cache_implementation="static"`` calls that the fast loop computes exactly
+        run :func:`softpick.models.fast_generate.fast_generate` (its compiled step in CUDA graphs) instead of
+        transformers' loop: the same tokens, without that loop's host time (see GENERATE_ROUTES).
+        """
+        for route in GENERATE_ROUTES:
+            out = route(self, args, kwargs)
+            if out is not None:
+                return out
         with fused_projections(self):
             return super().generate(*args, **kwargs)
 
@@ -631,6 +645,7 @@ __all__ = [
     "ATTENTION_OPS",
     "CACHE_FIELD",
     "FusedLinear",
+    "GENERATE_ROUTES",
     "SoftpickAttention",
     "SoftpickDecoderLayer",
     "SoftpickForCausalLM",

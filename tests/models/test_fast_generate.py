@@ -185,6 +185,30 @@ def test_fused_projections_keep_parameters_and_checkpoint():
         assert attn.fused is None
 
 
+@torch.no_grad()
+def test_static_cache_generate_runs_the_fast_loop_when_it_computes_the_same(monkeypatch):
+    """generate(cache_implementation="static") with options the fast loop computes goes to fast_generate
+    (same tokens, stop ids and sampling included); any other option stays with transformers."""
+    from softpick.models import fast_generate as fast
+
+    model = variant_model(attn_type="softpick")
+    model.generation_config.eos_token_id = None
+    ids, mask = left_padded([4, 7])
+    calls = []
+    real = fast.fast_generate
+    monkeypatch.setattr(fast, "fast_generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    for options in (dict(do_sample=False), dict(do_sample=True, top_k=10, temperature=0.7)):
+        torch.manual_seed(2)
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, **options)
+        torch.manual_seed(2)
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, cache_implementation="static", **options)
+        assert torch.equal(out, expected) and len(calls) == 1, options
+        calls.clear()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, cache_implementation="static",
+                         repetition_penalty=1.3)  # not the fast loop's: transformers runs it
+    assert not calls and out.shape == (2, 7 + NEW)
+
+
 def test_every_cache_kind_answers_the_same_protocol():
     """update(layer, k, v) -> (k, v, kv_len) for no cache, transformers' dynamic and static caches and ours."""
     from transformers import DynamicCache, StaticCache
