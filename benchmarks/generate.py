@@ -10,8 +10,10 @@ name another config: ``1x1024@1B`` is configs/softpick_transformer_1B.json); Lla
 - ``softpick fast (combo kernels)``: the same with inductor's horizontal fusion of independent kernels
   (``combo_kernels``, experimental in torch), to see what it saves;
 - ``softpick fast (no compile)``: the same loop, the eager step in CUDA graphs (the pre-issue-25 loop);
-- ``softpick generate (static cache)``: ``model.generate(cache_implementation="static")`` of our model
-  (transformers compiles the forward, mode reduce-overhead);
+- ``softpick generate (static cache)``: ``model.generate(cache_implementation="static")`` of our model,
+  which runs fast_generate (``softpick.models.fast_generate.static_cache_generate``);
+- ``softpick generate (HF static loop)``: the same call through transformers' loop (its StaticCache,
+  the forward compiled by transformers, mode reduce-overhead): what the route above avoids;
 - ``HF Llama generate (static cache)``: the same call on ``LlamaForCausalLM``;
 - ``softpick generate (eager)``, ``HF Llama generate (eager)``: the dynamic cache, no compile.
 
@@ -19,6 +21,7 @@ The static-cache paths get one ``StaticCache`` per case, reset before each call 
 compiled shapes). For every path, after warm-up calls (compile, autotune, capture):
 
 - ``new tok/s``: batch x new / wall time of the whole call (prefill included), CUDA-synchronised;
+- ``decode tok/s``: batch / ms/step, the rate of the decoding steps alone (the figure issue 25 targets);
 - ``ms/step``: (wall(new) - wall(1)) / (new - 1), the decoding step alone;
 - ``GPU ms/step``: (gpu(n) - gpu(1)) / (n - 1) for n = ``--profiled-new``, gpu(n) the summed device time
   of every kernel, memcpy and memset of a call (torch.profiler, CUPTI; kernels replayed from CUDA graphs
@@ -60,15 +63,18 @@ PATHS = {
     "softpick fast (combo kernels)": "softpick",
     "softpick fast (no compile)": "softpick",
     "softpick generate (static cache)": "softpick",
+    "softpick generate (HF static loop)": "softpick",
     "HF Llama generate (static cache)": "llama",
     "softpick generate (eager)": "softpick",
     "HF Llama generate (eager)": "llama",
 }
 """Path name -> the model it runs."""
 
-DEFAULT_PATHS = ("softpick fast", "softpick generate (static cache)", "HF Llama generate (static cache)")
+DEFAULT_PATHS = ("softpick fast", "softpick generate (static cache)", "softpick generate (HF static loop)",
+                 "HF Llama generate (static cache)")
 
-ONLY_FIRST_CASE = ("softpick generate (static cache)", "softpick fast (no compile)", "softpick fast (combo kernels)")
+ONLY_FIRST_CASE = ("softpick generate (static cache)", "softpick generate (HF static loop)", "softpick fast (no compile)",
+                   "softpick fast (combo kernels)")
 """Paths run on the first case only unless --all-cases (each compile per shape costs device time)."""
 
 
@@ -111,15 +117,20 @@ def generate_call(path: str, model, ids: torch.Tensor, new: int):
         return call
     mask = torch.ones_like(ids)
     extra = {}
+    if path == "softpick generate (static cache)":
+        return lambda n: model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0, cache_implementation="static")
     if "static" in path:
         from transformers import StaticCache
+
+        from softpick.models import CACHE_FIELD
 
         cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new)
 
         def call(n):
             cache.reset()
             return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                  pad_token_id=0, past_key_values=cache)
+                                  pad_token_id=0, **{CACHE_FIELD: cache})
         return call
     return lambda n: model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                     pad_token_id=0, **extra)
@@ -280,9 +291,9 @@ def main() -> None:
     print(f"copy bandwidth: {_fmt(copy_gbs, 0)} GB/s (read + write)\n")
     print(f"{args.new} new tokens per call (greedy); host ms/step = ms/step - GPU ms/step; GB/s = bytes a step "
           "reads / ms/step\n")
-    print("| path | config | batch | prompt | new tok/s | ms/step | GPU ms/step | host ms/step | kernels/step | "
-          "GB/s | of copy | first call s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| path | config | batch | prompt | new tok/s | decode tok/s | ms/step | GPU ms/step | host ms/step | "
+          "kernels/step | GB/s | of copy | first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, models = [], {}
     for index, (batch, context, config_name) in enumerate(cases):
         config_file = config_path(config_name, args.config)
@@ -303,7 +314,7 @@ def main() -> None:
                 r = measure(path, model, batch, context, args.new, vocab, args.profiled_new, args.top_kernels)
             except Exception as error:  # one failing path must not cost the rest of the run
                 print(f"| {path} | {label} | {batch} | {context} | failed: {type(error).__name__}: "
-                      f"{str(error)[:300]} ||||||||", flush=True)
+                      f"{str(error)[:300]} |||||||||", flush=True)
                 rows.append({"path": path, "config": label, "batch": batch, "context": context,
                              "error": repr(error)[:1000]})
                 continue
@@ -313,7 +324,8 @@ def main() -> None:
             fraction = None if copy_gbs is None else r["gb_s"] / copy_gbs
             rows.append({"path": path, "config": label, "batch": batch, "context": context, "new": args.new,
                          "copy_gb_s": copy_gbs, **r})
-            print(f"| {path} | {label} | {batch} | {context} | {r['new_tok_s']:,.0f} | {r['ms_per_step']:.3f} | "
+            print(f"| {path} | {label} | {batch} | {context} | {r['new_tok_s']:,.0f} | {r['decode_tok_s']:,.0f} | "
+                  f"{r['ms_per_step']:.3f} | "
                   f"{_fmt(r.get('gpu_ms_per_step'), 3)} | {_fmt(r.get('host_ms_per_step'), 3)} | "
                   f"{_fmt(r.get('kernels_per_step'), 0)} | {r['gb_s']:,.0f} | {_fmt(fraction)} | "
                   f"{r['first_call_s']:.1f} |", flush=True)
