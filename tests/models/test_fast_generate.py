@@ -118,9 +118,8 @@ def test_static_kv_cache_decoding_step_equals_the_dynamic_cache():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("fields", [VARIANTS[0], VARIANTS[2], dict(attn_type="softpick", ssmax=True,
-                                                                   output_gate="headwise", num_key_value_heads=1)],
-                         ids=variant_id)
+@pytest.mark.parametrize("fields", [VARIANTS[0], dict(attn_type="sink", ssmax=True, output_gate="headwise",
+                                                     num_key_value_heads=1)], ids=variant_id)
 def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypatch):
     """fast_generate(compile=True): torch.compile(fullgraph=True) traces the whole step (model with fused
     projections, sampler, bookkeeping) as one graph, once per call shape, and its tokens are generate()'s."""
@@ -146,16 +145,16 @@ def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypat
 @pytest.mark.slow
 @torch.no_grad()
 def test_inductor_step_gives_eager_tokens():
-    """The step as inductor builds it on the CPU (fused kernels, the draw from torch's generator): greedy
-    and seeded sampling give the tokens of the eager step."""
+    """The step as inductor builds it on the CPU (fused kernels, the draw from torch's generator): seeded
+    top-k sampling gives the tokens of the eager step (one compile: a few tens of seconds)."""
     model = variant_model(attn_type="softpick")
     ids, mask = left_padded([4, 9])
-    for options in (dict(), dict(do_sample=True, top_k=20, temperature=0.8)):
-        runs = []
-        for compile in (False, True):
-            torch.manual_seed(3)
-            runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=compile, **options))
-        assert torch.equal(runs[0], runs[1]), options
+    runs = []
+    for compile in (False, True):
+        torch.manual_seed(3)
+        runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=compile, do_sample=True, top_k=20,
+                                  temperature=0.8))
+    assert torch.equal(runs[0], runs[1])
 
 
 @torch.no_grad()
