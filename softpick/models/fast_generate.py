@@ -1,17 +1,24 @@
-"""Fast greedy / sampled decoding of softpick models: a preallocated cache and, on CUDA, one CUDA graph per step.
+"""Fast greedy / sampled decoding of softpick models: a preallocated cache and, on CUDA, a compiled decoding
+step replayed as CUDA graphs.
 
 :func:`fast_generate` gives the tokens of ``model.generate(...)`` (greedy or sampling, left-padded
-batches, stop tokens) at a fraction of its host cost:
+batches, stop tokens) at a fraction of its cost:
 
 - a :class:`~softpick.models.cache.StaticKVCache` is allocated once per (batch, max length) and
   kept on the model for the next call of the same shape;
 - the prompt is prefilled by one ordinary forward (the fused training kernels when nothing is padded);
 - every decoding step (all layers, the LM head, temperature / top-k / top-p, the sample, the stop-token
-  bookkeeping and the write of the token into the output) is one function of fixed-address tensors.
-  On CUDA it is captured once per length bucket in a ``torch.cuda.CUDAGraph`` and replayed, so a step
-  costs the host one ``replay()``; the attention kernels read the cache length from the device
-  (``kv_len``), and a bucket (a power of two >= 256 keys, or the cache's capacity) only sizes their
-  key splits. Without CUDA (or with ``graphs=False``) the same step runs eagerly.
+  bookkeeping and the write of the token into the output) is one function of fixed-address tensors,
+  run with the q/k/v and gate/up projections fused (:func:`~softpick.models.modeling_softpick.fused_projections`).
+  On CUDA it is compiled (``torch.compile``, one graph, the KV-cache attention a custom op in it; once per
+  batch, capacity and sampling setup in the process), then captured once per length bucket in a
+  ``torch.cuda.CUDAGraph`` and replayed, so a step costs the host one ``replay()``. The attention kernels
+  read the cache length from the device (``kv_len``), and a bucket (a power of two >= 256 keys, or the
+  cache's capacity) only bounds their launch (:func:`~softpick.ops.attention.triton.kv_cache.launch_keys`).
+  Without CUDA the same step runs eagerly (``compile=True`` and ``graphs`` choose otherwise).
+
+:func:`static_cache_generate` runs ``model.generate(..., cache_implementation="static")`` calls through
+this loop when it computes the same tokens.
 
 The host reads the device only every ``SYNC_EVERY`` steps on CUDA (to stream text and to stop once every
 row has produced a stop token), so it queues steps ahead of the GPU.

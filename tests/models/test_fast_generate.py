@@ -29,6 +29,23 @@ def variant_model(**fields):
     return activate_variant_parameters(tiny_model(eos_token_id=None, **fields))
 
 
+def linears_per_graph(graphs: list) -> list[int]:
+    """A torch.compile backend's record: the linear (GEMM) calls in each graph dynamo traced."""
+    return [sum(node.target is torch._C._nn.linear for node in gm.graph.nodes) for gm in graphs]
+
+
+def recording_backend(graphs: list):
+    """A torch.compile backend that keeps every traced graph and runs it as traced (like backend="eager")."""
+    def backend(gm, example_inputs, **options):  # transformers passes mode=
+        graphs.append(gm)
+        return gm.forward
+    return backend
+
+
+FUSED_LINEARS = 2 * 4 + 1
+"""GEMMs of a tiny model's step with fused projections: (q/k/v, o, gate/up, down) x 2 layers + the head."""
+
+
 def left_padded(lengths):
     width = max(lengths)
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
@@ -127,7 +144,9 @@ def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypat
 
     from softpick.models import fast_generate as fast
 
-    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {**fast.COMPILE_OPTIONS, "backend": "aot_eager", "options": None})
+    graphs = []
+    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {**fast.COMPILE_OPTIONS, "backend": recording_backend(graphs),
+                                                  "options": None})
     model = variant_model(**fields)
     ids, mask = left_padded([5, 8])
     expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
@@ -136,6 +155,7 @@ def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypat
     assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True, notice=notices.append),
                        expected)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert linears_per_graph(graphs) == [FUSED_LINEARS]  # q/k/v (+ gate) one GEMM, gate/up one GEMM
     assert len(notices) == 2 and notices[0].startswith("compiling the decoding step")
     assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True, notice=notices.append),
                        expected)
@@ -231,18 +251,20 @@ def test_every_cache_kind_answers_the_same_protocol():
 
 @torch.no_grad()
 def test_hf_static_cache_generate_compiles_with_fullgraph():
-    """generate(cache_implementation="static") with its compiled decoding step (forced on the CPU): one
-    graph, no break (the padding mask keeps the cache's shape, the length stays on the device)."""
+    """generate(cache_implementation="static") through transformers' loop with its compiled decoding step
+    (forced on the CPU): one graph, no break (the padding mask keeps the cache's shape, the length stays
+    on the device), and the same fused projections as the fast loop's step."""
     from torch._dynamo.utils import counters
     from transformers import CompileConfig
 
     model = variant_model(attn_type="softmax")
     ids, mask = left_padded([4, 7])
     expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    config = CompileConfig(backend="aot_eager", fullgraph=True)
+    graphs = []
+    config = CompileConfig(backend=recording_backend(graphs), fullgraph=True)
     config._compile_all_devices = True
     counters.clear()
     out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation="static",
                          compile_config=config)
     assert torch.equal(out, expected)
-    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["stats"]["unique_graphs"] == 1 and linears_per_graph(graphs) == [FUSED_LINEARS]
