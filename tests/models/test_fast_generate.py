@@ -162,6 +162,23 @@ def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypat
     assert counters["stats"]["unique_graphs"] == 1 and len(notices) == 2  # reused: no second compile
 
 
+@torch.no_grad()
+def test_compiled_step_holds_the_kv_cache_attention_op(monkeypatch):
+    """With the Triton kernels (the interpreter here, the GPU's path) the compiled step keeps the KV-cache
+    attention as one custom op per layer in its graph, and gives the eager step's tokens."""
+    from softpick.models import fast_generate as fast
+
+    graphs = []
+    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {**fast.COMPILE_OPTIONS, "backend": recording_backend(graphs),
+                                                  "options": None})
+    model = variant_model(attn_type="softpick", attn_impl="triton")
+    ids, mask = left_padded([3, 8])
+    expected = fast_generate(model, ids, mask, max_new_tokens=6)
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=6, compile=True), expected)
+    ops = [node.target for node in graphs[0].graph.nodes if node.target is torch.ops.softpick.attention_decode.default]
+    assert len(graphs) == 1 and len(ops) == model.config.num_hidden_layers
+
+
 @pytest.mark.slow
 @torch.no_grad()
 def test_inductor_step_gives_eager_tokens():
