@@ -116,7 +116,6 @@ def generate_call(path: str, model, ids: torch.Tensor, new: int):
                 fast.COMPILE_OPTIONS = default
         return call
     mask = torch.ones_like(ids)
-    extra = {}
     if path == "softpick generate (static cache)":
         return lambda n: model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                         eos_token_id=None, pad_token_id=0, cache_implementation="static")
@@ -133,7 +132,7 @@ def generate_call(path: str, model, ids: torch.Tensor, new: int):
                                   pad_token_id=0, **{CACHE_FIELD: cache})
         return call
     return lambda n: model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                    pad_token_id=0, **extra)
+                                    pad_token_id=0)
 
 
 def sync() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from softpick.models.cache import StaticKVCache
-from softpick.models.fast_generate import DecodeSession, fast_generate, length_buckets
+from softpick.models.fast_generate import fast_generate, length_buckets
 
 from tiny_models import VOCAB, activate_variant_parameters, tiny_model
 
