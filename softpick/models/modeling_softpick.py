@@ -351,6 +351,13 @@ class SoftpickPreTrainedModel(PreTrainedModel):
     # Init: transformers' generic ``_init_weights`` gives exactly the paper's recipe (Linear and Embedding
     # weights ~ N(0, config.initializer_range), biases 0, *RMSNorm weights 1), so it is not overridden.
 
+    def _apply(self, fn, recurse: bool = True):
+        """``to()``, ``cuda()``, ``half()`` ...: drop the fused projection weights (rebuilt at their next use),
+        so an old copy of the weights is not kept alive."""
+        for module in self.modules():
+            module.__dict__.pop("_fused_weights", None)
+        return super()._apply(fn, recurse)
+
 
 @contextlib.contextmanager
 def fused_projections(model: nn.Module) -> Iterator[None]:
