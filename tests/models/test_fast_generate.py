@@ -195,7 +195,7 @@ def test_inductor_step_gives_eager_tokens():
 
 
 @torch.no_grad()
-def test_fused_projections_keep_parameters_and_checkpoint():
+def test_fused_projections_keep_parameters_and_checkpoint(tmp_path):
     """Inside fused_projections q/k/v (+ gate) and gate/up are one GEMM each; the parameters become views
     of the fused weights (same names, same state dict, nothing stored twice) and the logits are unchanged;
     after model.to(...) the fused weights are rebuilt, never stale."""
@@ -212,6 +212,9 @@ def test_fused_projections_keep_parameters_and_checkpoint():
         assert attn.q_proj.weight.data_ptr() == attn.fused.weight.data_ptr()
         assert attn.k_proj.weight.data_ptr() == attn.fused.weight[attn.q_proj.out_features].data_ptr()
     assert attn.fused is None and list(model.state_dict()) == keys  # outside: the separate linears again
+    model.save_pretrained(tmp_path)  # parameters that view one fused weight save as separate tensors
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(ids).logits, reference, atol=1e-6, rtol=1e-6)
     model.to(torch.float64)
     with fused_projections(model):
         assert attn.fused.weight.dtype == torch.float64 and attn.fused.valid()
