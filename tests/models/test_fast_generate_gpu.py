@@ -69,10 +69,14 @@ def test_compiled_step_in_graphs(fields, batch, length, padded):
 
 @torch.no_grad()
 def test_hf_static_cache_generate_on_the_gpu():
-    """generate(cache_implementation="static"): transformers compiles our forward (reduce-overhead); the
-    tokens are the full model's greedy choices, as fast_generate's are."""
+    """generate(cache_implementation="static"): routed to the fast loop, and through transformers' loop
+    (min_new_tokens keeps it there), which compiles our forward (reduce-overhead); either way the tokens
+    are the full model's greedy choices."""
     model = gpu_model(attn_type="softpick")
     ids, mask = prompts(4, 60, True)
+    routed = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, cache_implementation="static")
+    assert "_softpick_decode_session" in model.__dict__
+    assert_greedy(model, routed, mask, 60)
     out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                          cache_implementation="static")
     assert_greedy(model, out, mask, 60)
