@@ -10,14 +10,17 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-ATTN_TYPES = ("softpick", "softmax", "softmax_plus_one", "sink")
+from softpick.ops.attention.spec import ATTN_TYPES as SPECS, IMPLS
+
+ATTN_TYPES = tuple(SPECS)
 """Values of ``attn_type``: softpick; softmax (vanilla); softmax+1 ("off by one": a constant 0 logit in every
-denominator); sink (a learnable per-head logit in every denominator, as in gpt-oss)."""
+denominator); sink (a learnable per-head logit in every denominator, as in gpt-oss). Each names an
+:class:`~softpick.ops.attention.spec.AttentionSpec` (normaliser, sink kind)."""
 
 OUTPUT_GATES = (None, "headwise", "elementwise")
 """Values of ``output_gate``: none, one sigmoid gate per head, or one per output channel."""
 
-ATTN_IMPLS = (None, "naive", "triton", "cute", "sdpa")
+ATTN_IMPLS = (None, *IMPLS)
 """Values of ``attn_impl``, passed as ``impl`` to :mod:`softpick.ops` (None = fastest available)."""
 
 
@@ -140,7 +143,7 @@ class SoftpickConfig(PreTrainedConfig):
         if not _positive(self.ssmax_offset):
             raise ValueError(f"ssmax_offset must be a positive integer (1, or 2 for fla's scaled models), "
                              f"got {self.ssmax_offset!r}.")
-        if self.attn_impl == "sdpa" and self.attn_type != "softmax":
+        if self.attn_impl == "sdpa" and SPECS[self.attn_type] != ("softmax", "none"):
             raise ValueError(
                 f"attn_impl 'sdpa' computes softmax only, but attn_type is {self.attn_type!r}; "
                 "use attn_impl None, 'naive' or 'triton'."

@@ -9,8 +9,9 @@
   ``configuration_softpick.py``, ``modeling_softpick.py`` and the plain-PyTorch ops they use, each
   softpick import rewritten to a relative one (:func:`write_remote_code`), so
   ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` works without softpick installed.
-  The shipped ops are the naive ones (:mod:`softpick.ops.attention.portable`); with softpick imported the
-  folder loads through the registered classes and the fast kernels instead.
+  The shipped ops are the backend registry :mod:`softpick.ops.attention.registry` with only its naive
+  backend (the same functions, so the same signatures); with softpick imported the folder loads through the
+  registered classes and the fast kernels instead.
 
 The tokenizer is saved beside the model with an explicit ``tokenizer_class``, so ``AutoTokenizer`` never
 needs the model config (and never asks whether to run custom code).
@@ -31,8 +32,9 @@ import torch
 REMOTE_MODULES = ("softpick.models.configuration_softpick", "softpick.models.modeling_softpick")
 """The modules named by the ``auto_map`` of a softpick config.json (their file names must stay as they are)."""
 
-SUBSTITUTES = {"softpick.ops": "softpick.ops.attention.portable"}
-"""Modules replaced in shipped code: the kernel dispatcher (Triton, SDPA) by its naive-only twin."""
+SUBSTITUTES = {"softpick.ops": "softpick.ops.attention.registry"}
+"""Modules replaced in shipped code: the ops package (which registers the Triton, SDPA and Hopper backends) by
+the backend registry alone, which holds only the naive backend."""
 
 
 def is_plain_softmax(config: Any) -> bool:

@@ -25,16 +25,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from softpick.models.cache import kv_cache
 from softpick.models.configuration_softpick import SoftpickConfig
-from softpick.ops import softmax_attention, softpick_attention
+from softpick.ops import attend
 from softpick.ops.cross_entropy import linear_cross_entropy, shifted_labels
 from softpick.ops.attention.naive import naive_attention
-
-ATTENTION_OPS = {"softpick": softpick_attention, "softmax": softmax_attention,
-                 "softmax_plus_one": softmax_attention, "sink": softmax_attention}
-"""attn_type -> op with the signature of :func:`softpick.ops.softpick_attention` (the sink types pass ``sink=``)."""
-
-NAIVE_VARIANT = {"softpick": "softpick", "softmax": "softmax", "softmax_plus_one": "softmax", "sink": "softmax"}
-"""attn_type -> ``variant`` of :func:`softpick.ops.attention.naive.naive_attention`."""
+from softpick.ops.attention.spec import AttentionSpec
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 """Name of the KV-cache field of model outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
@@ -201,8 +195,9 @@ class SoftpickMLP(nn.Module):
 class SoftpickAttention(nn.Module):
     """Multi-head (grouped-query) attention with RoPE, normalised by softpick or softmax (or a sink variant).
 
-    ``attn_type`` and ``attn_impl`` are copied from the config onto the module, so one layer can be switched
-    (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others. Optional parameters, present
+    ``spec`` (:class:`~softpick.ops.attention.spec.AttentionSpec`: normaliser, sink kind, eps, scale) is built
+    once from the config's ``attn_type`` and ``softpick_eps``; ``attn_impl`` is copied onto the module, so one
+    layer can be switched (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others. Optional parameters, present
     only when the config asks for them: ``sinks`` [HQ] (attn_type "sink"), ``ssmax_scale`` [HQ] (ssmax) and
     ``g_proj`` (output_gate: hidden -> HQ or HQ * head_dim).
     """
@@ -213,17 +208,15 @@ class SoftpickAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
-        self.scale = self.head_dim**-0.5
-        self.attn_type = config.attn_type
+        self.spec = AttentionSpec.from_attn_type(config.attn_type, eps=config.softpick_eps, scale=self.head_dim**-0.5)
         self.attn_impl = config.attn_impl
-        self.eps = config.softpick_eps
         q_width, kv_width = self.num_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_width, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_width, config.hidden_size, bias=config.attention_bias)
         self.output_gate = config.output_gate
-        if config.attn_type == "sink":
+        if self.spec.sink == "learned":
             self.sinks = nn.Parameter(torch.zeros(self.num_heads))
         if config.ssmax:
             self.ssmax_scale = nn.Parameter(torch.full((self.num_heads,), float(config.ssmax_init)))
@@ -235,13 +228,6 @@ class SoftpickAttention(nn.Module):
     def projections(self) -> list[nn.Linear]:
         """The linears of the input that :func:`fused_projections` fuses: q, k, v and the output gate's."""
         return [self.q_proj, self.k_proj, self.v_proj] + ([self.g_proj] if self.output_gate is not None else [])
-
-    def _sink(self, q: torch.Tensor) -> torch.Tensor | None:
-        if self.attn_type == "sink":
-            return _local(self.sinks)
-        if self.attn_type == "softmax_plus_one":
-            return q.new_zeros(self.num_heads, dtype=torch.float32)
-        return None
 
     def forward(
         self,
@@ -289,20 +275,19 @@ class SoftpickAttention(nn.Module):
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]; with kv_len, Tk is the buffer's capacity
         if attention_mask is not None and attention_mask.shape[1] != k.shape[1]:
             attention_mask = _fit_mask(attention_mask, k.shape[1])
-        sink = self._sink(q)
+        learned = _local(self.sinks) if self.spec.sink == "learned" else None
         weights = None
         if output_attentions:
+            spec = self.spec
             o, weights = naive_attention(
-                q, k, v, variant=NAIVE_VARIANT[self.attn_type], scale=self.scale, cu_seqlens=cu_seqlens,
-                attention_mask=attention_mask, eps=self.eps, return_weights=True, sink=sink, kv_len=kv_len,
+                q, k, v, variant=spec.normaliser, scale=spec.scale, cu_seqlens=cu_seqlens,
+                attention_mask=attention_mask, eps=spec.eps, return_weights=True,
+                sink=spec.sink_logits(self.num_heads, q.device, learned), kv_len=kv_len,
             )  # weights [B, HQ, T, Tk]
         else:
-            extra = {} if sink is None else {"sink": sink}
-            if kv_len is not None:
-                extra["kv_len"] = kv_len
-            o = ATTENTION_OPS[self.attn_type](
-                q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                attention_mask=attention_mask, eps=self.eps, impl=self.attn_impl, **extra,
+            o = attend(
+                q, k, v, self.spec, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, attention_mask=attention_mask,
+                impl=self.attn_impl, sink=learned, kv_len=kv_len,
             )  # [B, T, HQ, D]
         if gate:
             o = o * torch.sigmoid(gate[0]).view(B, T, self.num_heads, -1).to(o.dtype)  # gate [B, T, HQ, 1 or D]
@@ -664,7 +649,6 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
-    "ATTENTION_OPS",
     "CACHE_FIELD",
     "FusedLinear",
     "GENERATE_ROUTES",

@@ -195,9 +195,13 @@ def test_wrong_max_seqlen_raises(cu, max_seqlen, message):
 
 
 def test_sdpa_rejected_for_softpick():
+    from softpick.errors import UserError
+
     q = torch.randn(1, 4, 1, 8)
-    with pytest.raises(ValueError, match="softmax only"):
+    with pytest.raises(UserError, match="softmax only") as info:
         softpick_attention(q, q, q, impl="sdpa")
+    assert str(info.value) == ("impl='sdpa' cannot run these inputs: softpick attention (SDPA computes softmax "
+                               "only); use impl='naive'.")
 
 
 @pytest.mark.parametrize("tq", [1, 3, 7])

@@ -29,8 +29,15 @@ def tensors(T=128, HQ=4, H=2, D=64, dtype=torch.bfloat16, Tk=None):
     return q, k, torch.empty_like(k)
 
 
+NAMES = {"triton-training": "training", "triton-kv-cache": "kv-cache"}
+
+
 def resolve(impl, variant, q, k, v, attention_mask=None, cu_seqlens=None, sink=None):
-    return attention._resolve_impl(impl, variant, q, k, v, attention_mask, cu_seqlens, sink)
+    """The backend's name, Triton's two as "training" / "kv-cache"."""
+    spec = attention.AttentionSpec(variant, sink="none" if sink is None else "learned")
+    inputs = attention.AttentionInputs(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, sink=sink)
+    name = attention.select(spec, inputs, impl).name
+    return NAMES.get(name, name)
 
 
 def test_hopper_picks_cute_for_every_variant_and_head_dim(gpu):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from softpick.ops.attention.cute.pins import problem
+from softpick.ops.attention.spec import Normaliser, kernel_scale, packed_docs
 
 HEAD_DIMS = (64, 128, 256)
 DTYPES = (torch.bfloat16, torch.float16)
@@ -22,7 +23,7 @@ def supports(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    variant: str,
+    variant: Normaliser,
     attention_mask: torch.Tensor | None,
     sink: torch.Tensor | None,
 ) -> str | None:
@@ -53,7 +54,7 @@ def cute_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    variant: str,
+    variant: Normaliser,
     scale: float | None,
     causal: bool,
     cu_seqlens: torch.Tensor | None,
@@ -64,9 +65,8 @@ def cute_attention(
     """Attention on the Hopper kernels; arguments as :func:`softpick.ops.softpick_attention`'s, checked
     by :func:`supports` first. Returns o [B, T_q, HQ, V] in q.dtype (differentiable in q, k, v, sink)."""
     from softpick.ops.attention.cute.launch import cute_attention_fwd_op
-    from softpick.ops.attention.triton.training import kernel_scale, packed_docs
 
-    scale = kernel_scale(variant, scale, q.shape[-1])
+    scale = kernel_scale(scale, q.shape[-1])
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
         max_seqlen = packed_docs(q, cu_seqlens, max_seqlen or 0)[1]  # FlashAttention-4 needs the longest document

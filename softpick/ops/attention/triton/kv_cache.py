@@ -16,14 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
-from softpick.ops.attention.triton.training import (
-    LOG2E,
-    device_support,
-    head_dim_support,
-    kernel_scale,
-    on_device_of,
-    pow2_block,
-)
+from softpick.ops.attention.spec import Normaliser, kernel_scale
+from softpick.ops.attention.triton.training import LOG2E, device_support, head_dim_support, on_device_of, pow2_block
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
@@ -147,7 +141,7 @@ def decode_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    variant: str,
+    variant: Normaliser,
     scale: float | None,
     causal: bool,
     attention_mask: torch.Tensor | None,
@@ -177,7 +171,7 @@ def decode_attention(
     Returns:
         o [B, T_q, HQ, V] in q.dtype; a query that sees no key gets 0.
     """
-    scale = kernel_scale(variant, scale, q.shape[-1])
+    scale = kernel_scale(scale, q.shape[-1])
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if attention_mask is not None and attention_mask.stride(-1) != 1:
         attention_mask = attention_mask.contiguous()

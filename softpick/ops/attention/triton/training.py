@@ -34,6 +34,7 @@ import os
 import torch
 
 from softpick.ops.attention.custom_op import register_autograd
+from softpick.ops.attention.spec import Normaliser, kernel_scale, packed_docs
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -92,16 +93,6 @@ def supports(
     if q.shape[1] != k.shape[1]:
         return f"q length {q.shape[1]} differs from k length {k.shape[1]} (KV cache / decoding)"
     return head_dim_support(q, v) or device_support(q)
-
-
-def packed_docs(q: torch.Tensor, cu_seqlens: torch.Tensor | None, max_seqlen: int = 0) -> tuple[int, int]:
-    """(number of documents, longest document) of q [B, T, HQ, K]; max_seqlen > 0 is taken as the
-    longest (no host read of cu_seqlens, which would wait for the GPU)."""
-    if cu_seqlens is None:
-        return q.shape[0], q.shape[1]
-    if max_seqlen > 0:
-        return cu_seqlens.numel() - 1, max_seqlen
-    return cu_seqlens.numel() - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
 def tune_len(max_len: int) -> int:
@@ -278,22 +269,12 @@ def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen
 register_autograd(attention_fwd_op, attention_bwd_op)
 
 
-def kernel_scale(variant: str, scale: float | None, head_dim: int) -> float:
-    """The score scale the kernels use (default head_dim ** -0.5); ValueError for a bad variant or scale."""
-    if variant not in ("softpick", "softmax"):
-        raise ValueError(f"variant must be 'softpick' or 'softmax', got {variant!r}.")
-    scale = head_dim**-0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0 for the Triton kernels, got {scale}; use impl='naive'.")
-    return scale
-
-
 def parallel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    variant: str,
+    variant: Normaliser,
     scale: float | None,
     causal: bool,
     cu_seqlens: torch.Tensor | None,
@@ -316,7 +297,7 @@ def parallel_attention(
     Returns:
         o [B, T, HQ, V] in q.dtype.
     """
-    scale = kernel_scale(variant, scale, q.shape[-1])
+    scale = kernel_scale(scale, q.shape[-1])
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, _ = attention_fwd_op(
