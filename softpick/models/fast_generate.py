@@ -56,6 +56,11 @@ COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False, "options": {"fallback_ra
 """torch.compile of the decoding step: one graph (a break is a bug), shapes fixed per session, and the
 sampling draw from torch's own generator (the numbers of the eager step; CUDA graphs advance it)."""
 
+COMPILE_MIN_NEW_TOKENS = 64
+"""With ``compile=None`` a CUDA call compiles its step only from this many new tokens on: the compile
+(about 20 s for the 340M model) is paid once per shape, the eager step costs ~1.7 ms more per token, so a
+short call (passkey's dozen tokens) decodes eagerly in CUDA graphs at once."""
+
 RECOMPILE_LIMIT = 256
 """Compiled step configurations kept per process (torch's default, 8, would fall back to eager)."""
 
@@ -299,7 +304,8 @@ def fast_generate(
         graphs: capture steps in CUDA graphs; None = on CUDA. False runs the same step without them.
         compile: run the decoding step through ``torch.compile`` (inductor fuses the norms, rotary,
             residuals, SwiGLU, casts and sampling around the GEMMs and the attention op); None = on
-            CUDA. Compiled once per (batch, capacity, sampling setup) and process, before the first step.
+            CUDA from COMPILE_MIN_NEW_TOKENS new tokens on. Compiled once per (batch, capacity, sampling
+            setup) and process, before the first step.
         should_stop: called at each host read with the new tokens so far [B, n] (CPU); True ends the call
             there (e.g. every row holds a stop string). The result then holds those n tokens.
         notice: called with a line for the user before and after a compile of the step (what they wait for).
@@ -315,7 +321,8 @@ def fast_generate(
     input_ids = input_ids.to(device)
     B, T0 = input_ids.shape
     graphs = device.type == "cuda" if graphs is None else graphs
-    compile = device.type == "cuda" if compile is None else compile
+    if compile is None:
+        compile = device.type == "cuda" and max_new_tokens >= COMPILE_MIN_NEW_TOKENS
     if graphs and device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device; pass graphs=False.")
     if streamer is not None and B != 1:
