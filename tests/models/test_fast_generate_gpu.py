@@ -62,7 +62,8 @@ def test_compiled_step_in_graphs(fields, batch, length, padded):
     ids, mask = prompts(batch, length, padded)
     graphed = fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True)
     session = model.__dict__["_softpick_decode_session"]
-    assert session.compiled and len(session.graphs) == 2 and all(g is not None for g in session.graphs.values())
+    assert session.compiled_step is not None and len(session.graphs) == 2
+    assert all(graph is not None for graph in session.graphs.values())
     assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False, compile=True), graphed)
     assert_greedy(model, graphed, mask, length)
 
