@@ -56,6 +56,11 @@ COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False, "options": {"fallback_ra
 """torch.compile of the decoding step: one graph (a break is a bug), shapes fixed per session, and the
 sampling draw from torch's own generator (the numbers of the eager step; CUDA graphs advance it)."""
 
+COMPILE_MIN_NEW_TOKENS = 64
+"""With ``compile=None`` a CUDA call compiles its step only from this many new tokens on: the compile
+(about 20 s for the 340M model) is paid once per shape, the eager step costs ~1.7 ms more per token, so a
+short call (passkey's dozen tokens) decodes eagerly in CUDA graphs at once."""
+
 RECOMPILE_LIMIT = 256
 """Compiled step configurations kept per process (torch's default, 8, would fall back to eager)."""
 
@@ -136,7 +141,7 @@ class DecodeSession:
         out: [B, capacity] int64, the new tokens; ``step`` [1] int64 counts them.
     """
 
-    def __init__(self, model: nn.Module, batch: int, capacity: int, compile: bool = False) -> None:
+    def __init__(self, model: nn.Module, batch: int, capacity: int) -> None:
         param = next(model.parameters())
         device = param.device
         self.model = model
@@ -152,9 +157,8 @@ class DecodeSession:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}  # None: capture failed, run eagerly
         self.pool = None
         self._stops: dict[tuple[int, ...], torch.Tensor] = {}
-        self.compiled = compile
         self.compiled_keys: set[tuple] = set()  # step configurations compiled so far
-        self._step = torch.compile(self._eager_step, **COMPILE_OPTIONS) if compile else self._eager_step
+        self.compiled_step: Callable | None = None  # torch.compile of the step, made at its first use
 
     def stop_tensor(self, stop_ids: Sequence[int]) -> torch.Tensor | None:
         """The stop ids as a device tensor owned by the session (graphs read it at a fixed address)."""
@@ -177,11 +181,16 @@ class DecodeSession:
             self.mask_buffer[:, : attention_mask.shape[1]] = attention_mask
             self.mask = self.mask_buffer
 
-    def run_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
+    def run_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int, compiled: bool = False) -> None:
         """One decoding step on the device: feed ``token``, draw the next one, record it, advance
-        (compiled when the session is)."""
+        (through torch.compile with ``compiled``)."""
+        if not compiled:
+            self._eager_step(sampler, stop, pad)
+            return
+        if self.compiled_step is None:
+            self.compiled_step = torch.compile(self._eager_step, **COMPILE_OPTIONS)
         with _recompile_room():
-            self._step(sampler, stop, pad)
+            self.compiled_step(sampler, stop, pad)
 
     def _eager_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
         logits = self.model(
@@ -200,28 +209,30 @@ class DecodeSession:
         self.step.add_(1)
         self.token.copy_(nxt[:, None])
 
-    def replay(self, key: tuple, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
+    def replay(self, key: tuple, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int,
+               compiled: bool = False) -> None:
         """Run one step through the CUDA graph of (key, bucket), capturing it first if needed."""
         if (key, bucket) not in self.graphs:
             try:
-                self.graphs[(key, bucket)] = self._capture(bucket, sampler, stop, pad)
+                self.graphs[(key, bucket)] = self._capture(bucket, sampler, stop, pad, compiled)
             except RuntimeError as error:  # e.g. an op that syncs: decode this configuration eagerly instead
                 warnings.warn(f"fast_generate: CUDA graph capture failed ({error}); decoding without graphs.",
                               stacklevel=3)
                 self.graphs[(key, bucket)] = None
         graph = self.graphs[(key, bucket)]
         if graph is None:
-            self.run_step(sampler, stop, pad)
+            self.run_step(sampler, stop, pad, compiled)
         else:
             graph.replay()
 
-    def _capture(self, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int,
+                 compiled: bool) -> torch.cuda.CUDAGraph:
         state = [t.clone() for t in (self.token, self.positions, self.done, self.step, self.cache.length)]
         rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: compiles, Triton autotunes, cuBLAS picks its kernels
-            self.run_step(sampler, stop, pad)
+            self.run_step(sampler, stop, pad, compiled)
         torch.cuda.current_stream().wait_stream(side)
         for saved, live in zip(state, (self.token, self.positions, self.done, self.step, self.cache.length)):
             live.copy_(saved)  # the warm-up steps rewrite the same cache positions when they run for real
@@ -230,18 +241,18 @@ class DecodeSession:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.run_step(sampler, stop, pad)
+            self.run_step(sampler, stop, pad, compiled)
         return graph
 
 
-def _session(model: nn.Module, batch: int, capacity: int, compile: bool) -> DecodeSession:
+def _session(model: nn.Module, batch: int, capacity: int) -> DecodeSession:
     """The model's decode session for (batch, capacity), kept for the next call (one per model)."""
     session = model.__dict__.get("_softpick_decode_session")
     param = next(model.parameters())
-    if (session is None or session.batch != batch or session.capacity != capacity or session.compiled != compile
+    if (session is None or session.batch != batch or session.capacity != capacity
             or session.token.device != param.device or session.cache.keys[0].dtype != param.dtype):
         model.__dict__["_softpick_decode_session"] = None  # free the old cache before allocating the new one
-        session = DecodeSession(model, batch, capacity, compile)
+        session = DecodeSession(model, batch, capacity)
         model.__dict__["_softpick_decode_session"] = session
     return session
 
@@ -299,7 +310,8 @@ def fast_generate(
         graphs: capture steps in CUDA graphs; None = on CUDA. False runs the same step without them.
         compile: run the decoding step through ``torch.compile`` (inductor fuses the norms, rotary,
             residuals, SwiGLU, casts and sampling around the GEMMs and the attention op); None = on
-            CUDA. Compiled once per (batch, capacity, sampling setup) and process, before the first step.
+            CUDA from COMPILE_MIN_NEW_TOKENS new tokens on. Compiled once per (batch, capacity, sampling
+            setup) and process, before the first step.
         should_stop: called at each host read with the new tokens so far [B, n] (CPU); True ends the call
             there (e.g. every row holds a stop string). The result then holds those n tokens.
         notice: called with a line for the user before and after a compile of the step (what they wait for).
@@ -315,7 +327,8 @@ def fast_generate(
     input_ids = input_ids.to(device)
     B, T0 = input_ids.shape
     graphs = device.type == "cuda" if graphs is None else graphs
-    compile = device.type == "cuda" if compile is None else compile
+    if compile is None:
+        compile = device.type == "cuda" and max_new_tokens >= COMPILE_MIN_NEW_TOKENS
     if graphs and device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device; pass graphs=False.")
     if streamer is not None and B != 1:
@@ -342,7 +355,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids,
 
     device = input_ids.device
     B, T0 = input_ids.shape
-    session = _session(model, B, capacity, compile)
+    session = _session(model, B, capacity)
     stop = session.stop_tensor(stop_ids)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
@@ -362,7 +375,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids,
     session.record(sampler(logits), stop, pad_token_id)
     session.positions.copy_(prompt_positions[:, -1:] + 1)
 
-    key = (sampler.key, tuple(stop_ids), pad_token_id, attention_mask is not None)
+    key = (sampler.key, tuple(stop_ids), pad_token_id, attention_mask is not None, compile)  # last: compiled
     buckets = length_buckets(capacity)
     sync_every = SYNC_EVERY if device.type == "cuda" else 1
     streamed, n = 0, max_new_tokens
@@ -381,9 +394,9 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids,
         bucket = next(b for b in buckets if b >= kv_after)
         with launch_keys(bucket), _announce_compile(session, key, notice):
             if graphs:
-                session.replay(key, bucket, sampler, stop, pad_token_id)
+                session.replay(key, bucket, sampler, stop, pad_token_id, compile)
             else:
-                session.run_step(sampler, stop, pad_token_id)
+                session.run_step(sampler, stop, pad_token_id, compile)
     new = session.out[:, :n]
     if stop is not None:
         new = new[:, : _tokens_until_all_stopped(new, stop)]
@@ -395,7 +408,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids,
 @contextlib.contextmanager
 def _announce_compile(session: DecodeSession, key: tuple, notice: Callable[[str], None] | None):
     """Tell ``notice`` when the step about to run is compiled first (the user waits for it), and how long it took."""
-    if not session.compiled or key in session.compiled_keys:
+    if not key[-1] or key in session.compiled_keys:  # key[-1]: the step is compiled
         yield
         return
     if notice is not None:
@@ -437,7 +450,8 @@ def static_cache_generate(model: nn.Module, args: tuple, kwargs: dict) -> torch.
             or kwargs.get("use_cache") is False or config is None):
         return None
     settings = config.to_diff_dict()
-    if set(settings) - NEUTRAL_CONFIG_FIELDS or settings.get("output_attentions") or settings.get("output_hidden_states"):
+    if (set(settings) - NEUTRAL_CONFIG_FIELDS or settings.get("output_attentions")
+            or settings.get("output_hidden_states")):
         return None
     pad = kwargs.get("pad_token_id", config.pad_token_id)
     mask = kwargs.get("attention_mask")

@@ -60,10 +60,11 @@ def test_compiled_step_in_graphs(fields, batch, length, padded):
     computes without them, across buckets, and every token is the full model's greedy choice."""
     model = gpu_model(**fields)
     ids, mask = prompts(batch, length, padded)
-    graphed = fast_generate(model, ids, mask, max_new_tokens=NEW)
+    graphed = fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True)
     session = model.__dict__["_softpick_decode_session"]
-    assert session.compiled and len(session.graphs) == 2 and all(g is not None for g in session.graphs.values())
-    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False), graphed)
+    assert session.compiled_step is not None and len(session.graphs) == 2
+    assert all(graph is not None for graph in session.graphs.values())
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False, compile=True), graphed)
     assert_greedy(model, graphed, mask, length)
 
 
@@ -104,7 +105,8 @@ def test_graph_sampling_is_reproducible_with_a_seed():
     runs = []
     for seed in (5, 5, 6):
         torch.manual_seed(seed)
-        runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, do_sample=True, top_k=30, top_p=0.95))
+        runs.append(fast_generate(model, ids, mask, max_new_tokens=NEW, do_sample=True, top_k=30, top_p=0.95,
+                                  compile=True))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     assert all(graph is not None for graph in model.__dict__["_softpick_decode_session"].graphs.values())
 
@@ -113,8 +115,10 @@ def test_graph_sampling_is_reproducible_with_a_seed():
 def test_graph_stop_tokens_equal_the_eager_step():
     model = gpu_model(attn_type="softpick")
     ids, mask = prompts(3, 20, True)
-    greedy = fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False)[:, 20:]
+    greedy = fast_generate(model, ids, mask, max_new_tokens=NEW, graphs=False, compile=True)[:, 20:]
     stops = [int(greedy[0, 3]), int(greedy[1, 20]), int(greedy[2, 30])]
-    eager = fast_generate(model, ids, mask, max_new_tokens=NEW, eos_token_id=stops, pad_token_id=0, graphs=False)
-    graphed = fast_generate(model, ids, mask, max_new_tokens=NEW, eos_token_id=stops, pad_token_id=0, graphs=True)
+    eager = fast_generate(model, ids, mask, max_new_tokens=NEW, eos_token_id=stops, pad_token_id=0, graphs=False,
+                          compile=True)
+    graphed = fast_generate(model, ids, mask, max_new_tokens=NEW, eos_token_id=stops, pad_token_id=0, graphs=True,
+                            compile=True)
     assert torch.equal(graphed, eager) and graphed.shape[1] < 20 + NEW
