@@ -23,6 +23,22 @@ class UserError(Exception):
     exit_code: int = USAGE_EXIT
 
 
+class BadValue(UserError, ValueError):
+    """A value the user gave (an option, a field of a file) is out of range: a ValueError to library callers."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist or lacks what it must hold."""
+
+
+class MissingPackage(UserError, ImportError):
+    """An optional package that an asked-for feature needs is not installed (the message says how to install it)."""
+
+
+class Unavailable(UserError, RuntimeError):
+    """What the user asked for cannot run here (a method that needs a GPU or a package), or a run it started failed."""
+
+
 def debug_enabled(argv: list[str] | None = None) -> bool:
     """True when tracebacks of user errors are wanted: ``--debug`` in argv or ``SOFTPICK_DEBUG=1``."""
     return os.environ.get("SOFTPICK_DEBUG", "") not in ("", "0") or "--debug" in (argv or [])

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from softpick.errors import one_line
+from softpick.errors import BadValue, MissingFile, Unavailable
 
 if TYPE_CHECKING:
     from softpick.analysis.report import Report
@@ -64,7 +64,7 @@ def _set(config: dict, assignment: str) -> None:
     """Apply ``a.b.c=value`` to the nested dict (value parsed as TOML, else kept as a string)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ValueError(f"--set takes KEY=VALUE with a dotted KEY, got {assignment!r}.")
+        raise BadValue(f"--set takes KEY=VALUE with a dotted KEY, got {assignment!r}.")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -74,7 +74,7 @@ def _set(config: dict, assignment: str) -> None:
     for part in path:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {part!r} is not a table.")
+            raise BadValue(f"--set {key}: {part!r} is not a table.")
     node[last] = value
 
 
@@ -82,13 +82,13 @@ def load_experiment(path: str | Path, assignments: list[str] = ()) -> dict:
     """The experiment table with defaults filled in, --set applied and checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"experiment file {path} does not exist.")
+        raise MissingFile(f"experiment file {path} does not exist.")
     config = tomllib.loads(path.read_text())
     for assignment in assignments:
         _set(config, assignment)
     unknown = set(config) - {"experiment", "model", "variants", "train", "analyze"}
     if unknown:
-        raise ValueError(f"{path}: unknown tables {sorted(unknown)}; expected experiment, model, variants, train, analyze.")
+        raise BadValue(f"{path}: unknown tables {sorted(unknown)}; expected experiment, model, variants, train, analyze.")
     exp = config.setdefault("experiment", {})
     exp.setdefault("name", path.stem)
     exp.setdefault("out", f"experiments/{exp['name']}")
@@ -99,11 +99,11 @@ def load_experiment(path: str | Path, assignments: list[str] = ()) -> dict:
     exp.setdefault("variants", list(variants))
     missing = [name for name in exp["variants"] if name not in variants]
     if missing:
-        raise ValueError(f"{path}: experiment.variants names {missing} without a [variants.NAME] table.")
+        raise BadValue(f"{path}: experiment.variants names {missing} without a [variants.NAME] table.")
     if len(exp["variants"]) < 2:
-        raise ValueError(f"{path}: an experiment compares at least two variants, got {exp['variants']}.")
+        raise BadValue(f"{path}: an experiment compares at least two variants, got {exp['variants']}.")
     if "model_type" not in config.get("model", {}):
-        raise ValueError(f"{path}: [model] needs model_type (e.g. \"softpick_transformer\").")
+        raise BadValue(f"{path}: [model] needs model_type (e.g. \"softpick_transformer\").")
     return config
 
 
@@ -114,7 +114,7 @@ def train_sections(config: dict, model_config: Path, dump: Path) -> dict[str, di
     sections: dict[str, dict[str, Any]] = {}
     for section, options in config.get("train", {}).items():
         if not isinstance(options, dict):
-            raise ValueError(f"[train] holds tables like [train.training]; got a plain value for {section!r}.")
+            raise BadValue(f"[train] holds tables like [train.training]; got a plain value for {section!r}.")
         sections[section] = dict(options)
     sections.setdefault("model", {})["config"] = str(model_config)
     sections.setdefault("job", {})["dump_folder"] = str(dump)
@@ -134,7 +134,7 @@ def run_training(config: dict, sections: dict[str, dict[str, Any]], log: Path) -
             proc = subprocess.run(["bash", str(ROOT / "train.sh"), *to_argv(sections)], stdout=f,
                                   stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"training failed (exit {proc.returncode}); see {log}.")
+            raise Unavailable(f"training failed (exit {proc.returncode}); see {log}.")
     else:
         from softpick.train.trainer import Trainer
 
@@ -298,7 +298,7 @@ def run_parallel(config: dict, argv: list[str], child: list[str], parallel: int,
     nproc, out = int(exp["nproc"]), Path(exp["out"])
     gpus = torch.cuda.device_count()
     if gpus and parallel * nproc > gpus:
-        raise ValueError(f"--parallel {parallel} x nproc {nproc} needs {parallel * nproc} GPUs; {gpus} are visible.")
+        raise BadValue(f"--parallel {parallel} x nproc {nproc} needs {parallel * nproc} GPUs; {gpus} are visible.")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
     port = int(os.environ.get("MASTER_PORT", 29500))  # train.sh's torchrun rendezvous: one port per slot
@@ -327,7 +327,7 @@ def run_parallel(config: dict, argv: list[str], child: list[str], parallel: int,
         codes = dict(zip(exp["variants"], pool.map(one, exp["variants"])))
     failed = [name for name, code in codes.items() if code != 0]
     if failed:
-        raise RuntimeError(f"variants {failed} failed; see OUT/NAME/experiment.log.")
+        raise Unavailable(f"variants {failed} failed; see OUT/NAME/experiment.log.")
     return run(config, argv, reuse=True)
 
 
@@ -344,22 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1,
                    help="variants run at the same time, each in its own process on its own nproc GPUs")
     args = p.parse_args(argv)
-    try:
-        config = load_experiment(args.config, args.set + ([f"experiment.out={json.dumps(args.out)}"] if args.out else []))
-        only = args.only.split(",") if args.only else None
-        unknown = [n for n in only or [] if n not in config["experiment"]["variants"]]
-        if unknown:
-            raise ValueError(f"--only names {unknown}, not in experiment.variants {config['experiment']['variants']}.")
-        if args.parallel < 1:
-            raise ValueError(f"--parallel must be >= 1, got {args.parallel}.")
-        if args.parallel > 1 and only:
-            raise ValueError("--parallel runs every variant; leave out --only.")
-        if args.parallel > 1:
-            child = [args.config] + [f for assignment in args.set for f in ("--set", assignment)]
-            run_parallel(config, argv, child, args.parallel, reuse=args.reuse)
-        else:
-            run(config, argv, reuse=args.reuse, only=only)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"softpick experiment: {one_line(error)}", file=sys.stderr)
-        return 2
+    config = load_experiment(args.config, args.set + ([f"experiment.out={json.dumps(args.out)}"] if args.out else []))
+    only = args.only.split(",") if args.only else None
+    unknown = [n for n in only or [] if n not in config["experiment"]["variants"]]
+    if unknown:
+        raise BadValue(f"--only names {unknown}, not in experiment.variants {config['experiment']['variants']}.")
+    if args.parallel < 1:
+        raise BadValue(f"--parallel must be >= 1, got {args.parallel}.")
+    if args.parallel > 1 and only:
+        raise BadValue("--parallel runs every variant; leave out --only.")
+    if args.parallel > 1:
+        child = [args.config] + [f for assignment in args.set for f in ("--set", assignment)]
+        run_parallel(config, argv, child, args.parallel, reuse=args.reuse)
+    else:
+        run(config, argv, reuse=args.reuse, only=only)
     return 0

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from softpick.errors import BadValue
 import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
 from softpick.models.fast_generate import fast_generate, supports_fast_generate
 from softpick.models.loading import load_model_and_tokenizer
@@ -52,13 +53,13 @@ def parser() -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace) -> list[str]:
     """The continuations of ``args.prompt`` (prompt text not included)."""
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+        raise BadValue(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
+        raise BadValue(f"--temperature must be >= 0, got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
+        raise BadValue(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
     if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
+        raise BadValue(f"--top-k must be at least 1, got {args.top_k}.")
     dtype = DTYPES[args.dtype] or (torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, dtype)
     if tokenizer.pad_token_id is None:
@@ -104,9 +105,5 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" would interleave with the streamed text
-    try:
-        generate(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"softpick generate: {error}", file=sys.stderr)
-        return 2
+    generate(args)
     return 0

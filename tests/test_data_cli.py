@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from softpick.cli import main as cli_main
 from softpick.corpus import cli as data_cli
 from softpick.corpus.local import clean, html_to_text, split_long
 from softpick.corpus.tokenized import TokenizedDocuments, read_meta
@@ -112,12 +113,12 @@ def test_trainer_reads_the_tokenized_dataset_and_checks_the_tokenizer(dataset, t
 
 
 def test_missing_input_and_empty_result_fail_with_one_line(tmp_path, capsys):
-    assert data_cli.main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["data", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "tiny.txt").write_text("short")
-    assert data_cli.main(["build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["data", "build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o")]) == 2
     assert "no document survived cleaning" in capsys.readouterr().err
-    assert data_cli.main(["build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o"), "--max-val-overlap", "30"]) == 2
+    assert cli_main(["data", "build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o"), "--max-val-overlap", "30"]) == 2
     assert "--max-val-overlap must be a share in [0, 1], got 30.0" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from softpick import experiment
+from softpick.cli import main as cli_main
 
 TOY = """
 [experiment]
@@ -157,7 +158,7 @@ def test_only_trains_the_named_variant_without_a_comparison(toy_file, tmp_path):
 def test_bad_experiment_files_fail_with_one_line(tmp_path, capsys, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    assert experiment.main([str(path)]) == 2
+    assert cli_main(["experiment", str(path)]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -175,5 +176,5 @@ def test_set_parses_toml_values():
     (["--parallel", "2", "--only", "softmax"], "leave out --only"),
 ])
 def test_bad_run_flags_fail_with_one_line(toy_file, tmp_path, capsys, flags, message):
-    assert experiment.main([str(toy_file), "--out", str(tmp_path / "x"), *flags]) == 2
+    assert cli_main(["experiment", str(toy_file), "--out", str(tmp_path / "x"), *flags]) == 2
     assert message in capsys.readouterr().err

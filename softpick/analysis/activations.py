@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import valid_positions
@@ -33,7 +34,7 @@ class ActivationObserver:
 
     def __init__(self, top_k: int = 10):
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+            raise BadValue(f"top_k must be >= 1, got {top_k}.")
         self.top_k = top_k
         self.stats: dict[int, dict] = {}
 

@@ -30,7 +30,7 @@ from softpick.analysis.perplexity import PerplexityObserver
 from softpick.analysis.report import Report, write_comparison
 from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
 from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
-from softpick.errors import one_line
+from softpick.errors import BadValue, MissingFile
 from softpick.models.loading import load_model_and_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,13 +128,13 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
         evaluation.require_lm_eval()
     for folder in args.tasks_dir:
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
+            raise MissingFile(f"--tasks-dir {folder} is not a folder.")
     documents = load_documents(args.data, args.split)
     model, tokenizer = load_model_and_tokenizer(model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
     max_positions = getattr(model.config, "max_position_embeddings", None)
     for name, length in [("--seq-len", args.seq_len)] + [("--passkey-lengths", n) for n in args.passkey_lengths]:
         if max_positions is not None and length > max_positions:
-            raise ValueError(f"{name} {length} exceeds the model's max_position_embeddings {max_positions}.")
+            raise BadValue(f"{name} {length} exceeds the model's max_position_embeddings {max_positions}.")
     samples = tokenize_samples(tokenizer, documents, args.num_samples, args.seq_len)
     batches = make_batches(samples, args.batch_size, padding_side=args.padding_side)
 
@@ -201,19 +201,19 @@ def analyze_options(model_dir: str | Path, out: str | Path, **values) -> argpars
     actions = {action.dest: action for action in parser._actions}
     unknown = sorted(set(values) - set(vars(args)))
     if unknown:
-        raise ValueError(f"unknown analyze option(s) {unknown}; see softpick analyze -h.")
+        raise BadValue(f"unknown analyze option(s) {unknown}; see softpick analyze -h.")
     for name, value in values.items():
         action = actions[name]
         try:  # a string is read as on the command line ("8,4,3,2", "200"), other values are taken as they are
             value = action.type(value) if isinstance(value, str) and action.type else value
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-            raise ValueError(f"bad value for --{name.replace('_', '-')}: {error}") from None
+            raise BadValue(f"bad value for --{name.replace('_', '-')}: {error}") from None
         if action.choices is not None and value not in action.choices:
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {list(action.choices)}, got {value!r}.")
+            raise BadValue(f"--{name.replace('_', '-')} must be one of {list(action.choices)}, got {value!r}.")
         setattr(args, name, value)
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+            raise BadValue(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     return args
 
 
@@ -234,11 +234,7 @@ def analyze_main(argv: list[str]) -> int:
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    try:
-        analyze(args.model_dir, args)
-    except (FileNotFoundError, ImportError, ValueError) as error:
-        print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
-        return 2
+    analyze(args.model_dir, args)
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
 
@@ -265,11 +261,7 @@ def compare_main(argv: list[str]) -> int:
     labels = args.labels or default_labels(args.reports)
     if len(labels) != len(args.reports) or len(set(labels)) != len(labels):
         parser.error(f"--labels must give {len(args.reports)} distinct names, got {labels}.")
-    try:
-        reports = {label: Report.load(folder) for label, folder in zip(labels, args.reports)}
-    except (FileNotFoundError, ValueError) as error:
-        print(f"softpick compare: error: {error}", file=sys.stderr)
-        return 2
+    reports = {label: Report.load(folder) for label, folder in zip(labels, args.reports)}
     write_comparison(reports, args.out)
     print(f"wrote {Path(args.out) / 'comparison.md'}")
     return 0

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from softpick.errors import BadValue, Unavailable
 from softpick.analysis.data import Batch
 
 NO_WEIGHT_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
@@ -30,7 +31,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 and (num_layers is None or len(module) == num_layers):
             return module
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList of {num_layers}).")
+    raise BadValue(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList of {num_layers}).")
 
 
 def attention_module(layer: nn.Module) -> nn.Module:
@@ -39,7 +40,7 @@ def attention_module(layer: nn.Module) -> nn.Module:
         module = getattr(layer, name, None)
         if isinstance(module, nn.Module):
             return module
-    raise ValueError(f"cannot find the attention module of {type(layer).__name__}; children: {list(layer._modules)}.")
+    raise BadValue(f"cannot find the attention module of {type(layer).__name__}; children: {list(layer._modules)}.")
 
 
 def attn_implementation(model: nn.Module) -> str | None:
@@ -94,7 +95,7 @@ def run_pass(
     def attention_hook(index: int):
         def hook(module, args, output):
             if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
-                raise RuntimeError(
+                raise Unavailable(
                     f"layer {index}'s attention ({type(module).__name__}, attn_implementation="
                     f"{attn_implementation(model)!r}) returned no attention weights; load the model with "
                     "attn_implementation='eager'."

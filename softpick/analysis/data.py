@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from softpick.errors import BadValue, MissingFile
 from softpick.corpus.records import no_text_field, record_text, text_field
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
@@ -47,7 +48,7 @@ def _texts_from_records(records: list, where: str) -> list[str]:
             continue
         text = record_text(record)
         if text is None:
-            raise ValueError(f"{where}: each record needs a 'text' or 'content' field, got {str(record)[:80]!r}.")
+            raise BadValue(f"{where}: each record needs a 'text' or 'content' field, got {str(record)[:80]!r}.")
         texts.append(text)
     return texts
 
@@ -70,7 +71,7 @@ def _read_file(path: Path) -> list[str]:
         import pyarrow.parquet as pq
 
         return _texts_from_records(pq.read_table(path).to_pylist(), str(path))
-    raise ValueError(f"cannot read {path}: the suffix must be one of {TEXT_SUFFIXES}.")
+    raise BadValue(f"cannot read {path}: the suffix must be one of {TEXT_SUFFIXES}.")
 
 
 def _read_dataset(name: str, split: str) -> list[str]:
@@ -79,13 +80,13 @@ def _read_dataset(name: str, split: str) -> list[str]:
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
-        raise FileNotFoundError(
+        raise MissingFile(
             f"--data {name!r} is neither an existing file or folder nor a loadable dataset "
             f"(split {split!r}): {error}"
         ) from error
     field = text_field(dataset.column_names)
     if field is None:
-        raise ValueError(no_text_field(f"dataset {name!r}", dataset.column_names))
+        raise BadValue(no_text_field(f"dataset {name!r}", dataset.column_names))
     return list(dataset[field])
 
 
@@ -115,22 +116,22 @@ def load_documents(data: str | Path | None, split: str = "validation") -> list[s
                 loaded = loaded[split]
             field = text_field(loaded.column_names)
             if field is None:
-                raise ValueError(no_text_field(str(path), loaded.column_names))
+                raise BadValue(no_text_field(str(path), loaded.column_names))
             docs = list(loaded[field])
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in TEXT_SUFFIXES)
             preferred = [p for p in files if p.stem == split]
             files = preferred or files
             if not files:
-                raise FileNotFoundError(f"folder {path} holds no {'/'.join(TEXT_SUFFIXES)} file.")
+                raise MissingFile(f"folder {path} holds no {'/'.join(TEXT_SUFFIXES)} file.")
             docs = [doc for f in files for doc in _read_file(f)]
     elif path.suffix.lower() in TEXT_SUFFIXES or str(data).startswith((".", "/")):
-        raise FileNotFoundError(f"data file {path} does not exist.")
+        raise MissingFile(f"data file {path} does not exist.")
     else:
         docs = _read_dataset(str(data), split)
     docs = [d for d in docs if d and d.strip()]
     if not docs:
-        raise ValueError(f"no non-empty document in {data}.")
+        raise BadValue(f"no non-empty document in {data}.")
     return docs
 
 
@@ -141,7 +142,7 @@ def tokenize_samples(tokenizer, documents: list[str], num_samples: int, seq_len:
     than ``num_samples`` documents qualify.
     """
     if num_samples < 1 or seq_len < 2:
-        raise ValueError(f"num_samples must be >= 1 and seq_len >= 2, got {num_samples} and {seq_len}.")
+        raise BadValue(f"num_samples must be >= 1 and seq_len >= 2, got {num_samples} and {seq_len}.")
     samples: list[list[int]] = []
     for doc in documents:
         ids = tokenizer(doc, truncation=False)["input_ids"][:seq_len]
@@ -149,7 +150,7 @@ def tokenize_samples(tokenizer, documents: list[str], num_samples: int, seq_len:
             samples.append(list(ids))
         if len(samples) == num_samples:
             return samples
-    raise ValueError(
+    raise BadValue(
         f"only {len(samples)} documents of at least two tokens were found, fewer than --num-samples {num_samples}."
     )
 
@@ -163,9 +164,9 @@ def make_batches(
     measurement.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise BadValue(f"batch_size must be >= 1, got {batch_size}.")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        raise BadValue(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     batches = []
     for start in range(0, len(samples), batch_size):
         group = samples[start : start + batch_size]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from softpick.errors import BadValue, MissingFile, MissingPackage
 from softpick.models.fast_generate import fast_generate, supports_fast_generate
 
 LOCAL_TASKS = ("softpick_local_choice", "softpick_local_ppl")
@@ -81,7 +82,7 @@ metadata:
 def require_lm_eval() -> None:
     """Raise ImportError naming the package when lm-evaluation-harness is missing."""
     if importlib.util.find_spec("lm_eval") is None:
-        raise ImportError(
+        raise MissingPackage(
             "downstream tasks need lm-evaluation-harness: pip install 'softpick[eval]' (package 'lm-eval')."
         )
 
@@ -98,7 +99,7 @@ def write_local_tasks(
     words = [d.split() for d in documents]
     usable = [w for w in words if len(w) >= context_words + answer_words][:num_docs]
     if len(usable) < 4:
-        raise ValueError(
+        raise BadValue(
             f"the local lm-eval tasks need 4 documents of >= {context_words + answer_words} words, found {len(usable)}."
         )
     rng = random.Random(seed)
@@ -187,11 +188,11 @@ def compute_lm_eval(
         include = [str(p) for p in (tasks_dir if isinstance(tasks_dir, list) else [tasks_dir])]
         for path in include:
             if not Path(path).is_dir():
-                raise FileNotFoundError(f"--tasks-dir {path} is not a folder.")
+                raise MissingFile(f"--tasks-dir {path} is not a folder.")
     manager = TaskManager(include_path=include)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"unknown lm-eval task(s) {unknown}; add their YAML folder with --tasks-dir.")
+        raise BadValue(f"unknown lm-eval task(s) {unknown}; add their YAML folder with --tasks-dir.")
     device = next(model.parameters()).device
     lm = _fast_hflm(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     out = lm_eval.simple_evaluate(

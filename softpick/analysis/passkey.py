@@ -14,6 +14,7 @@ import random
 import torch
 from torch import nn
 
+from softpick.errors import BadValue
 from softpick.models.fast_generate import fast_generate, supports_fast_generate
 
 TASK = (
@@ -57,10 +58,10 @@ def compute_passkey(
         ``{"trials": n, "accuracy": {length: fraction}, "samples": [{length, depth, passkey, output, correct}]}``.
     """
     if trials < 1:
-        raise ValueError(f"passkey trials must be >= 1, got {trials}.")
+        raise BadValue(f"passkey trials must be >= 1, got {trials}.")
     for length in lengths:
         if length < 32:
-            raise ValueError(f"passkey lengths must be >= 32 tokens, got {length}.")
+            raise BadValue(f"passkey lengths must be >= 32 tokens, got {length}.")
     rng = random.Random(seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import valid_positions
@@ -32,7 +33,7 @@ class PerplexityObserver:
 
     def result(self) -> dict:
         if self.tokens == 0:
-            raise ValueError("no target token to score: every sample needs at least two real tokens.")
+            raise BadValue("no target token to score: every sample needs at least two real tokens.")
         loss = self.nll / self.tokens
         return {"loss": loss, "perplexity": math.exp(loss), "tokens": self.tokens}
 

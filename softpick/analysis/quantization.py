@@ -26,6 +26,7 @@ import importlib.util
 import torch
 from torch import nn
 
+from softpick.errors import BadValue, Unavailable
 from softpick.analysis.data import Batch
 from softpick.analysis.perplexity import compute_perplexity
 
@@ -57,7 +58,7 @@ def unavailable_status(method: str, bits: int) -> str | None:
 def method_unavailable(method: str, bits: int) -> str | None:
     """None when ``method`` can quantize to ``bits`` here, else the reason in one sentence."""
     if method not in METHODS:
-        raise ValueError(f"quantization method must be one of {METHODS}, got {method!r}.")
+        raise BadValue(f"quantization method must be one of {METHODS}, got {method!r}.")
     if method in LIBRARY and not _installed(LIBRARY[method]):
         return f"{method}: package {PIP_NAME[method]!r} is not installed (pip install 'softpick[quant]')."
     if bits not in BITS[method]:
@@ -153,9 +154,9 @@ def quantize_model(model: nn.Module, method: str, bits: int, group_size: int = D
     """
     reason = method_unavailable(method, bits)
     if reason is not None:
-        raise RuntimeError(reason)
+        raise Unavailable(reason)
     if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}.")
+        raise BadValue(f"group_size must be >= 1, got {group_size}.")
     quantized = copy.deepcopy(model)
     _conv1d_to_linear(quantized)
     _QUANTIZERS[method](quantized, quantizable_linears(quantized), bits, group_size)
@@ -180,10 +181,10 @@ def compute_quantization_study(
     """
     for method in methods:
         if method not in METHODS:
-            raise ValueError(f"quantization method must be one of {METHODS}, got {method!r}.")
+            raise BadValue(f"quantization method must be one of {METHODS}, got {method!r}.")
     for b in bits:
         if not 1 <= int(b) <= 8:
-            raise ValueError(f"quantization bits must be between 1 and 8, got {b}.")
+            raise BadValue(f"quantization bits must be between 1 and 8, got {b}.")
     if baseline is None:
         baseline = compute_perplexity(model, batches)
     results, skipped = [], []

@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from softpick.errors import BadValue, MissingFile
+
 PER_LAYER_PLOTS = (
     # file name, section, key, title, y label, log scale
     ("sink_first_token_mass.png", "sink", "first_token_mass_per_layer", "Attention on the first token", "mean weight", False),
@@ -76,7 +78,7 @@ class Report:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"report has unknown section(s) {unknown}; expected some of {known}.")
+            raise BadValue(f"report has unknown section(s) {unknown}; expected some of {known}.")
         return cls(**data)
 
     @classmethod
@@ -84,11 +86,11 @@ class Report:
         """The report.json in ``folder``; FileNotFoundError names the missing file."""
         path = Path(folder) / "report.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run `softpick analyze ... --out {folder}` first.")
+            raise MissingFile(f"{path} does not exist: run `softpick analyze ... --out {folder}` first.")
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+            raise BadValue(f"{path}: {error}") from None
 
     def to_dict(self) -> dict:
         """The JSON object of report.json: sections in field order, those not run left out."""
@@ -375,7 +377,7 @@ def write_markdown(report: Report, plots: list[str], path: Path) -> None:
 def write_comparison(reports: dict[str, Report], out: str | Path) -> list[Path]:
     """comparison.md (headline, per-layer and quantization tables) and overlaid plots in ``out``."""
     if len(reports) < 2:
-        raise ValueError(f"compare needs at least two reports, got {len(reports)}.")
+        raise BadValue(f"compare needs at least two reports, got {len(reports)}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(reports)

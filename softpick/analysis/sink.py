@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import first_positions, valid_positions
@@ -31,7 +32,7 @@ class SinkObserver:
 
     def __init__(self, eps: float = DEFAULT_SINK_EPS):
         if not 0.0 < eps < 1.0:
-            raise ValueError(f"sink eps must be in (0, 1), got {eps}.")
+            raise BadValue(f"sink eps must be in (0, 1), got {eps}.")
         self.eps = eps
         self.mass: dict[int, torch.Tensor] = {}  # layer -> [H] float64 sum over queries
         self.token_mass: dict[int, torch.Tensor] = {}  # layer -> [H, V] float64 sum over queries, per key token id

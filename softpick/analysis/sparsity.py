@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import attention_entries
@@ -23,7 +24,7 @@ class SparsityObserver:
 
     def __init__(self, threshold: float = DEFAULT_ZERO_THRESHOLD):
         if threshold < 0:
-            raise ValueError(f"sparsity threshold must be >= 0, got {threshold}.")
+            raise BadValue(f"sparsity threshold must be >= 0, got {threshold}.")
         self.threshold = threshold
         self.zeros: dict[int, torch.Tensor] = {}  # layer -> [H] long
         self.entries: dict[int, int] = {}  # layer -> counted entries per head

@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from softpick.errors import BadValue
 from softpick.corpus.local import GatherStats, gather_documents
 from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
 from softpick.corpus.tokenized import TokenizedWriter, read_meta
@@ -80,7 +81,7 @@ def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, worke
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
-        raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
+        raise BadValue(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
     given_tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer") if args.tokenizer else None  # fail fast
     out = Path(args.out)
     text_dir = out / "text"
@@ -117,7 +118,7 @@ def build(args: argparse.Namespace) -> dict:
     if stats.kept["validation"] == 0 and args.val_fraction > 0:
         print("warning: the validation split is empty; raise --val-fraction or --max-val-overlap", file=sys.stderr)
     if stats.kept["train"] == 0:
-        raise ValueError("no document survived cleaning; lower --min-chars or --min-letter-share.")
+        raise BadValue("no document survived cleaning; lower --min-chars or --min-letter-share.")
 
     if given_tokenizer is not None:
         tokenizer = given_tokenizer
@@ -168,12 +169,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``softpick data``."""
     args = parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            print(json.dumps(read_meta(args.folder), indent=2))
-        else:
-            build(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"softpick data: {error}", file=sys.stderr)
-        return 2
+    if args.command == "info":
+        print(json.dumps(read_meta(args.folder), indent=2))
+    else:
+        build(args)
     return 0

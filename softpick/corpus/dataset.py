@@ -11,6 +11,7 @@ import functools
 import json
 from pathlib import Path
 
+from softpick.errors import BadValue
 from softpick.corpus.generator import generate_document
 
 CORPUS_VERSION = "2"
@@ -48,12 +49,12 @@ def embedded_documents(split: str = "train", num_documents: int | None = None) -
         A new list of strings; the same on every machine and Python version.
     """
     if split not in SPLIT_SIZES:
-        raise ValueError(f"split must be one of {tuple(SPLIT_SIZES)}, got {split!r}.")
+        raise BadValue(f"split must be one of {tuple(SPLIT_SIZES)}, got {split!r}.")
     size = SPLIT_SIZES[split]
     if num_documents is None:
         num_documents = size
     if not 1 <= num_documents <= size:
-        raise ValueError(f"num_documents must be between 1 and {size} for split {split!r}, got {num_documents}.")
+        raise BadValue(f"num_documents must be between 1 and {size} for split {split!r}, got {num_documents}.")
     return list(_split(split)[:num_documents])
 
 

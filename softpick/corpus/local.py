@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softpick.errors import BadValue, MissingFile
 from softpick.corpus.records import no_text_field, record_text, text_field
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".pod", ".info", ".dict")
@@ -59,7 +60,7 @@ def find_files(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist.")
+            raise MissingFile(f"input {path} does not exist.")
         candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         found += [p for p in candidates if _kind(p)[0] in SUFFIXES]
     return sorted(set(found))
@@ -119,7 +120,7 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
         table = pq.read_table(io.BytesIO(raw))
         column = text_field(table.column_names)
         if column is None:
-            raise ValueError(no_text_field(str(path), table.column_names))
+            raise BadValue(no_text_field(str(path), table.column_names))
         yield from (t for t in table.column(column).to_pylist() if isinstance(t, str))
         return
     text = raw.decode("utf-8", errors="replace")
@@ -130,7 +131,7 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
         else:  # JSON lines
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid {content[1:]} ({err.msg} at line {err.lineno}).") from None
+        raise BadValue(f"{path} is not valid {content[1:]} ({err.msg} at line {err.lineno}).") from None
     for record in records:
         value = record_text(record)
         if value is not None:
@@ -200,11 +201,11 @@ def gather_documents(
     ``workers`` > 1 reads and cleans files in that many processes (the result is the same).
     """
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        raise BadValue(f"val_fraction must be in [0, 1), got {val_fraction}.")
     stats = stats if stats is not None else GatherStats()
     files = find_files(inputs)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(SUFFIXES)} files (optionally .gz/.bz2/.xz) under {list(map(str, inputs))}.")
+        raise MissingFile(f"no {'/'.join(SUFFIXES)} files (optionally .gz/.bz2/.xz) under {list(map(str, inputs))}.")
     seen: set[bytes] = set()
     work = functools.partial(_clean_file, max_chars=max_chars, min_chars=min_chars, min_letter_share=min_letter_share)
     # fork where there is one: the workers only read and clean text, and a spawned worker would re-import

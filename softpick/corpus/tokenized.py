@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from softpick.errors import BadValue
+
 META_FILE = "softpick_tokens.json"
 FORMAT = "softpick-tokens-1"
 
@@ -32,7 +34,7 @@ def is_tokenized_dataset(path: str | Path) -> bool:
 def read_meta(folder: str | Path) -> dict[str, Any]:
     meta = json.loads((Path(folder) / META_FILE).read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{Path(folder) / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}.")
+        raise BadValue(f"{Path(folder) / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}.")
     return meta
 
 
@@ -106,7 +108,7 @@ class TokenizedDocuments:
         self.folder, self.split = Path(folder), split
         self.meta = read_meta(folder)
         if split not in self.meta["splits"]:
-            raise ValueError(f"tokenized dataset {folder} has no split {split!r} (it has {sorted(self.meta['splits'])}).")
+            raise BadValue(f"tokenized dataset {folder} has no split {split!r} (it has {sorted(self.meta['splits'])}).")
         self.offsets = np.load(self.folder / split / "offsets.npy")
         self._tokens: np.memmap | None = None
 

@@ -18,6 +18,7 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from softpick.errors import BadValue
 from softpick.corpus.dataset import CORPUS_VERSION, embedded_documents
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -42,7 +43,7 @@ def train_tokenizer(
     """
     minimum = len(SPECIAL_TOKENS) + 256
     if vocab_size < minimum:
-        raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + special tokens), got {vocab_size}.")
+        raise BadValue(f"vocab_size must be at least {minimum} (256 bytes + special tokens), got {vocab_size}.")
     backend = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from softpick.errors import BadValue
 from softpick.ops.attention.spec import ATTN_TYPES as SPECS, IMPLS
 
 ATTN_TYPES = tuple(SPECS)
@@ -125,44 +126,44 @@ class SoftpickConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _check(self) -> None:
-        """Raise one ValueError naming the first bad field."""
+        """Raise one BadValue (a ValueError and a user error) naming the first bad field."""
         for name in (
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings",
         ):
             if not _positive(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+                raise BadValue(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.attn_type not in ATTN_TYPES:
-            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r}.")
+            raise BadValue(f"attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r}.")
         if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}.")
+            raise BadValue(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}.")
         if self.output_gate not in OUTPUT_GATES:
-            raise ValueError(f"output_gate must be one of {OUTPUT_GATES}, got {self.output_gate!r}.")
+            raise BadValue(f"output_gate must be one of {OUTPUT_GATES}, got {self.output_gate!r}.")
         if not isinstance(self.ssmax, bool):
-            raise ValueError(f"ssmax must be true or false, got {self.ssmax!r}.")
+            raise BadValue(f"ssmax must be true or false, got {self.ssmax!r}.")
         if not _positive(self.ssmax_offset):
-            raise ValueError(f"ssmax_offset must be a positive integer (1, or 2 for fla's scaled models), "
+            raise BadValue(f"ssmax_offset must be a positive integer (1, or 2 for fla's scaled models), "
                              f"got {self.ssmax_offset!r}.")
         if self.attn_impl == "sdpa" and SPECS[self.attn_type] != ("softmax", "none"):
-            raise ValueError(
+            raise BadValue(
                 f"attn_impl 'sdpa' computes softmax only, but attn_type is {self.attn_type!r}; "
                 "use attn_impl None, 'naive' or 'triton'."
             )
         if self.num_attention_heads % self.num_key_value_heads != 0:
-            raise ValueError(
+            raise BadValue(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})."
             )
         if self.head_dim % 2 != 0:
-            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}.")
+            raise BadValue(f"head_dim must be even for RoPE, got {self.head_dim}.")
         if self.hidden_act not in ACT2FN:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not a transformers activation name.")
+            raise BadValue(f"hidden_act {self.hidden_act!r} is not a transformers activation name.")
         for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+                raise BadValue(f"{name} must be a positive number, got {value!r}.")
         if not isinstance(self.softpick_eps, (int, float)) or self.softpick_eps < 0:
-            raise ValueError(f"softpick_eps must be a number >= 0, got {self.softpick_eps!r}.")
+            raise BadValue(f"softpick_eps must be a number >= 0, got {self.softpick_eps!r}.")
 
 
 def _positive(value) -> bool:

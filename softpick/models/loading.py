@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from softpick.errors import UserError
+from softpick.errors import BadValue, MissingFile, UserError
 from softpick.hub import hub_error_line, looks_like_repo_id, require_hub
 
 
@@ -106,30 +106,30 @@ def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: 
     if hub:
         require_hub("MODEL_DIR", model_dir)
     elif not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist.")
+        raise MissingFile(f"model folder {path} does not exist.")
     elif not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path / 'config.json'} does not exist: MODEL_DIR must be a save_pretrained folder.")
+        raise MissingFile(f"{path / 'config.json'} does not exist: MODEL_DIR must be a save_pretrained folder.")
     elif _read_json(path / "config.json", "MODEL_DIR").get("model_type") == "transformer":
         raise UserError(f"{path} is an fla checkpoint (model_type 'transformer'): convert it first with "
                         f"softpick convert fla-to-hf {path} OUT.")
     tok_source = tokenizer_dir or model_dir
     if tokenizer_dir and not Path(tokenizer_dir).exists():
         if not looks_like_repo_id(tokenizer_dir):
-            raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist.")
+            raise MissingFile(f"tokenizer folder {tokenizer_dir} does not exist.")
         require_hub("--tokenizer", tokenizer_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_source)
     except (OSError, ValueError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FileNotFoundError(f"no tokenizer could be loaded from {tok_source} ({first}); pass --tokenizer DIR.") from error
+        raise MissingFile(f"no tokenizer could be loaded from {tok_source} ({first}); pass --tokenizer DIR.") from error
     if not hub and not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        raise FileNotFoundError(f"{path} holds no weights (model.safetensors or pytorch_model.bin); "
+        raise MissingFile(f"{path} holds no weights (model.safetensors or pytorch_model.bin); "
                                 f"MODEL_DIR must be a save_pretrained folder.")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     except (OSError, RuntimeError, SafetensorError) as err:
         if hub:
             raise UserError(hub_error_line("MODEL_DIR", model_dir, err)) from None
-        raise ValueError(f"the weights in {path} do not load ({str(err).strip().splitlines()[0]}): a truncated file, "
+        raise BadValue(f"the weights in {path} do not load ({str(err).strip().splitlines()[0]}): a truncated file, "
                          f"or a config.json that does not match them; export the model again.") from None
     return model.to(device).eval(), tokenizer

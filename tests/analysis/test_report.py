@@ -50,10 +50,10 @@ def test_an_unknown_section_or_a_missing_file_is_named(tmp_path):
 
 
 def test_compare_names_a_report_it_cannot_read(tmp_path, capsys):
-    from softpick.analysis.cli import compare_main
+    from softpick.cli import main
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "report.json").write_text(json.dumps({"model": {}, "surprise": {}}))
-    assert compare_main([str(REPORTS[0].parent), str(tmp_path / "bad"), "--out", str(tmp_path / "cmp")]) == 2
+    assert main(["compare", str(REPORTS[0].parent), str(tmp_path / "bad"), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "softpick compare: error:" in err and "surprise" in err
+    assert err.count("\n") == 0 and "softpick compare: " in err and "surprise" in err

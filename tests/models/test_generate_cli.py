@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from softpick import generate as generate_cli
+from softpick.cli import main as cli_main
 from softpick.corpus import embedded_tokenizer
 
 from tiny_models import tiny_model
@@ -50,12 +51,12 @@ def test_batch_of_prompts_and_sampling(model_dir, capsys):
     (["--temperature", "-1"], "--temperature must be >= 0, got -1.0."),
 ])
 def test_bad_options_fail_with_one_line(model_dir, capsys, argv, message):
-    assert generate_cli.main([str(model_dir), "--prompt", "x", *argv]) == 2
+    assert cli_main(["generate", str(model_dir), "--prompt", "x", *argv]) == 2
     assert capsys.readouterr().err.strip() == f"softpick generate: {message}"
 
 
 def test_missing_model_folder(tmp_path, capsys):
-    assert generate_cli.main([str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert cli_main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -76,3 +77,19 @@ def test_softpick_models_decode_with_the_fast_loop(model_dir, monkeypatch, capsy
     assert "[compiling the decoding step]" in capsys.readouterr().err
     assert run(argv + ["--no-graphs"]) == texts and run(argv + ["--no-compile"]) == texts
     assert calls == [(None, None), (False, None), (None, False)]
+
+
+def test_a_bug_inside_a_kernel_keeps_its_traceback(model_dir, monkeypatch, capsys):
+    """Regression: the commands caught ValueError / RuntimeError themselves, so a bug deep in a kernel
+    printed as a user mistake (one line, exit 2). Only UserError is one line now; a bug propagates out of
+    ``softpick.cli.main`` (Python prints its traceback and exits 1)."""
+    from softpick.ops.attention import registry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected bug in the attention kernel")
+
+    monkeypatch.setattr(registry, "naive_attention", broken)
+    with pytest.raises(RuntimeError, match="injected bug") as info:
+        cli_main(["generate", str(model_dir), "--prompt", "x", "--max-new-tokens", "1", "--device", "cpu"])
+    assert any(frame.name == "broken" for frame in info.traceback)
+    assert "softpick generate:" not in capsys.readouterr().err
