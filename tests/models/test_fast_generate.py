@@ -163,6 +163,21 @@ def test_compiled_step_is_one_graph_and_gives_generates_tokens(fields, monkeypat
 
 
 @torch.no_grad()
+def test_compiled_step_stops_rows_like_generate(monkeypatch):
+    """Stop tokens in the compiled step (the done mask, padding of finished rows): generate()'s tokens."""
+    from softpick.models import fast_generate as fast
+
+    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {**fast.COMPILE_OPTIONS, "backend": "eager", "options": None})
+    model = variant_model(attn_type="softmax")
+    ids, mask = left_padded([6, 3])
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)[:, ids.shape[1]:]
+    model.generation_config.eos_token_id = [int(greedy[0, 2]), int(greedy[1, 5])]
+    model.generation_config.pad_token_id = 0
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(fast_generate(model, ids, mask, max_new_tokens=NEW, compile=True), expected)
+
+
+@torch.no_grad()
 def test_compiled_step_holds_the_kv_cache_attention_op(monkeypatch):
     """With the Triton kernels (the interpreter here, the GPU's path) the compiled step keeps the KV-cache
     attention as one custom op per layer in its graph, and gives the eager step's tokens."""
