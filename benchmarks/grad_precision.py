@@ -75,10 +75,10 @@ def one_key_row(s0: float, head_dim: int = 64) -> tuple[float, list[tuple[torch.
     q, k, v, do = (t.to(DTYPE) for t in (q, k, v, do))
     s_row = (q[0, 131, 0].double() @ k[0, 131, 0].double()).item() * scale
     o_ref, ref = reference(q, k, v, do, cu, "softpick")
-    _, lse = parallel._fwd(q, k, v, cu, True, scale, True, DEFAULT_EPS)
+    _, lse = parallel._fwd(q, k, v, cu, parallel.NORM_CODES["softpick"], scale, True, DEFAULT_EPS)
     dims = parallel._dims(q, k, v)
     common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
-    flags = dict(SOFTPICK=True, CAUSAL=True, IS_VARLEN=True)
+    flags = dict(SOFTPICK=True, SIGMOID=False, CAUSAL=True, IS_VARLEN=True)
     grads = []
     for o in (o_ref.to(torch.bfloat16).float(), o_ref.float()):
         delta, lse_c = parallel._bwd_rows(o.contiguous(), do.float(), lse, True)

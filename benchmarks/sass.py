@@ -64,7 +64,7 @@ def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, in
     fn = _jit_function(KERNELS[name])
     bm, bn, warps, stages = tile
     const = {"K": head_dim, "V": head_dim, "BK": head_dim, "BV": head_dim, "BM": bm, "BN": bn,
-             "SOFTPICK": softpick, "CAUSAL": True, "IS_VARLEN": False}
+             "SOFTPICK": softpick, "SIGMOID": False, "CAUSAL": True, "IS_VARLEN": False}
     if name == "fwd":
         const.update(HAS_SINK=False, TMA_OK=tma, TMA=tma)
     if name == "dkdv":

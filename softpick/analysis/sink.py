@@ -12,6 +12,10 @@ sample's first position, over the same real queries: ``token_mass[l][h][v]`` is 
 query puts on tokens of id v. A head whose largest such mass exceeds eps is an other-token sink head
 (a frequent token shares attention in proportion to its count, far below 0.3; a previous-token head
 spreads its attention over every id).
+
+Sigmoid attention (attn_type "sigmoid") has no normaliser: its weights sigmoid(s - ln n) are read as
+they are, so ``mass`` is the mean weight on the first token and a sink head is one whose first-token
+weight exceeds eps, the same threshold on a number that is no longer a share of the row.
 """
 
 from __future__ import annotations

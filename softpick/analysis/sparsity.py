@@ -3,7 +3,8 @@
 Counted over every entry with key <= query (diagonal included) where both positions are real
 tokens; an entry is zero when its weight is <= ``threshold`` (default 1e-5, the authors' value).
 Sums are accumulated over batches, so padding and batch size do not change the result. Softmax in
-float16/bfloat16 also produces "zeros" by underflow: compare models at the same dtype.
+float16/bfloat16 also produces "zeros" by underflow: compare models at the same dtype. Sigmoid
+attention (unnormalised, never exactly 0) is counted the same way: weights at or below the threshold.
 """
 
 from __future__ import annotations

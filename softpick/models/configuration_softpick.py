@@ -15,7 +15,8 @@ from softpick.ops.attention.spec import ATTN_TYPES as SPECS, IMPLS
 
 ATTN_TYPES = tuple(SPECS)
 """Values of ``attn_type``: softpick; softmax (vanilla); softmax+1 ("off by one": a constant 0 logit in every
-denominator); sink (a learnable per-head logit in every denominator, as in gpt-oss). Each names an
+denominator); sink (a learnable per-head logit in every denominator, as in gpt-oss); sigmoid (no
+normaliser: sigmoid(s + sigmoid_bias), Ramapuram et al. 2024). Each names an
 :class:`~softpick.ops.attention.spec.AttentionSpec` (normaliser, sink kind)."""
 
 OUTPUT_GATES = (None, "headwise", "elementwise")
@@ -91,11 +92,15 @@ class SoftpickConfig(PreTrainedConfig):
 
     # -- attention --
     attn_type: str = "softpick"
-    """Attention normaliser: "softpick", "softmax" (the vanilla baseline), "softmax_plus_one" or "sink"
-    (see ATTN_TYPES). Default "softpick"."""
+    """Attention normaliser: "softpick", "softmax" (the vanilla baseline), "softmax_plus_one", "sink" or
+    "sigmoid" (sigmoid(s + sigmoid_bias), unnormalised; arXiv 2409.04431) (see ATTN_TYPES).
+    Default "softpick"."""
     attn_impl: str | None = None
     """Kernel family passed as ``impl`` to softpick.ops: "naive", "triton", "sdpa" (softmax only) or None
     (the fastest one that supports the inputs). Default None."""
+    sigmoid_bias: float | None = None
+    """b of attn_type "sigmoid", w = sigmoid(s + b): arXiv 2409.04431 takes b = -ln(n) for sequences of n
+    tokens. None = -ln(max_position_embeddings). Unused by the other attn_types. Default None."""
     softpick_eps: float = 1e-6
     """Constant added to softpick's unscaled denominator sum_j |exp(s_j) - 1|. Default 1e-6."""
     ssmax: bool = False
@@ -162,6 +167,9 @@ class SoftpickConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise BadValue(f"{name} must be a positive number, got {value!r}.")
+        if self.sigmoid_bias is not None and not isinstance(self.sigmoid_bias, (int, float)):
+            raise BadValue(f"sigmoid_bias must be a number or null (-ln max_position_embeddings), "
+                           f"got {self.sigmoid_bias!r}.")
         if not isinstance(self.softpick_eps, (int, float)) or self.softpick_eps < 0:
             raise BadValue(f"softpick_eps must be a number >= 0, got {self.softpick_eps!r}.")
 

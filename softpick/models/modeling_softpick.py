@@ -196,7 +196,7 @@ class SoftpickAttention(nn.Module):
     """Multi-head (grouped-query) attention with RoPE, normalised by softpick or softmax (or a sink variant).
 
     ``spec`` (:class:`~softpick.ops.attention.spec.AttentionSpec`: normaliser, sink kind, eps, scale) is built
-    once from the config's ``attn_type`` and ``softpick_eps``; ``attn_impl`` is copied onto the module, so one
+    once from the config's ``attn_type``, ``softpick_eps`` and ``sigmoid_bias``; ``attn_impl`` is copied onto the module, so one
     layer can be switched (e.g. ``layer.self_attn.attn_impl = "naive"``) without touching the others. Optional parameters, present
     only when the config asks for them: ``sinks`` [HQ] (attn_type "sink"), ``ssmax_scale`` [HQ] (ssmax) and
     ``g_proj`` (output_gate: hidden -> HQ or HQ * head_dim).
@@ -208,7 +208,9 @@ class SoftpickAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
-        self.spec = AttentionSpec.from_attn_type(config.attn_type, eps=config.softpick_eps, scale=self.head_dim**-0.5)
+        self.spec = AttentionSpec.from_attn_type(
+            config.attn_type, eps=config.softpick_eps, scale=self.head_dim**-0.5,
+            context=config.max_position_embeddings, sigmoid_bias=getattr(config, "sigmoid_bias", None))
         self.attn_impl = config.attn_impl
         q_width, kv_width = self.num_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_width, bias=config.attention_bias)
@@ -283,6 +285,7 @@ class SoftpickAttention(nn.Module):
                 q, k, v, variant=spec.normaliser, scale=spec.scale, cu_seqlens=cu_seqlens,
                 attention_mask=attention_mask, eps=spec.eps, return_weights=True,
                 sink=spec.sink_logits(self.num_heads, q.device, learned), kv_len=kv_len,
+                sigmoid_bias=spec.sigmoid_bias,
             )  # weights [B, HQ, T, Tk]
         else:
             o = attend(

@@ -20,6 +20,17 @@ def tiny_gpt2() -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel(config).eval()
 
 
+def tiny_sigmoid() -> torch.nn.Module:
+    """A random 2-layer softpick-package model with sigmoid attention (unnormalised weights)."""
+    from softpick.models import SoftpickConfig, SoftpickForCausalLM
+
+    torch.manual_seed(0)
+    config = SoftpickConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                            attn_type="sigmoid")
+    return SoftpickForCausalLM(config).eval()
+
+
 def random_samples(lengths: list[int], seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in lengths]

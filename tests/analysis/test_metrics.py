@@ -12,6 +12,7 @@ from analysis_models import (
     random_samples,
     tiny_gpt2,
     tiny_llama,
+    tiny_sigmoid,
 )
 from transformers.models.llama import modeling_llama
 
@@ -129,9 +130,10 @@ def test_perplexity_matches_hand_computation():
         assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
-@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2, tiny_sigmoid], ids=["llama", "gpt2", "sigmoid"])
 def test_padding_and_batch_size_do_not_change_real_models(factory):
-    """Real eager softmax attention (the model is switched from sdpa to eager by the analysis)."""
+    """Real eager softmax attention (the model is switched from sdpa to eager by the analysis), and the
+    unnormalised weights of sigmoid attention, measured as they are."""
     model = factory()
     samples = random_samples(LENGTHS, seed=1)
     results = []
@@ -196,3 +198,18 @@ def test_other_token_sinks_name_the_token_and_leave_the_first_position_out():
     # 9 of the 11 queries see a 7 past their first position: 5 in row 0 (from i = 1), 4 in row 1 (from i = 2)
     assert result["other_token_sinks"] == [{"layer": 0, "head": 0, "token_id": 7, "token": "<7>", "mass": pytest.approx(9 / 11)}]
     assert result["other_token_sink_rate"] == 50.0 and result["other_token_mass_per_layer"] == [pytest.approx(9 / 11)]
+
+
+def test_sigmoid_attention_is_measured_on_its_unnormalised_weights():
+    """Sink mass and sparsity read sigmoid's weights sigmoid(s - ln n) as they are: the first-token mass
+    is that weight (not a share of a row sum), and sparsity counts weights at or below the threshold:
+    sigmoid never gives an exact zero, and with random weights none comes near 1e-5."""
+    model = tiny_sigmoid()
+    batches = make_batches(random_samples(LENGTHS, seed=2), 2)
+    sink, sparsity = SinkObserver(), SparsityObserver()
+    run_pass(model, batches, [sink, sparsity])
+    sink, sparsity = sink.result(), sparsity.result()
+    n = model.config.max_position_embeddings
+    for mass in sink["first_token_mass_per_head"]:  # random weights: scores near 0, weights near 1 / (n + 1)
+        assert all(0 < m < 0.05 for m in mass) and any(m > 0.5 / (n + 1) for m in mass)
+    assert sparsity["sparsity"] == 0.0

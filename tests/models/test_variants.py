@@ -62,7 +62,7 @@ def test_every_combination_trains_saves_and_decodes(combo, tmp_path):
 
 
 @pytest.mark.parametrize("combo", [("softpick", True, "elementwise"), ("sink", True, "headwise"),
-                                   ("softmax_plus_one", False, None)], ids=combo_id)
+                                   ("softmax_plus_one", False, None), ("sigmoid", True, None)], ids=combo_id)
 def test_triton_kernels_give_the_naive_loss_and_gradients(combo):
     naive = variant_model(*combo, attn_impl="naive").train()
     triton = variant_model(*combo, attn_impl="triton").train()

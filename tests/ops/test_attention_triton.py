@@ -258,7 +258,7 @@ def test_sink_beyond_the_max_free_range():
 
     q, k, v = (torch.randn(1, 40, 2, 16, device=DEVICE).to(DTYPE) for _ in range(3))
     sink = torch.tensor([100.0, -2.0], device=DEVICE)
-    o, lse = parallel._fwd(q, k, v, None, False, 16**-0.5, True, 0.0, sink=sink)
+    o, lse = parallel._fwd(q, k, v, None, parallel.NORM_CODES["softmax"], 16**-0.5, True, 0.0, sink=sink)
     cu = torch.tensor([0, 40], dtype=torch.int32, device=DEVICE)
     assert_close("lse with a sink of 100", reference_lse(q, k, cu, "softmax", sink), lse[0])
     ref_o = softmax_attention(q.float(), k.float(), v.float(), impl="naive", sink=sink)
@@ -292,7 +292,7 @@ def test_every_forward_tile_matches_naive(variant, head_dim):
         grid = (-(-169 // config.kwargs["BM"]), 3, q.shape[2])  # the longest document: 169 tokens
         attention_fwd_kernel.fn[grid](
             q, k, v, o, lse, None, cu, 300, parallel.tune_len(169), head_dim**-0.5 * parallel.LOG2E, DEFAULT_EPS, **dims,
-            SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True, HAS_SINK=False,
+            SOFTPICK=variant == "softpick", SIGMOID=False, CAUSAL=True, IS_VARLEN=True, HAS_SINK=False,
             TMA_OK=config.kwargs["TMA"], **config.all_kwargs(),
         )
         assert_close(f"{variant} D{head_dim} {config}", ref, o)
@@ -321,13 +321,13 @@ def test_every_backward_tile_matches_naive(variant, head_dim):
     o_ref = naive_attention(*leaves, cu_seqlens=cu, variant=variant)
     ref = torch.autograd.grad(o_ref, leaves, do.float())
     scale = head_dim**-0.5
-    _, lse = parallel._fwd(q, k, v, cu, variant == "softpick", scale, True, DEFAULT_EPS)
+    _, lse = parallel._fwd(q, k, v, cu, parallel.NORM_CODES[variant], scale, True, DEFAULT_EPS)
     # delta from the float32 o: softpick's dS scales delta by 1/den, so in a row whose denominator is
     # tiny (one key, score near 0) the rounding of a bf16 o alone gives errors of order 1 (this grid at
     # D=256 on an H200: dq and dk off by 1.8 in every tile); the public-op tests cover delta from o
     delta, lse_c = parallel._bwd_rows(o_ref.detach().contiguous(), do.float(), lse, variant == "softpick")
     dims = parallel._dims(q, k, v)
-    flags = dict(SOFTPICK=variant == "softpick", CAUSAL=True, IS_VARLEN=True)
+    flags = dict(SOFTPICK=variant == "softpick", SIGMOID=False, CAUSAL=True, IS_VARLEN=True)
     common = (cu, 300, parallel.tune_len(169), scale * parallel.LOG2E, scale)
     wrong = []  # every wrong tile, not only the first
 

@@ -78,7 +78,7 @@ def _training_run(spec: AttentionSpec, x: AttentionInputs) -> torch.Tensor:
 
     return parallel_attention(
         x.q, x.k, x.v, variant=spec.normaliser, scale=spec.scale, causal=x.causal, cu_seqlens=x.cu_seqlens,
-        eps=spec.eps, sink=x.sink, max_seqlen=x.max_seqlen,
+        eps=spec.eps, sink=x.sink, max_seqlen=x.max_seqlen, sigmoid_bias=spec.sigmoid_bias,
     )
 
 
@@ -93,7 +93,7 @@ def _kv_cache_run(spec: AttentionSpec, x: AttentionInputs) -> torch.Tensor:
 
     return decode_attention(
         x.q, x.k, x.v, variant=spec.normaliser, scale=spec.scale, causal=x.causal, attention_mask=x.attention_mask,
-        eps=spec.eps, sink=x.sink, kv_len=x.kv_len,
+        eps=spec.eps, sink=x.sink, kv_len=x.kv_len, sigmoid_bias=spec.sigmoid_bias,
     )
 
 
@@ -104,6 +104,8 @@ def _cute_supports(spec: AttentionSpec, x: AttentionInputs) -> str | None:
 
     if x.kv_len is not None:
         return "a preallocated cache (kv_len)"
+    if spec.normaliser == "sigmoid":
+        return "sigmoid attention (the Hopper kernels compute softpick and softmax)"
     return cute.supports(x.q, x.k, x.v, variant=spec.normaliser, attention_mask=x.attention_mask, sink=x.sink)
 
 

@@ -1,4 +1,4 @@
-"""Reference attention in plain PyTorch: softpick or softmax, O(T_q * T_k) memory.
+"""Reference attention in plain PyTorch: softpick, softmax or sigmoid, O(T_q * T_k) memory.
 
 Layout everywhere is [B, T, H, D] (flash-attn / fla): HQ query heads, H key/value heads, G = HQ // H.
 This is the readable truth that every fused kernel is tested against.
@@ -10,7 +10,7 @@ import torch
 
 from softpick.ops.softpick.naive import DEFAULT_EPS, naive_softpick
 
-VARIANTS = ("softpick", "softmax")
+from softpick.ops.attention.spec import NORMALISERS as VARIANTS, Normaliser
 
 
 def visible_keys(
@@ -59,7 +59,7 @@ def naive_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    variant: str = "softpick",
+    variant: Normaliser = "softpick",
     scale: float | None = None,
     causal: bool = True,
     cu_seqlens: torch.Tensor | None = None,
@@ -68,12 +68,13 @@ def naive_attention(
     return_weights: bool = False,
     sink: torch.Tensor | None = None,
     kv_len: torch.Tensor | None = None,
+    sigmoid_bias: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention with softpick or softmax weights, computed in float32 (float64 stays float64).
+    """Attention with softpick, softmax or sigmoid weights, computed in float32 (float64 stays float64).
 
     Args:
         q: [B, T_q, HQ, K]; k: [B, T_k, H, K]; v: [B, T_k, H, V]; HQ a multiple of H (GQA).
-        variant: "softpick" or "softmax".
+        variant: "softpick", "softmax" or "sigmoid" (``w_ij = sigmoid(s_ij + sigmoid_bias)``, unnormalised).
         scale: score scale, default K ** -0.5.
         causal, cu_seqlens, attention_mask: see :func:`visible_keys`.
         eps: softpick's constant denominator eps (ignored by softmax).
@@ -81,10 +82,11 @@ def naive_attention(
         sink: [HQ] per-head sink logits b (softmax only): ``w_ij = e^s_ij / (e^b + sum_j' e^s_ij')``; the
             sink carries no value, so rows sum to less than 1. Softmax+1 is ``sink = 0``.
         kv_len: 1-element int tensor, the number of valid keys (see :func:`visible_keys`), or None.
+        sigmoid_bias: b of sigmoid attention (ignored by the others).
 
     Returns:
         o [B, T_q, HQ, V] in q.dtype (and the weights when asked). Keys a query may not see never
-        enter its denominator; a query that sees no key gets o = 0 for both variants.
+        enter its denominator (sigmoid: get weight 0); a query that sees no key gets o = 0 for every variant.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
@@ -105,6 +107,10 @@ def naive_attention(
     )
     if variant == "softpick":
         p = naive_softpick(s, dim=-1, eps=eps, mask=mask)
+    elif variant == "sigmoid":
+        p = torch.sigmoid(s + sigmoid_bias)
+        if mask is not None:
+            p = p.masked_fill(~mask, 0.0)
     else:
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf"))

@@ -54,7 +54,7 @@ class Backend:
 def _naive_run(spec: AttentionSpec, x: AttentionInputs) -> torch.Tensor:
     return naive_attention(
         x.q, x.k, x.v, variant=spec.normaliser, scale=spec.scale, causal=x.causal, cu_seqlens=x.cu_seqlens,
-        attention_mask=x.attention_mask, eps=spec.eps, sink=x.sink, kv_len=x.kv_len,
+        attention_mask=x.attention_mask, eps=spec.eps, sink=x.sink, kv_len=x.kv_len, sigmoid_bias=spec.sigmoid_bias,
     )
 
 

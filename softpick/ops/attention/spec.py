@@ -9,11 +9,13 @@ q and o around the op and stay in the model.
 
     softpick: w_ij = relu(e^s_ij - 1) / (sum_j' |e^s_ij' - 1| + eps)
     softmax:  w_ij = e^s_ij / ([e^b +] sum_j' e^s_ij')       (b: the sink logit, zero or learned)
-    s = scale * q_i . k_j, masked j excluded
+    sigmoid:  w_ij = sigmoid(s_ij + sigmoid_bias)           (no normalisation; Ramapuram et al. 2024)
+    s = scale * q_i . k_j, masked j excluded (weight 0)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,7 +24,7 @@ import torch
 from softpick.errors import UserError
 from softpick.ops.softpick.naive import DEFAULT_EPS
 
-Normaliser = Literal["softpick", "softmax"]
+Normaliser = Literal["softpick", "softmax", "sigmoid"]
 """How scores become weights (the formulas in the module docstring)."""
 
 SinkKind = Literal["none", "zero", "learned"]
@@ -32,7 +34,7 @@ SinkKind = Literal["none", "zero", "learned"]
 Impl = Literal["naive", "sdpa", "triton", "cute"]
 """Names of the implementations a caller may ask for (``impl=``; None = the fastest that runs the inputs)."""
 
-AttnType = Literal["softpick", "softmax", "softmax_plus_one", "sink"]
+AttnType = Literal["softpick", "softmax", "softmax_plus_one", "sink", "sigmoid"]
 """The model config's ``attn_type``: a (normaliser, sink kind) pair, see :data:`ATTN_TYPES`."""
 
 NORMALISERS: tuple[str, ...] = get_args(Normaliser)
@@ -43,6 +45,7 @@ ATTN_TYPES: dict[str, tuple[Normaliser, SinkKind]] = {
     "softmax": ("softmax", "none"),
     "softmax_plus_one": ("softmax", "zero"),
     "sink": ("softmax", "learned"),
+    "sigmoid": ("sigmoid", "none"),
 }
 """attn_type -> (normaliser, sink kind): the only place the config's names are translated."""
 assert tuple(ATTN_TYPES) == get_args(AttnType)
@@ -54,21 +57,25 @@ class UnsupportedInputs(UserError, NotImplementedError):
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """The attention of one model (or one call): normaliser, sink kind, eps and scale. Frozen, so
-    ``torch.compile`` treats it as a constant.
+    """The attention of one model (or one call): normaliser, sink kind, eps, scale and sigmoid's bias.
+    Frozen, so ``torch.compile`` treats it as a constant.
 
     Fields:
-        normaliser: "softpick" or "softmax" (:data:`Normaliser`).
+        normaliser: "softpick", "softmax" or "sigmoid" (:data:`Normaliser`).
         sink: "none", "zero" or "learned" (:data:`SinkKind`); softmax only. With "learned" the caller
             passes the logits ``sink`` [HQ] to each call; "zero" needs none.
         eps: softpick's constant added to the unscaled denominator (ignored by softmax). Default 1e-6.
         scale: score scale; None = head_dim ** -0.5.
+        sigmoid_bias: b of sigmoid attention, added to every scaled score (ignored by the others).
+            arXiv 2409.04431 uses b = -ln(n) for sequences of n tokens, so that the weights of a row
+            start near a sum of 1; a model takes its config's ``sigmoid_bias`` or -ln(max_position_embeddings).
     """
 
     normaliser: Normaliser = "softpick"
     sink: SinkKind = "none"
     eps: float = DEFAULT_EPS
     scale: float | None = None
+    sigmoid_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.normaliser not in NORMALISERS:
@@ -81,13 +88,15 @@ class AttentionSpec:
             raise ValueError(f"eps must be >= 0, got {self.eps}.")
 
     @classmethod
-    def from_attn_type(cls, attn_type: AttnType, *, eps: float = DEFAULT_EPS, scale: float | None = None
-                       ) -> AttentionSpec:
-        """The spec of a model config's ``attn_type`` (one of :data:`ATTN_TYPES`)."""
+    def from_attn_type(cls, attn_type: AttnType, *, eps: float = DEFAULT_EPS, scale: float | None = None,
+                       context: int = 1, sigmoid_bias: float | None = None) -> AttentionSpec:
+        """The spec of a model config's ``attn_type`` (one of :data:`ATTN_TYPES`); sigmoid's bias is
+        ``sigmoid_bias``, or when None -ln(``context``) (tokens)."""
         if attn_type not in ATTN_TYPES:
             raise ValueError(f"attn_type must be one of {tuple(ATTN_TYPES)}, got {attn_type!r}.")
         normaliser, sink = ATTN_TYPES[attn_type]
-        return cls(normaliser=normaliser, sink=sink, eps=float(eps), scale=scale)
+        bias = 0.0 if normaliser != "sigmoid" else -math.log(context) if sigmoid_bias is None else float(sigmoid_bias)
+        return cls(normaliser=normaliser, sink=sink, eps=float(eps), scale=scale, sigmoid_bias=bias)
 
     def sink_logits(self, heads: int, device: torch.device, learned: torch.Tensor | None = None
                     ) -> torch.Tensor | None:

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 import torch
 
 from softpick.ops.attention.spec import Normaliser, kernel_scale
-from softpick.ops.attention.triton.training import LOG2E, device_support, head_dim_support, on_device_of, pow2_block
+from softpick.ops.attention.triton.training import (
+    LOG2E,
+    NORM_CODES,
+    device_support,
+    head_dim_support,
+    norm_flags,
+    on_device_of,
+    pow2_block,
+)
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
@@ -73,7 +81,7 @@ def num_splits(q: torch.Tensor, k: torch.Tensor, block_rows: int) -> int:
     return max(1, min(2 * sms // programs, math.ceil(Tk / MIN_KEYS_PER_SPLIT)))
 
 
-def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool, eps: float, splits: int, sink=None,
+def _decode(q, k, v, attention_mask, norm: int, scale: float, causal: bool, eps: float, splits: int, sink=None,
             kv_len=None):
     from softpick.ops.attention.triton.kv_cache_kernels import attention_combine_kernel, attention_decode_kernel
 
@@ -98,15 +106,15 @@ def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool,
         q, k, v, mask, q if kv_len is None else kv_len, o_part, m_part, l_part,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
-        B, Tq, Tk, H, keys_per_split, scale * LOG2E,
+        B, Tq, Tk, H, keys_per_split, scale * LOG2E, eps * LOG2E,
         G=G, K=K, V=V, BK=BK, BV=BV, BM=BM, BN=BN,
-        SOFTPICK=softpick, CAUSAL=causal, HAS_MASK=attention_mask is not None, HAS_KV_LEN=kv_len is not None,
+        **norm_flags(norm), CAUSAL=causal, HAS_MASK=attention_mask is not None, HAS_KV_LEN=kv_len is not None,
         num_warps=4, num_stages=1 if interpret else 3,
     )
     o = torch.empty(B, Tq, HQ, V, dtype=q.dtype, device=q.device)
     n_rows, BR = B * Tq * HQ, 16
     attention_combine_kernel[(math.ceil(n_rows / BR),)](
-        o_part, m_part, l_part, o, sink, n_rows, splits, HQ, eps, V=V, BR=BR, BV=BV, SOFTPICK=softpick,
+        o_part, m_part, l_part, o, sink, n_rows, splits, HQ, eps, V=V, BR=BR, BV=BV, **norm_flags(norm),
         HAS_SINK=sink is not None, num_warps=4,
     )
     return o
@@ -118,7 +126,7 @@ def attention_decode_op(
     k: torch.Tensor,
     v: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    softpick: bool,
+    norm: int,
     scale: float,
     causal: bool,
     eps: float,
@@ -126,13 +134,14 @@ def attention_decode_op(
     sink: torch.Tensor | None,
     kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o [B, T_q, HQ, V] of q [B, T_q, HQ, K] over k, v [B, T_k, H, *] (last dim contiguous)."""
+    """o [B, T_q, HQ, V] of q [B, T_q, HQ, K] over k, v [B, T_k, H, *] (last dim contiguous); norm a
+    NORM_CODES value, eps softpick's eps or sigmoid's bias b."""
     with on_device_of(q):
-        return _decode(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink, kv_len)
+        return _decode(q, k, v, attention_mask, norm, scale, causal, eps, splits, sink, kv_len)
 
 
 @attention_decode_op.register_fake
-def _(q, k, v, attention_mask, softpick, scale, causal, eps, splits, sink, kv_len=None):
+def _(q, k, v, attention_mask, norm, scale, causal, eps, splits, sink, kv_len=None):
     return q.new_empty(*q.shape[:3], v.shape[-1])
 
 
@@ -149,13 +158,14 @@ def decode_attention(
     splits: int = 0,
     sink: torch.Tensor | None = None,
     kv_len: torch.Tensor | None = None,
+    sigmoid_bias: float = 0.0,
 ) -> torch.Tensor:
     """Fused attention of the last T_q positions over T_k keys; no gradient.
 
     Args:
         q: [B, T_q, HQ, K]; k: [B, T_k, H, K]; v: [B, T_k, H, V] (bf16/fp16 on CUDA; strided views are
             read in place as long as the head dim is contiguous), HQ a multiple of H, T_q <= T_k.
-        variant: "softpick" or "softmax".
+        variant: "softpick", "softmax" or "sigmoid" (``sigmoid_bias``: its b).
         scale: score scale, default K ** -0.5.
         causal: query i sees keys j <= i + T_k - T_q.
         attention_mask: [B, T_k], nonzero for real tokens, zero for padding keys, or None.
@@ -182,5 +192,6 @@ def decode_attention(
     if kv_len is not None:
         kv_len = kv_len.reshape(1).to(torch.int32)  # a no-op for the int32 [1] tensors of StaticKVCache
     run = attention_decode_op if torch.compiler.is_compiling() else _decode
-    return run(q, k, v, attention_mask, variant == "softpick", scale, bool(causal), float(eps), int(splits),
+    constant = sigmoid_bias if variant == "sigmoid" else eps  # the op's eps slot
+    return run(q, k, v, attention_mask, NORM_CODES[variant], scale, bool(causal), float(constant), int(splits),
                None if sink is None else sink.float().contiguous(), kv_len)

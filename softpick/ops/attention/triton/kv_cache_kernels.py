@@ -1,4 +1,4 @@
-"""Triton kernels of KV-cache attention (decode and chunked prefill), softpick or softmax, forward only.
+"""Triton kernels of KV-cache attention (decode and chunked prefill), softpick, softmax or sigmoid, forward only.
 
 Flash-decoding: the keys are cut into ``S`` splits; one program of :func:`attention_decode_kernel`
 folds one split of one (batch row, KV head) for a block of BM query rows, where a row is a pair
@@ -13,7 +13,7 @@ denominator is a plain sum too:
 
     M = max_s m_s;  den = sum_s l_s 2^(m_s - M);  o = sum_s o_s 2^(m_s - M) / (den + eps 2^(-M))
 
-(softmax: no eps; a row that sees no key gets 0; a sink logit b adds 2^(b log2(e) - M) to den once). Visible keys: j < T_k, ``mask[b, j] != 0`` when a
+(softmax: no eps; sigmoid: every m_s is its bias b and den = 1, so o = sum_s o_s; a row that sees no key gets 0; a sink logit b adds 2^(b log2(e) - M) to den once). Visible keys: j < T_k, ``mask[b, j] != 0`` when a
 padding mask is given, and with ``CAUSAL`` j <= t + T_k - T_q (queries are the last T_q positions).
 """
 
@@ -32,16 +32,18 @@ LOG2E = tl.constexpr(1.4426950408889634)
 def attention_decode_kernel(
     q, k, v, mask, kv_len, o_part, m_part, l_part,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_mb,
-    B, Tq, Tk, H, keys_per_split, qk_scale,
+    B, Tq, Tk, H, keys_per_split, qk_scale, bias2,
     G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KV_LEN: tl.constexpr,
+    SIGMOID: tl.constexpr,
 ):
     """Grid (S, cdiv(Tq * G, BM), B * H). Partials: o_part [S, B, Tq, H*G, V] fp32, m/l_part [S, B, Tq, H*G].
 
     With HAS_KV_LEN the number of valid keys is read from the device scalar ``kv_len`` (<= the Tk the
     grid was sized for): the launch is the same for every decoding step, so it can sit in a CUDA graph;
-    splits past kv_len fold no key and leave neutral partials."""
+    splits past kv_len fold no key and leave neutral partials. bias2: sigmoid's bias b in log2 units
+    (SIGMOID), unused otherwise."""
     if HAS_KV_LEN:
         Tk = tl.load(kv_len).to(tl.int32)
     i_s = tl.program_id(0)
@@ -75,6 +77,8 @@ def attention_decode_kernel(
         b_m = tl.zeros([BM], dtype=tl.float32)  # clamped at 0: exp2(-m) <= 1
     else:
         b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
+    if SIGMOID:
+        b_m = tl.zeros([BM], dtype=tl.float32) + bias2  # held fixed: see online_step
     for start_n in range(lo, hi, BN):
         o_n = start_n + tl.arange(0, BN)
         m_n = o_n < hi
@@ -90,7 +94,7 @@ def attention_decode_kernel(
             visible = visible & (keep != 0)[None, :]
         b_s = tl.dot(b_q, b_kT)  # [BM, BN] raw scores; qk_scale (log2(e) folded in) goes into the exp2
         b_s = tl.where(visible, b_s, float("-inf"))
-        b_o, b_l, b_m = online_step(b_s, b_v, b_o, b_l, b_m, visible, qk_scale, True, SOFTPICK, False)
+        b_o, b_l, b_m = online_step(b_s, b_v, b_o, b_l, b_m, visible, qk_scale, True, SOFTPICK, False, SIGMOID)
 
     row = ((i_s * B + i_b) * Tq + t).to(tl.int64) * HQ + hq  # index into [S, B, Tq, HQ]
     tl.store(o_part + row[:, None] * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))
@@ -102,6 +106,7 @@ def attention_decode_kernel(
 def attention_combine_kernel(
     o_part, m_part, l_part, o, sink, n_rows, S, HQ, eps,
     V: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, SOFTPICK: tl.constexpr, HAS_SINK: tl.constexpr,
+    SIGMOID: tl.constexpr,
 ):
     """Grid (cdiv(n_rows, BR),). Merge S partials of n_rows = B * Tq * HQ rows into o [n_rows, V]; with
     HAS_SINK (softmax) the per-head logit sink [HQ] joins every row's denominator once, here."""
@@ -127,6 +132,8 @@ def attention_combine_kernel(
         b_o += b_w[:, None] * tl.load(p_o, mask=m_o, other=0.0)
     if SOFTPICK:
         b_den = b_den + eps * tl.math.exp2(-b_max)
+    elif SIGMOID:
+        b_den = tl.full([BR], 1.0, dtype=tl.float32)  # unnormalised: the partials just add up
     else:
         if HAS_SINK:
             b_den += tl.math.exp2(b_sink - b_max)

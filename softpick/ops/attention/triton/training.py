@@ -1,4 +1,4 @@
-"""Fused Triton attention (softpick or softmax), FlashAttention-2 style, layout [B, T, H, D].
+"""Fused Triton attention (softpick, softmax or sigmoid), FlashAttention-2 style, layout [B, T, H, D].
 
 Layers: kernels in :mod:`.triton_fwd` / :mod:`.triton_bwd`; host launchers ``_fwd`` / ``_bwd`` here
 (allocate, pick the grid); two ``torch.library`` custom ops with fake and autograd registrations, so
@@ -38,6 +38,14 @@ from softpick.ops.attention.spec import Normaliser, kernel_scale, packed_docs
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+NORM_CODES = {"softmax": 0, "softpick": 1, "sigmoid": 2}
+"""The custom ops' ``norm`` argument: the normaliser as an int (the kernels' SOFTPICK / SIGMOID switches).
+The op's ``eps`` carries the normaliser's constant: softpick's eps, or sigmoid's bias b."""
+
+
+def norm_flags(norm: int) -> dict:
+    """The kernels' compile-time switches of a :data:`NORM_CODES` value."""
+    return dict(SOFTPICK=norm == NORM_CODES["softpick"], SIGMOID=norm == NORM_CODES["sigmoid"])
 
 
 def head_dim_support(q: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -150,7 +158,7 @@ def on_device_of(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: float, sink=None, max_seqlen: int = 0):
+def _fwd(q, k, v, cu_seqlens, norm: int, scale: float, causal: bool, eps: float, sink=None, max_seqlen: int = 0):
     """o [B, T, HQ, V] in q.dtype and lse [B, T, HQ] float32."""
     from softpick.ops.attention.triton.training_fwd import attention_fwd_kernel
 
@@ -167,7 +175,7 @@ def _fwd(q, k, v, cu_seqlens, softpick: bool, scale: float, causal: bool, eps: f
         _ensure_allocator()
     attention_fwd_kernel[grid](
         q, k, v, o, lse, sink, cu_seqlens, T, tune_len(max_len), scale * LOG2E, eps, **_dims(q, k, v),
-        SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None, TMA_OK=tma,
+        **norm_flags(norm), CAUSAL=causal, IS_VARLEN=cu_seqlens is not None, HAS_SINK=sink is not None, TMA_OK=tma,
     )
     return o, lse
 
@@ -186,7 +194,7 @@ def _bwd_rows(o, do, lse, softpick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return delta, lse_c
 
 
-def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: bool, sink=None, max_seqlen: int = 0):
+def _bwd(do, q, k, v, o, lse, cu_seqlens, norm: int, scale: float, causal: bool, sink=None, max_seqlen: int = 0):
     """dq, dk, dv shaped and typed like q, k, v, and d(sink) [HQ] float32 (empty without a sink).
 
     The sink's gradient needs no kernel: its weight in row i is exp(b - lse_i) and it carries no value,
@@ -197,11 +205,11 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens, softpick: bool, scale: float, causal: 
     T, HQ, H = q.shape[1], q.shape[2], k.shape[2]
     dims = _dims(q, k, v)
     n_docs, max_len = packed_docs(q, cu_seqlens, max_seqlen)
-    delta, lse_c = _bwd_rows(o, do, lse, softpick)
+    flags = dict(**norm_flags(norm), CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
+    delta, lse_c = _bwd_rows(o, do, lse, flags["SOFTPICK"])
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    flags = dict(SOFTPICK=softpick, CAUSAL=causal, IS_VARLEN=cu_seqlens is not None)
     attention_bwd_dkdv_kernel[lambda meta: (math.ceil(max_len / meta["BN"]), n_docs, H)](
         q, k, v, do, lse_c, delta, dk, dv, cu_seqlens, T, tune_len(max_len), scale * LOG2E, scale, G=HQ // H,
         **dims, **flags,
@@ -221,21 +229,22 @@ def attention_fwd_op(
     k: torch.Tensor,
     v: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
-    softpick: bool,
+    norm: int,
     scale: float,
     causal: bool,
     eps: float,
     sink: torch.Tensor | None,
     max_seqlen: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v; max_seqlen 0 =
-    read the longest document from cu_seqlens."""
+    """Fused forward: (o [B, T, HQ, V], lse [B, T, HQ] float32) of contiguous q, k, v; norm a
+    :data:`NORM_CODES` value, eps softpick's eps or sigmoid's bias; max_seqlen 0 = read the longest
+    document from cu_seqlens."""
     with on_device_of(q):
-        return _fwd(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen)
+        return _fwd(q, k, v, cu_seqlens, norm, scale, causal, eps, sink, max_seqlen)
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, softpick, scale, causal, eps, sink, max_seqlen):
+def _(q, k, v, cu_seqlens, norm, scale, causal, eps, sink, max_seqlen):
     o = q.new_empty(*q.shape[:3], v.shape[-1])
     return o, q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -249,7 +258,7 @@ def attention_bwd_op(
     o: torch.Tensor,
     lse: torch.Tensor,
     cu_seqlens: torch.Tensor | None,
-    softpick: bool,
+    norm: int,
     scale: float,
     causal: bool,
     sink: torch.Tensor | None,
@@ -257,11 +266,11 @@ def attention_bwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused backward: (dq, dk, dv, dsink) from do and the forward's o and lse (dsink empty without a sink)."""
     with on_device_of(q):
-        return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen)
+        return _bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, norm, scale, causal, sink, max_seqlen)
 
 
 @attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, cu_seqlens, softpick, scale, causal, sink, max_seqlen):
+def _(do, q, k, v, o, lse, cu_seqlens, norm, scale, causal, sink, max_seqlen):
     dsink = lse.new_empty(0) if sink is None else sink.new_empty(sink.shape, dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
 
@@ -281,18 +290,20 @@ def parallel_attention(
     eps: float,
     sink: torch.Tensor | None = None,
     max_seqlen: int | None = None,
+    sigmoid_bias: float = 0.0,
 ) -> torch.Tensor:
     """Fused attention; inputs as in :func:`softpick.ops.softpick_attention` with T_q == T_k.
 
     Args:
         q: [B, T, HQ, K]; k: [B, T, H, K]; v: [B, T, H, V] (bf16/fp16 on CUDA), HQ a multiple of H.
-        variant: "softpick" or "softmax".
+        variant: "softpick", "softmax" or "sigmoid".
         scale: score scale, default K ** -0.5.
         causal: query i sees keys j <= i.
         cu_seqlens: [N + 1] offsets of N packed documents (B == 1), or None.
         eps: softpick's constant added to the unscaled denominator (unused by softmax).
         sink: [HQ] per-head sink logits (softmax only), differentiable; None for none.
         max_seqlen: the longest document of cu_seqlens (trusted), or None to read it from cu_seqlens.
+        sigmoid_bias: b of sigmoid attention, ``w = sigmoid(s + b)`` (unused by the others).
 
     Returns:
         o [B, T, HQ, V] in q.dtype.
@@ -300,8 +311,9 @@ def parallel_attention(
     scale = kernel_scale(scale, q.shape[-1])
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+    constant = sigmoid_bias if variant == "sigmoid" else eps  # the op's eps slot
     o, _ = attention_fwd_op(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, variant == "softpick", scale,
-        bool(causal), float(eps), None if sink is None else sink.float().contiguous(), int(max_seqlen or 0),
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, NORM_CODES[variant], scale, bool(causal),
+        float(constant), None if sink is None else sink.float().contiguous(), int(max_seqlen or 0),
     )
     return o

@@ -1,4 +1,4 @@
-"""Triton backward kernels of fused attention, softpick or softmax, from o, lse and delta alone.
+"""Triton backward kernels of fused attention, softpick, softmax or sigmoid, from o, lse and delta alone.
 
 FlashAttention-2 split: ``attention_bwd_dkdv_kernel`` owns a key block and walks the query blocks of
 every query head in its GQA group (so dk, dv are written once, no reduction); ``attention_bwd_dq_kernel``
@@ -9,6 +9,8 @@ With ``lse = ln(sum_j |e^s_j - 1| + eps)`` (softpick) or ``ln(sum_j e^s_j)`` (so
 
     softpick: e = exp(s - lse);  P = relu(e - exp(-lse));  dS = e * ([s > 0] dP - sign(s) delta)
     softmax:  P = exp(s - lse);                            dS = P * (dP - delta)
+
+    sigmoid:  P = sigmoid(s + b), b stored as lse;        dS = P (1 - P) dP   (no delta)
 
 then dv = P^T do, dk = scale * dS^T q, dq = scale * dS k. Masked keys get s = -inf, hence e = P = dS = 0.
 The preprocess kernel stores c = exp(-lse) beside lse for the dk/dv kernel (which would otherwise take
@@ -103,10 +105,14 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def probs_T(b_sT, b_lse, b_c, dtype: tl.constexpr, SOFTPICK: tl.constexpr):
+def probs_T(b_sT, b_lse, b_c, dtype: tl.constexpr, SOFTPICK: tl.constexpr, SIGMOID: tl.constexpr):
     """(e [BN, BM], P [BN, BM] in dtype) of transposed scores b_sT in log2 units (hidden ones -inf),
     lse [BM] (log2 units) and, for softpick, c = exp2(-lse) [BM]: e = exp2(s - lse); softpick:
-    P = relu(e - c); softmax: P = e. The scores are not needed after this: s > 0 exactly where e > c."""
+    P = relu(e - c); softmax: P = e; sigmoid (lse = its bias b): e = P = sigmoid(s + b). The scores are
+    not needed after this: s > 0 exactly where e > c."""
+    if SIGMOID:
+        b_pT = 1.0 / (1.0 + tl.math.exp2(-(b_sT + b_lse[None, :])))
+        return b_pT, b_pT.to(dtype)
     b_eT = tl.math.exp2(b_sT - b_lse[None, :])
     if SOFTPICK:
         return b_eT, relu_cast(b_eT - b_c[None, :], dtype)
@@ -114,8 +120,10 @@ def probs_T(b_sT, b_lse, b_c, dtype: tl.constexpr, SOFTPICK: tl.constexpr):
 
 
 @triton.jit
-def grad_scores_T(b_eT, b_c, b_dpT, b_delta, SOFTPICK: tl.constexpr):
+def grad_scores_T(b_eT, b_c, b_dpT, b_delta, SOFTPICK: tl.constexpr, SIGMOID: tl.constexpr):
     """dS [BN, BM] from (e, c) of :func:`probs_T`, dP = v do^T [BN, BM] and delta [BM]."""
+    if SIGMOID:
+        return b_eT * (1.0 - b_eT) * b_dpT
     if SOFTPICK:
         return b_eT * tl.where(b_eT > b_c[None, :], b_dpT - b_delta[None, :], b_delta[None, :])
     return b_eT * (b_dpT - b_delta[None, :])
@@ -126,7 +134,7 @@ def _dkdv_inner(
     b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, hi, L, qk_scale,
     SQ, SO, SL, SD, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     """Add the query blocks [lo, hi) to dk, dv [BN, *]; MASKED steps hide rows >= L and, if CAUSAL, j > i.
     p_lse points at lse (natural log, softmax) or at lse_c (softpick: pairs (lse in log2 units,
@@ -164,16 +172,16 @@ def _dkdv_inner(
         if MASKED:
             if CAUSAL:
                 b_sT = tl.where(o_m[None, :] >= o_n[:, None], b_sT, float("-inf"))
-        b_eT, b_pT = probs_T(b_sT, b_lse, b_c, b_do.dtype, SOFTPICK)
+        b_eT, b_pT = probs_T(b_sT, b_lse, b_c, b_do.dtype, SOFTPICK, SIGMOID)
         b_dv = tl.dot(b_pT, b_do, b_dv)
-        b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK)
+        b_dsT = grad_scores_T(b_eT, b_c, tl.dot(b_v, tl.trans(b_do)), b_delta, SOFTPICK, SIGMOID)
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     return b_dk, b_dv
 
 
 @triton.autotune(
     configs=_bwd_configs({"BM": 16, "BN": 32}, DKDV_KEEP),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "SIGMOID", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dkdv},
 )
 @triton.jit
@@ -181,7 +189,7 @@ def attention_bwd_dkdv_kernel(
     q, k, v, do, lse, delta, dk, dv, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
     HQ, H, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BN), documents, H); G = HQ // H; TUNE_LEN only keys the autotuner. dk [*, H, K],
     dv [*, H, V] in k's dtype. lse: [*, HQ] float32 (softmax), or lse_c [*, HQ, 2] of the preprocess
@@ -220,6 +228,7 @@ def attention_bwd_dkdv_kernel(
             b_dk, b_dv = _dkdv_inner(
                 b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_n, tl.minimum(lo, L), L,
                 qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, True, SOFTPICK,
+                SIGMOID,
             )
         else:
             lo = 0
@@ -227,10 +236,12 @@ def attention_bwd_dkdv_kernel(
         b_dk, b_dv = _dkdv_inner(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, lo, full, L,
             qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, False, CAUSAL, SOFTPICK,
+            SIGMOID,
         )
         b_dk, b_dv = _dkdv_inner(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, full, L, L,
             qk_scale, HQ * K, HQ * V, HQ * (2 if SOFTPICK else 1), HQ, K, V, BM, BK, BV, True, False, SOFTPICK,
+            SIGMOID,
         )
 
     b_dk = b_dk * scale
@@ -243,7 +254,7 @@ def _dq_inner(
     b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, lo, hi, L, qk_scale,
     SK, SV, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     """Add the key blocks [lo, hi) to dq [BM, BK]; MASKED steps hide keys >= L and, if CAUSAL, j > i.
     lse [BM] in log2 units and (softpick) c = exp2(-lse)."""
@@ -264,11 +275,15 @@ def _dq_inner(
             if CAUSAL:
                 m_s = m_s & (o_m[:, None] >= o_n[None, :])
             b_s = tl.where(m_s, b_s, float("-inf"))
-        b_e = tl.math.exp2(b_s - b_lse[:, None])
         b_dp = tl.dot(b_do, b_vT)  # [BM, BN]
-        if SOFTPICK:  # s > 0 exactly where e > c = exp2(-lse)
+        if SIGMOID:  # lse holds the bias b: P = sigmoid(s + b), dS = P (1 - P) dP
+            b_p = 1.0 / (1.0 + tl.math.exp2(-(b_s + b_lse[:, None])))
+            b_ds = b_p * (1.0 - b_p) * b_dp
+        elif SOFTPICK:  # s > 0 exactly where e > c = exp2(-lse)
+            b_e = tl.math.exp2(b_s - b_lse[:, None])
             b_ds = b_e * tl.where(b_e > b_c[:, None], b_dp - b_delta[:, None], b_delta[:, None])
         else:
+            b_e = tl.math.exp2(b_s - b_lse[:, None])
             b_ds = b_e * (b_dp - b_delta[:, None])
         b_dq = tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT), b_dq)
     return b_dq
@@ -276,7 +291,7 @@ def _dq_inner(
 
 @triton.autotune(
     configs=_bwd_configs({"BM": 32, "BN": 16}, DQ_KEEP),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TUNE_LEN"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "SIGMOID", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_dq},
 )
 @triton.jit
@@ -284,7 +299,7 @@ def attention_bwd_dq_kernel(
     q, k, v, do, lse, delta, dq, cu_seqlens, T, TUNE_LEN, qk_scale, scale,
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BM), documents, HQ); TUNE_LEN only keys the autotuner. dq [*, HQ, K] in q's dtype."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
@@ -312,21 +327,21 @@ def attention_bwd_dq_kernel(
     if CAUSAL:
         b_dq = _dq_inner(
             b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, 0, start_m, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK,
+            H * K, H * V, K, V, BN, BK, BV, False, True, SOFTPICK, SIGMOID,
         )
         b_dq = _dq_inner(
             b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, start_m, tl.minimum(start_m + BM, L), L,
-            qk_scale, H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK,
+            qk_scale, H * K, H * V, K, V, BN, BK, BV, True, True, SOFTPICK, SIGMOID,
         )
     else:
         full = (L // BN) * BN
         b_dq = _dq_inner(
             b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, 0, full, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK,
+            H * K, H * V, K, V, BN, BK, BV, False, False, SOFTPICK, SIGMOID,
         )
         b_dq = _dq_inner(
             b_dq, b_q, b_do, b_lse, b_c, b_delta, p_k, p_v, o_m, full, L, L, qk_scale,
-            H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK,
+            H * K, H * V, K, V, BN, BK, BV, True, False, SOFTPICK, SIGMOID,
         )
     b_dq = b_dq * scale
     tl.store(dq + o_q, b_dq.to(dq.dtype.element_ty), mask=m_q)

@@ -1,4 +1,4 @@
-"""Triton forward kernel of fused attention, softpick or softmax (a compile-time switch).
+"""Triton forward kernel of fused attention, softpick, softmax or sigmoid (compile-time switches).
 
 One program computes a [BM, V] block of outputs for one query head of one document. It walks the key
 blocks in two passes: blocks that every query row fully sees (no mask, the hot loop) and the blocks on
@@ -16,6 +16,9 @@ Softpick (running max clamped at 0, so ``exp2(-m)`` <= 1 never overflows):
 Softmax is FlashAttention-2: ``lse = ln(sum_j e^s_j)``, and a row that sees no key gives o = 0.
 With a sink (``HAS_SINK``: softmax+1 is a sink of 0) the denominator also holds ``e^b`` of a per-head
 logit b that has no value: the running state starts at m = b, acc = 1, and lse = ln(e^b + sum_j e^s_j).
+
+Sigmoid (``SIGMOID``, arXiv 2409.04431) has no normaliser: ``o = sum_j sigmoid(s_j + b) v_j`` with the
+bias b (passed in the ``eps`` slot), one pass, no running max; lse stores b for the backward.
 
 Max-free first pass: the running max only guards float32's range, so each query block first runs with
 m held at 0 (``p = exp2(s2) - 1`` for softpick, ``exp2(s2)`` for softmax): no row max, no rescale of
@@ -105,11 +108,17 @@ def relu_cast(x, dtype: tl.constexpr):
 
 @triton.jit
 def online_step(b_s, b_v, b_o, b_acc, b_m, visible, qk_scale, MASKED: tl.constexpr, SOFTPICK: tl.constexpr,
-                FIXED_MAX: tl.constexpr):
+                FIXED_MAX: tl.constexpr, SIGMOID: tl.constexpr):
     """Fold one block into the running state: raw scores b_s [BM, BN] (hidden keys already -inf, and
     ``visible`` their mask when MASKED), values b_v [BN, BV]; (o [BM, BV], acc [BM], m [BM]) in log2 units.
     FIXED_MAX keeps m at 0 (exp2 of the raw scores): no row max, no rescale of o; the caller checks
-    the sums for overflow and underflow (MAX_FREE_SUM)."""
+    the sums for overflow and underflow (MAX_FREE_SUM). SIGMOID (no normaliser): m holds the bias b in
+    log2 units and stays; p = sigmoid(s + b) = 1 / (1 + 2^-(s2 + b2)), hidden keys (-inf) give 0."""
+    if SIGMOID:
+        b_p = 1.0 / (1.0 + tl.math.exp2(-(b_s * qk_scale + b_m[:, None])))  # [BM, BN]
+        if MASKED:
+            b_p = tl.where(visible, b_p, 0.0)
+        return tl.dot(b_p.to(b_v.dtype), b_v, b_o), b_acc, b_m
     if FIXED_MAX:
         b_m_new = b_m
         b_x = b_s * qk_scale  # [BM, BN] exp2 arguments
@@ -175,7 +184,7 @@ def _fwd_inner(
     SK, SV, col_k, col_v, K: tl.constexpr, V: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, SOFTPICK: tl.constexpr, TMA: tl.constexpr,
-    FIXED_MAX: tl.constexpr,
+    FIXED_MAX: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     """Fold the key blocks [lo, hi) into (o, acc, m); MASKED blocks hide keys >= L and, if CAUSAL, j > i.
     With TMA, p_k and p_v are the document's tensor descriptors (rows >= L read as 0) and col_k, col_v
@@ -202,9 +211,9 @@ def _fwd_inner(
             if CAUSAL:
                 m_s = m_s & (o_m[:, None] >= o_n[None, :])
             b_s = tl.where(m_s, b_s, float("-inf"))
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, m_s, qk_scale, True, SOFTPICK, FIXED_MAX)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, m_s, qk_scale, True, SOFTPICK, FIXED_MAX, SIGMOID)
         else:
-            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK, FIXED_MAX)
+            b_o, b_acc, b_m = online_step(b_s, b_v, b_o, b_acc, b_m, b_s, qk_scale, False, SOFTPICK, FIXED_MAX, SIGMOID)
     return b_o, b_acc, b_m
 
 
@@ -213,7 +222,7 @@ def _fwd_keys(
     b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, HAS_SINK: tl.constexpr, TMA: tl.constexpr,
-    FIXED_MAX: tl.constexpr,
+    FIXED_MAX: tl.constexpr, SIGMOID: tl.constexpr, bias2,
 ):
     """(o, acc, m) of the query block [start_m, start_m + BM) over all the keys it sees: the running
     state from its start (softpick m = 0, softmax's sink as the first "key") through every key block."""
@@ -223,6 +232,8 @@ def _fwd_keys(
         b_m = tl.zeros([BM], dtype=tl.float32)  # softpick's clamp: m never drops below 0
     else:
         b_m = tl.full([BM], NEG_BIG, dtype=tl.float32)
+    if SIGMOID:
+        b_m = tl.zeros([BM], dtype=tl.float32) + bias2  # sigmoid's bias b (log2 units), held fixed
     if HAS_SINK:
         # the sink is the first "key", of logit b (log2 units): sum = exp2(b - m), and m = b when it runs
         b_logit = tl.load(sink + i_hq).to(tl.float32) * LOG2E
@@ -236,29 +247,29 @@ def _fwd_keys(
         # keys [0, start_m) are seen by every row of the block; [start_m, start_m + BM) is the diagonal
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, start_m, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, True, SOFTPICK, TMA, FIXED_MAX,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, True, SOFTPICK, TMA, FIXED_MAX, SIGMOID,
         )
         hi = tl.minimum(start_m + BM, L)
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, start_m, hi, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, True, SOFTPICK, TMA, FIXED_MAX,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, True, SOFTPICK, TMA, FIXED_MAX, SIGMOID,
         )
     else:
         full = (L // BN) * BN
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, 0, full, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, False, SOFTPICK, TMA, FIXED_MAX,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, False, False, SOFTPICK, TMA, FIXED_MAX, SIGMOID,
         )
         b_o, b_acc, b_m = _fwd_inner(
             b_o, b_acc, b_m, b_q, p_k, p_v, o_m, full, L, L, qk_scale,
-            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, False, SOFTPICK, TMA, FIXED_MAX,
+            H * K, H * V, i_h * K, i_h * V, K, V, BN, BK, BV, True, False, SOFTPICK, TMA, FIXED_MAX, SIGMOID,
         )
     return b_o, b_acc, b_m
 
 
 @triton.autotune(
     configs=_fwd_configs(),
-    key=["BK", "BV", "CAUSAL", "SOFTPICK", "TMA_OK", "TUNE_LEN"],
+    key=["BK", "BV", "CAUSAL", "SOFTPICK", "SIGMOID", "TMA_OK", "TUNE_LEN"],
     prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit
@@ -267,10 +278,11 @@ def attention_fwd_kernel(
     HQ, H, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SOFTPICK: tl.constexpr, CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr,
-    TMA_OK: tl.constexpr, TMA: tl.constexpr,
+    SIGMOID: tl.constexpr, TMA_OK: tl.constexpr, TMA: tl.constexpr,
 ):
     """Grid (cdiv(max_len, BM), documents, HQ); TUNE_LEN only keys the autotuner. q [*, HQ, K], k [*, H, K], v [*, H, V], o [*, HQ, V], lse [*, HQ];
     sink [HQ] float32 (softmax with HAS_SINK): a per-head logit in every row's denominator, with no value.
+    eps: softpick's eps, or with SIGMOID the bias b (natural units).
     TMA (a tile choice, allowed by the launcher's TMA_OK: K == BK, V == BV, 16-byte aligned tensors)
     moves q, k, v and o through tensor descriptors of the document, so its edges need no masks."""
     tl.static_assert(BM % BN == 0, "BM must be a multiple of BN so the diagonal starts on a key block")
@@ -299,20 +311,23 @@ def attention_fwd_kernel(
     # have overflowed or flushed to 0, and then the block runs again with the running max.
     b_o, b_acc, b_m = _fwd_keys(
         b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K, V, BM, BN, BK, BV,
-        SOFTPICK, CAUSAL, HAS_SINK, TMA, True,
+        SOFTPICK, CAUSAL, HAS_SINK, TMA, True, SIGMOID, eps * LOG2E,
     )
-    b_ok = b_acc <= MAX_FREE_SUM  # NaN compares false
-    if not SOFTPICK:
-        b_ok = b_ok & (b_acc >= 1.0 / MAX_FREE_SUM)
-    if tl.max(tl.where(m_m & ~b_ok, 1, 0), 0) > 0:
-        b_o, b_acc, b_m = _fwd_keys(
-            b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K, V, BM, BN, BK, BV,
-            SOFTPICK, CAUSAL, HAS_SINK, TMA, False,
-        )
+    if not SIGMOID:  # sigmoid keeps no sum (each weight is at most 1): nothing to overflow
+        b_ok = b_acc <= MAX_FREE_SUM  # NaN compares false
+        if not SOFTPICK:
+            b_ok = b_ok & (b_acc >= 1.0 / MAX_FREE_SUM)
+        if tl.max(tl.where(m_m & ~b_ok, 1, 0), 0) > 0:
+            b_o, b_acc, b_m = _fwd_keys(
+                b_q, p_k, p_v, sink, o_m, start_m, L, qk_scale, i_h, i_hq, H, K, V, BM, BN, BK, BV,
+                SOFTPICK, CAUSAL, HAS_SINK, TMA, False, SIGMOID, eps * LOG2E,
+            )
 
     # -- epilogue --
     if SOFTPICK:
         b_den = b_acc + eps * tl.math.exp2(-b_m)
+    elif SIGMOID:
+        b_den = tl.full([BM], 1.0, dtype=tl.float32)  # unnormalised; lse below is then the bias b
     else:
         b_den = tl.where(b_acc > 0, b_acc, 1.0)  # a row that sees no key keeps o = 0
     b_lse = (b_m + tl.math.log2(b_den)) * LN2
