@@ -49,10 +49,23 @@ SHUFFLE_BLOCK = 4096
 """Documents per block of the two-level shuffle (see :func:`shuffled_indices`)."""
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost cause of ``error`` (datasets wraps the reader's own error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
 def _text_column(ds: Any, name: str) -> Any:
     columns = ds.column_names
     if columns is None:  # streaming datasets may not know their columns before reading
-        columns = list(next(iter(ds)).keys())
+        try:
+            columns = list(next(iter(ds)).keys())
+        except StopIteration:
+            raise ConfigError(f"dataset {name!r} holds no rows; give files with documents.") from None
+        except Exception as err:  # noqa: BLE001 - any reader error of a bad file ends in one line
+            raise ConfigError(f"cannot read dataset {name!r}: {_root_cause(err)}.") from None
     col = text_field(columns)
     if col is None:
         raise ConfigError(no_text_field(f"dataset {name!r}", columns))
@@ -106,7 +119,12 @@ def load_documents(cfg: Training, seed: int) -> Any:
                 split=split or "train", streaming=cfg.streaming,
             )
         except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:  # OSError: offline hub
-            raise ConfigError(f"cannot load dataset {name!r}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"cannot load dataset {name!r}: {(str(err).splitlines() or [''])[0]} "
+                              f"({_root_cause(err)}).") from None
+        except Exception as err:  # noqa: BLE001 - DatasetGenerationError & co: a file the reader cannot parse
+            what = f" (data_files {data_files})" if data_files else ""
+            raise ConfigError(f"cannot read dataset {name!r}{what}: {_root_cause(err)}; give UTF-8 files of "
+                              f"the type named (json lines need one object per line).") from None
         parts.append(_text_column(ds, name))
     if n == 1:
         return parts[0]
@@ -212,7 +230,7 @@ class TokenWindows(IterableDataset):
                     yield epoch, doc, offset, ids[offset:]
                     doc, offset = doc + 1, 0
             if doc == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"data shard {shard} of {shards} got no documents: the dataset is smaller than the "
                     "number of data-parallel ranks x loader workers."
                 )
@@ -312,19 +330,42 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["num_workers"]) != self.dataset.num_workers:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data loader used {int(state['num_workers'])} worker(s) but this run uses "
                 f"{self.dataset.num_workers}; resume with --training.num_workers {int(state['num_workers'])}."
             )
         world = int(state.get("world", self.dataset.world))
         if world != self.dataset.world:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data loader was sharded over {world} data-parallel rank(s) but this run has "
                 f"{self.dataset.world}; its position does not carry over: resume with "
                 "--checkpoint.exclude_from_loading dataloader to restart the data stream."
             )
         self.served = int(state["served"])
         self.dataset.positions = {int(w): ShardPosition(*map(int, p)) for w, p in state["positions"].items()}
+
+
+def check_has_text(docs: Any, name: str, look: int = 100_000) -> None:
+    """ConfigError when the documents hold no text (no rows, or only empty and whitespace-only ones):
+    such a run would train on BOS/EOS pairs and export a model that learnt nothing. Reads until the
+    first document with text (at most ``look`` rows of a streaming dataset)."""
+    rows = 0
+    if hasattr(docs, "__len__"):
+        for start in range(0, len(docs), 1000):
+            texts = docs[start:start + 1000]["text"]
+            rows += len(texts)
+            if any(isinstance(t, str) and t.strip() for t in texts):
+                return
+    else:
+        for row in itertools.islice(docs, look):
+            rows += 1
+            if isinstance(row["text"], str) and row["text"].strip():
+                return
+        if rows == look:
+            return
+    what = "no rows" if rows == 0 else f"{rows} rows, all empty or whitespace"
+    raise ConfigError(f"training.dataset {name!r} holds no text ({what}): nothing would be learnt; give files "
+                      f"with documents in their text (or content) field.")
 
 
 def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: int) -> ResumableLoader:
@@ -335,6 +376,8 @@ def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: 
             f"training.dataset {cfg.dataset!r} was tokenized with a {docs.meta['vocab_size']}-token vocabulary but "
             f"the tokenizer has {len(tokenizer)}; pass --model.tokenizer_path {Path(cfg.dataset) / 'tokenizer'}."
         )
+    if not isinstance(docs, TokenizedDocuments):
+        check_has_text(docs, cfg.dataset or "the embedded corpus")
     dataset = TokenWindows(
         docs, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, varlen=cfg.varlen,
         context_len=cfg.context_len, rank=rank, world=world, seed=seed,
