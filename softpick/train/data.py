@@ -23,7 +23,9 @@ Pipeline, per data-parallel rank:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,18 @@ def _root_cause(error: BaseException) -> str:
         error = error.__cause__ or error.__context__
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence the ``datasets`` loggers' error lines while loading (the UserError reports the failure)."""
+    log = logging.getLogger("datasets")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _text_column(ds: Any, name: str) -> Any:
@@ -114,10 +128,11 @@ def load_documents(cfg: Training, seed: int) -> Any:
             except UserError as err:
                 raise ConfigError(str(err)) from None
         try:
-            ds = datasets.load_dataset(
-                builder, name=config, data_dir=data_dir, data_files=data_files,
-                split=split or "train", streaming=cfg.streaming,
-            )
+            with _quiet_datasets():  # its reader logs each bad file before raising: the one line below says it
+                ds = datasets.load_dataset(
+                    builder, name=config, data_dir=data_dir, data_files=data_files,
+                    split=split or "train", streaming=cfg.streaming,
+                )
         except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:  # OSError: offline hub
             raise ConfigError(f"cannot load dataset {name!r}: {(str(err).splitlines() or [''])[0]} "
                               f"({_root_cause(err)}).") from None
@@ -213,7 +228,15 @@ class TokenWindows(IterableDataset):
         indices = shuffled_indices(len(self.docs), seed=self.seed, epoch=epoch, shard=shard, shards=shards,
                                    start=start)
         for chunk in iter(lambda: list(itertools.islice(indices, TOKENIZE_BATCH)), []):
-            yield from self.docs.take(chunk) if self.pretokenized else self.docs[chunk]["text"]
+            if self.pretokenized:
+                yield from self.docs.take(chunk)
+                continue
+            try:
+                texts = self.docs[chunk]["text"]
+            except Exception as err:  # noqa: BLE001 - a row the reader cannot decode: one line, not a traceback
+                raise ConfigError(f"cannot read a document of the training data (epoch {epoch}): {_root_cause(err)}; "
+                                  f"give UTF-8 files.") from None
+            yield from texts
 
     def _encode(self, texts: list[str | np.ndarray]) -> list[np.ndarray]:
         """[BOS] ids [EOS] of each text (pre-tokenized documents already carry them)."""
@@ -350,19 +373,22 @@ def check_has_text(docs: Any, name: str, look: int = 100_000) -> None:
     such a run would train on BOS/EOS pairs and export a model that learnt nothing. Reads until the
     first document with text (at most ``look`` rows of a streaming dataset)."""
     rows = 0
-    if hasattr(docs, "__len__"):
-        for start in range(0, len(docs), 1000):
-            texts = docs[start:start + 1000]["text"]
-            rows += len(texts)
-            if any(isinstance(t, str) and t.strip() for t in texts):
+    try:
+        if hasattr(docs, "__len__"):
+            for start in range(0, len(docs), 1000):
+                texts = docs[start:start + 1000]["text"]
+                rows += len(texts)
+                if any(isinstance(t, str) and t.strip() for t in texts):
+                    return
+        else:
+            for row in itertools.islice(docs, look):
+                rows += 1
+                if isinstance(row["text"], str) and row["text"].strip():
+                    return
+            if rows == look:
                 return
-    else:
-        for row in itertools.islice(docs, look):
-            rows += 1
-            if isinstance(row["text"], str) and row["text"].strip():
-                return
-        if rows == look:
-            return
+    except Exception as err:  # noqa: BLE001 - a reader error (e.g. Latin-1 bytes) of a bad file: one line
+        raise ConfigError(f"cannot read training.dataset {name!r}: {_root_cause(err)}; give UTF-8 files.") from None
     what = "no rows" if rows == 0 else f"{rows} rows, all empty or whitespace"
     raise ConfigError(f"training.dataset {name!r} holds no text ({what}): nothing would be learnt; give files "
                       f"with documents in their text (or content) field.")

@@ -9,6 +9,7 @@ that existed before byte-identical afterwards (no file added either, unless allo
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from softpick.cli import main as softpick
@@ -29,8 +30,13 @@ def error_lines(err: str) -> list[str]:
 
 def run(capsys, argv: list[str]) -> tuple[int, list[str], str]:
     """(exit code, the ``softpick ...`` lines on stderr, all of stderr) of ``softpick ARGV``."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     capsys.readouterr()
-    code = softpick([str(a) for a in argv])
+    try:
+        code = softpick([str(a) for a in argv])
+    finally:  # a handler logging.basicConfig bound to this test's captured stderr must not outlive it
+        root.handlers[:] = handlers
     err = capsys.readouterr().err
     return code, error_lines(err), err
 
