@@ -187,6 +187,15 @@ def damage(path: Path) -> list[str]:
     return list(dict.fromkeys(problems))  # sizes are checked on every rank: keep one copy
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist."""
+    out, n = path, 1
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.name}-{n}")
+    return out
+
+
 def _user_error(error: BaseException) -> UserError | None:
     """A UserError behind ``error`` (itself, a cause or context, or a rank's failure in a CheckpointException)."""
     todo, seen = [error], set()
@@ -357,8 +366,8 @@ class CheckpointManager:
         if not later:
             return
         if _rank() == 0:
-            aside = self.folder / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
-            aside.mkdir(exist_ok=True)
+            aside = _unused(self.folder / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside.mkdir()
             for _, p in later:
                 os.replace(p, aside / p.name)
             logger.warning("resumed from step %d: the later checkpoints (steps %s) were moved to %s", step,
@@ -442,7 +451,7 @@ class CheckpointManager:
                               str(tmp))
         if _rank() == 0:
             if final.exists():  # never deleted: a step saved twice keeps the first copy aside
-                os.replace(final, final.with_name(f"{final.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+                os.replace(final, _unused(final.with_name(f"{final.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")))
             os.replace(tmp, final)
             for old in prune:
                 shutil.rmtree(old, ignore_errors=True)
