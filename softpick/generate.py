@@ -51,7 +51,7 @@ def generate(args: argparse.Namespace) -> list[str]:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     if not 0 <= args.temperature < float("inf"):  # nan too
-        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}.")
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
     if args.top_k is not None and args.top_k < 1:
