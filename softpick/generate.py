@@ -104,4 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"softpick generate: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # torch.OutOfMemoryError too: the KV cache of --max-new-tokens does not fit
+        if "allocate" not in str(error):
+            raise
+        print(f"softpick generate: --max-new-tokens {args.max_new_tokens} x {len(args.prompt)} prompt(s) needs more "
+              f"memory than {args.device} has ({str(error).strip().splitlines()[0][:160]}); lower --max-new-tokens.",
+              file=sys.stderr)
+        return 2
     return 0

@@ -156,9 +156,16 @@ def fla_to_hf(src: str | Path, out: str | Path, *, dtype: str | None = None, ove
                         f"checkpoint folder with a config.json and whole weights.") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (a UserError), not usage + error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} -h).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softpick convert", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="softpick convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("dcp-to-hf", help="a DCP checkpoint to a Hugging Face model folder")
     a.add_argument("--path", required=True, help="the run's job.dump_folder")
     a.add_argument("--step", type=int, default=-1, help="checkpoint step; -1 = latest")

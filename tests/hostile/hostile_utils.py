@@ -25,7 +25,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("softpick ")]
+    return [line for line in err.splitlines() if line.startswith(("softpick ", "softpick:"))]
 
 
 def run(capsys, argv: list[str]) -> tuple[int, list[str], str]:
