@@ -30,7 +30,12 @@ def is_tokenized_dataset(path: str | Path) -> bool:
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    meta = json.loads((Path(folder) / META_FILE).read_text())
+    try:
+        meta = json.loads((Path(folder) / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{Path(folder) / META_FILE} is not valid json ({err}); build the dataset again.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{Path(folder) / META_FILE} must hold a json object; build the dataset again.")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{Path(folder) / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}.")
     return meta

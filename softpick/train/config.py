@@ -527,6 +527,8 @@ def validate(config: JobConfig) -> None:
     if config.optimizer.eps < 0 or config.optimizer.weight_decay < 0:
         raise ConfigError("optimizer.eps and optimizer.weight_decay must be >= 0, got "
                           f"{config.optimizer.eps} and {config.optimizer.weight_decay}.")
+    if tr.seed is not None and tr.seed < 0:
+        raise ConfigError(f"training.seed must be >= 0, got {tr.seed}.")
     if tr.seq_len < 2:
         raise ConfigError(f"training.seq_len must be >= 2 (a row of {tr.seq_len} token has no next token to "
                           f"predict: every loss would be NaN), got {tr.seq_len}.")

@@ -56,6 +56,8 @@ def _root_cause(error: BaseException) -> str:
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
     text = str(error).strip()
+    if isinstance(error, StopIteration) or "corresponds to no data" in text:
+        return "no rows (an empty file, or no file matches)"
     return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
@@ -315,6 +317,19 @@ def cu_seqlens_from_lengths(lengths: list[int], context_len: int) -> torch.Tenso
     return torch.tensor(np.cumsum([0] + pieces), dtype=torch.int32)
 
 
+def _worker_errors_as_one_line(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The batches of ``loader``; a UserError raised in a loader worker (re-raised by torch with the
+    worker's traceback in its message) comes out as the worker's own one-line message."""
+    try:
+        yield from loader
+    except UserError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
 class ResumableLoader:
     """A DataLoader over :class:`TokenWindows` whose position can be saved and restored exactly.
 
@@ -340,7 +355,7 @@ class ResumableLoader:
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False,
         )
-        for batch in loader:
+        for batch in _worker_errors_as_one_line(loader):
             logical, pos = batch.pop("position")
             self.dataset.positions[logical] = pos
             self.served += 1
@@ -404,6 +419,11 @@ def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: 
         )
     if not isinstance(docs, TokenizedDocuments):
         check_has_text(docs, cfg.dataset or "the embedded corpus")
+    shards = world * max(cfg.num_workers, 1)
+    if hasattr(docs, "__len__") and len(docs) < shards:
+        raise ConfigError(f"training.dataset has {len(docs)} document(s), fewer than the {shards} data shards "
+                          f"({world} data-parallel rank(s) x {max(cfg.num_workers, 1)} loader worker(s)); lower "
+                          f"--training.num_workers or give more documents.")
     dataset = TokenWindows(
         docs, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, varlen=cfg.varlen,
         context_len=cfg.context_len, rank=rank, world=world, seed=seed,

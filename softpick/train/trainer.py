@@ -550,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+LOADABLE = ("model", "optimizer", "lr_scheduler", "train_state", "dataloader", "rng")
+"""The entries of a full checkpoint (``checkpoint.exclude_from_loading`` names some of them)."""
+
+
 def check_dump_folder(config: JobConfig) -> None:
     """ConfigError (one line) when this run would silently start over on a dump folder that holds a run:
     checkpoints while checkpointing is off, or a finished run's ``hf/`` without a checkpoint to resume
@@ -563,6 +567,12 @@ def check_dump_folder(config: JobConfig) -> None:
                           f"checkpointing off nothing is loaded and the run would start from scratch).")
     if ck.load_step < -1:
         raise ConfigError(f"checkpoint.load_step must be a step >= 0, or -1 for the latest; got {ck.load_step}.")
+    if not ck.folder.strip():
+        raise ConfigError("checkpoint.folder is empty; give a folder name (default: checkpoint).")
+    unknown = [e for e in ck.exclude_from_loading if e not in LOADABLE]
+    if unknown:
+        raise ConfigError(f"checkpoint.exclude_from_loading: unknown entry {unknown[0]!r}; use any of "
+                          f"{', '.join(LOADABLE)}.")
     dump = Path(dump)
     saved = sorted(step_folders(dump / ck.folder))
     if saved and ck.create_seed_checkpoint:
