@@ -44,6 +44,7 @@ def _nan_from_call(n: int, monkeypatch) -> None:
     monkeypatch.setattr(trainer_mod, "clip_grad_norm_", fake)
 
 
+@pytest.mark.slow
 def test_load_step_keep_latest_k_and_sigterm_lose_nothing(a_run, args, capsys, monkeypatch):
     """The issue's example: resume from step 4 of an 8-step run with keep_latest_k 1, SIGTERM after step 7."""
     assert run(capsys, ["train", *args(a_run, *CKPT, steps=8)])[0] == 0
