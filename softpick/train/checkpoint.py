@@ -362,17 +362,15 @@ class CheckpointManager:
     def _set_aside_later(self, step: int) -> None:
         """Move the checkpoints after ``step`` (a run resumed from an older step branches off) into
         ``abandoned-TIME/``, so they are neither resumed from, pruned nor overwritten by this run."""
-        later = sorted((s, p) for s, p in step_folders(self.folder).items() if s > step)
-        if not later:
-            return
-        if _rank() == 0:
+        later = sorted((s, p) for s, p in step_folders(self.folder).items() if s > step) if _rank() == 0 else []
+        if later:
             aside = _unused(self.folder / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
             aside.mkdir()
             for _, p in later:
                 os.replace(p, aside / p.name)
             logger.warning("resumed from step %d: the later checkpoints (steps %s) were moved to %s", step,
                            ", ".join(str(s) for s, _ in later), aside)
-        _barrier()
+        _barrier()  # every rank, whatever rank 0 found
 
     # -- saving ----------------------------------------------------------------------------------
     def _due(self, step: int) -> bool:
@@ -445,6 +443,7 @@ class CheckpointManager:
         seal(tmp, step, self.model_config)
         prune = self._prunable(step)
         if prune:  # delete nothing before the new checkpoint reads back whole
+            _barrier()  # rank 0 has written the manifest every rank reads
             problems = damage(tmp)
             if problems:
                 raise OSError(errno.EIO, f"step-{step} does not read back whole ({'; '.join(problems[:3])})",
