@@ -66,6 +66,10 @@ def check_output(out: str | Path, flag: str, *, overwrite: bool = False, inputs:
         own: ``out`` is the command's default output; an earlier model export there is replaced.
     """
     out = Path(out)
+    for parent in Path(os.path.abspath(out)).parents:
+        if (parent / ".metadata").is_file() or (parent / "manifest.json").is_file():
+            raise UserError(f"{flag} {str(out)!r} lies inside the checkpoint {parent}: a checkpoint is never "
+                            f"written into; give another {flag}.")
     for item in inputs:
         if _inside(item, out):
             raise UserError(f"{flag} {str(out)!r} holds the input {str(item)!r}: writing there would delete it; "

@@ -19,7 +19,8 @@ def dcp_to_hf(run_dir, *extra):
 
 
 def test_dcp_to_hf_out_onto_the_run_or_its_checkpoints_is_refused(a_run, capsys):
-    for out in (a_run, a_run / "checkpoint", a_run / "checkpoint" / "step-4", a_run.parent):
+    for out in (a_run, a_run / "checkpoint", a_run / "checkpoint" / "step-4", a_run.parent,
+                a_run / "checkpoint" / "step-4" / "hf"):
         for extra in ((), ("--overwrite",)):
             refused(capsys, dcp_to_hf(a_run, "--out", out, *extra), 2, "--out", keep=(a_run,))
 
