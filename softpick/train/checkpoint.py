@@ -10,8 +10,8 @@ written (for ``async_mode`` when the background save is done, checked before the
 close), so a crash mid-save never hides the previous good checkpoint. Before the rename every
 folder gets ``model_config.json`` and ``manifest.json`` (``integrity.py``); ``keep_latest_k`` then
 prunes, only after the new folder has been read back against its manifest, and never the step the run
-resumed from or the one it just wrote. A failed write (no space left, ...) removes the ``.tmp`` folder and stops the run with one
-line naming the disk and the step (:func:`softpick.train.stops.write_failure`).
+resumed from or the one it just wrote. A failed write (no space left, ...) removes the ``.tmp`` folder
+and stops the run with one line naming the disk and the step (:func:`softpick.train.stops.write_failure`).
 
 Loading checks, in order, and stops with one line (:class:`~softpick.errors.UserError`) before
 touching anything: the step exists; the folder is whole (files, sizes, checksums of its manifest; a

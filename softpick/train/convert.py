@@ -174,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="output folder (default: {path}/hf-checkpoints/step-N)")
     a.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the saved weights")
     a.add_argument("--folder", default="checkpoint", help="checkpoint.folder of the run")
-    a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (never a run or checkpoint)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (never a run or a checkpoint)")
     b = sub.add_parser("hf-to-dcp", help="a Hugging Face model folder to a DCP checkpoint (continual training)")
     b.add_argument("--model", required=True, help="HF model folder (from save_pretrained)")
-    b.add_argument("--checkpoint", required=True, help="output, e.g. DUMP_FOLDER/checkpoint/step-0 (never an existing checkpoint)")
+    b.add_argument("--checkpoint", required=True,
+                   help="output, e.g. DUMP_FOLDER/checkpoint/step-0 (never an existing checkpoint)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing folder that is not a checkpoint")
     c = sub.add_parser("fla-to-hf", help="an fla 'transformer' checkpoint (the paper's models) to our HF format")
     c.add_argument("src", help="fla checkpoint folder (config.json and weights)")
