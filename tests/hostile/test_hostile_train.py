@@ -223,3 +223,13 @@ def test_a_full_tmpfs_at_the_export(args, capsys, tmp_path, monkeypatch, small_d
     model = _rescued(line)
     assert not (dump / "hf").exists() and not [p for p in dump.iterdir() if p.name.startswith(".hf")]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_2_rank_loader_position_in_one_process_is_a_user_error():
+    """What a 2-rank checkpoint resumed in one process hits (the DCP path is test_a_checkpoint_of_another_layout)."""
+    from softpick.errors import UserError
+    from softpick.train.data import ResumableLoader, TokenWindows
+
+    loader = ResumableLoader(TokenWindows(["w1 w2"], None, seq_len=4))
+    with pytest.raises(UserError, match="sharded over 2 data-parallel rank"):
+        loader.load_state_dict({"num_workers": 1, "world": 2, "positions": {}, "served": 0})
