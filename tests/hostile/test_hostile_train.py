@@ -233,3 +233,27 @@ def test_a_2_rank_loader_position_in_one_process_is_a_user_error():
     loader = ResumableLoader(TokenWindows(["w1 w2"], None, seq_len=4))
     with pytest.raises(UserError, match="sharded over 2 data-parallel rank"):
         loader.load_state_dict({"num_workers": 1, "world": 2, "positions": {}, "served": 0})
+
+
+@pytest.mark.parametrize("damage", ["truncated_tokens", "no_offsets", "garbled_meta"])
+def test_a_damaged_pre_tokenized_dataset_is_one_line(inputs, args, capsys, tmp_path, damage):
+    from transformers import AutoTokenizer
+
+    from softpick.corpus.tokenized import TokenizedWriter
+
+    built = tmp_path / "built"
+    writer = TokenizedWriter(built, AutoTokenizer.from_pretrained(str(inputs["tokenizer"])))
+    for line in inputs["docs"].read_text().splitlines()[:20]:
+        writer.add("train", json.loads(line)["text"])
+    writer.close()
+    tokens = built / "train" / "tokens.bin"
+    if damage == "truncated_tokens":
+        tokens.write_bytes(tokens.read_bytes()[:-10])
+    elif damage == "no_offsets":
+        (built / "train" / "offsets.npy").unlink()
+    else:
+        (built / "softpick_tokens.json").write_text('{"format": "softpick-tokens-1"}')
+    argv = args(tmp_path / "run")
+    at = argv.index("--training.dataset")
+    argv[at + 1], argv[at + 3] = str(built), "none"
+    refused(capsys, ["train", *argv, "--training.data_files", "none"], 2, str(built), keep=(built,))
