@@ -560,8 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if int(os.environ.get("RANK", "0")) == 0:
-            print("softpick train: interrupted (SIGINT) before training started or while exporting; no "
-                  "checkpoint was written by this run, the dump folder's earlier files are kept.", file=sys.stderr)
+            print("softpick train: interrupted (SIGINT) outside the training steps (start-up or the final export); "
+                  "nothing is left half-written and the files saved before are kept: rerun the same command.",
+                  file=sys.stderr)
         code = 130
     if dist.is_initialized():
         _exit_distributed(code)
