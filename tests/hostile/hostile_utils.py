@@ -35,6 +35,8 @@ def run(capsys, argv: list[str]) -> tuple[int, list[str], str]:
     capsys.readouterr()
     try:
         code = softpick([str(a) for a in argv])
+    except SystemExit as stop:  # argparse: usage, then one "softpick <command>: error: ..." line
+        code = stop.code
     finally:  # a handler logging.basicConfig bound to this test's captured stderr must not outlive it
         root.handlers[:] = handlers
     err = capsys.readouterr().err

@@ -37,6 +37,7 @@ def analyze(model, out, *extra):
     (("--device", "cuda:7"), "cuda"),
     (("--device", "potato"), "is not a device"),
     (("--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
+    (("--max-new-tokens", "1e9"), "invalid int value: '1e9'"),
 ])
 def test_generate_flags(model, capsys, extra, words):
     if "cuda" in extra and torch.cuda.is_available():
