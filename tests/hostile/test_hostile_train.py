@@ -86,6 +86,9 @@ def test_checkpointing_off_never_replaces_a_run(a_run, args, capsys, tmp_path):
     ("--training.seq_len", "1", "training.seq_len must be >= 2"),
     ("--training.seq_len", "64", "longer than model.config max_position_embeddings"),  # the config says 128: 256
     ("--checkpoint.load_step", "-2", "checkpoint.load_step must be"),
+    ("--training.seed", "-1", "training.seed must be >= 0"),
+    ("--checkpoint.folder", "", "checkpoint.folder is empty"),
+    ("--checkpoint.exclude_from_loading", "bogus", "unknown entry 'bogus'"),
     ("--job.dump_folder", "", "job.dump_folder is empty"),
     ("--job.dump_folder", "  ", "job.dump_folder is empty"),
 ])
