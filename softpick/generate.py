@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from softpick.errors import BadValue
+from softpick.errors import BadValue, Unavailable
 import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
 from softpick.models.fast_generate import fast_generate, supports_fast_generate
 from softpick.models.loading import load_model_and_tokenizer
@@ -54,7 +54,7 @@ def generate(args: argparse.Namespace) -> list[str]:
     """The continuations of ``args.prompt`` (prompt text not included)."""
     if args.max_new_tokens < 1:
         raise BadValue(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.temperature < 0:
+    if not 0 <= args.temperature < float("inf"):  # nan too
         raise BadValue(f"--temperature must be >= 0, got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise BadValue(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
@@ -105,5 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" would interleave with the streamed text
-    generate(args)
+    try:
+        generate(args)
+    except RuntimeError as error:  # torch.OutOfMemoryError too: the KV cache of --max-new-tokens does not fit
+        if "allocate" not in str(error):
+            raise
+        raise Unavailable(f"--max-new-tokens {args.max_new_tokens} x {len(args.prompt)} prompt(s) needs more memory "
+                          f"than {args.device} has ({str(error).strip().splitlines()[0][:160]}); lower "
+                          "--max-new-tokens.") from None
     return 0

@@ -234,6 +234,8 @@ def analyze_main(argv: list[str]) -> int:
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadValue(f"--out {args.out} is a file; give a folder for the report.")
     analyze(args.model_dir, args)
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
