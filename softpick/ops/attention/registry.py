@@ -205,4 +205,6 @@ def softmax_attention(
                   sink=sink, max_seqlen=max_seqlen, kv_len=kv_len)
 
 
-__all__ = ["BACKENDS", "Backend", "attend", "register", "select", "softmax_attention", "softpick_attention"]
+__all__ = ["attend", "softmax_attention", "softpick_attention"]
+"""The ops (what :mod:`softpick.ops` exports from here); ``BACKENDS``, ``Backend``, ``register`` and
+``select`` are the registry's own interface."""
