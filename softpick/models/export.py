@@ -19,7 +19,9 @@ needs the model config (and never asks whether to run custom code).
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -91,8 +93,31 @@ def relative_source(module: str) -> tuple[str, list[str]]:
     return "".join(lines), deps
 
 
+def substitute_drift() -> list[str]:
+    """Each function of a substitute (:data:`SUBSTITUTES`) whose signature differs from the one it replaces.
+
+    Returns lines "module.name: shipped (...) vs public (...)"; empty when the shipped twins match exactly
+    (parameter names, kinds, defaults and annotations).
+    """
+    drift = []
+    for original, substitute in SUBSTITUTES.items():
+        public, shipped = importlib.import_module(original), importlib.import_module(substitute)
+        for name in shipped.__all__:
+            want, have = inspect.signature(getattr(public, name)), inspect.signature(getattr(shipped, name))
+            if want != have:
+                drift.append(f"{substitute}.{name}: shipped {have} vs public {want}")
+    return drift
+
+
 def write_remote_code(out_dir: str | Path) -> list[str]:
-    """Write the shipped modules (see the module docstring) into ``out_dir``; returns their file names."""
+    """Write the shipped modules (see the module docstring) into ``out_dir``; returns their file names.
+
+    Raises RuntimeError (a bug in softpick, not a user error) when a shipped substitute's signature has
+    drifted from the public function it stands for (:func:`substitute_drift`).
+    """
+    drift = substitute_drift()
+    if drift:
+        raise RuntimeError("the shipped naive ops no longer match the public ones: " + "; ".join(drift))
     out_dir = Path(out_dir)
     todo, done = list(REMOTE_MODULES), []
     while todo:
@@ -159,4 +184,4 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
     return out_dir
 
 
-__all__ = ["is_plain_softmax", "llama_config", "save_portable", "write_remote_code"]
+__all__ = ["is_plain_softmax", "llama_config", "save_portable", "substitute_drift", "write_remote_code"]
