@@ -30,13 +30,13 @@ import torch.distributed as dist
 from torch import nn
 
 from softpick._compat import set_pg_timeout
-from softpick.errors import UserError, debug_enabled, one_line
+from softpick.errors import UserError, debug_enabled, one_line, record_for_launcher
 from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
 from softpick.train.lock import DumpLock, check_writable
 from softpick.train.metrics import (
-    MetricsLogger, Throughput, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
+    MetricsLogger, Throughput, check_wandb, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
     peak_memory_gib, profiling,
 )
 from softpick.train.optim import build_lr_scheduler, build_optimizer
@@ -123,6 +123,8 @@ class Trainer:
         self._on_rank0(lambda: check_writable(self.dump, "job.dump_folder"))  # before any work
         if config.checkpoint.enable_checkpoint:
             self._on_rank0(lambda: check_writable(checkpoints, "checkpoint.folder"))
+        if config.metrics.enable_wandb:
+            self._on_rank0(check_wandb)  # no login: one line now, not a traceback after the model is built
         self.seed = 42 if tr.seed is None else tr.seed
         if tr.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -471,9 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             raise
+        line = f"softpick train: {one_line(err)}"
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"softpick train: {one_line(err)}", file=sys.stderr)
+            print(line, file=sys.stderr)
         code = err.exit_code
+        record_for_launcher(line, code)
     if dist.is_initialized():
         _exit_distributed(code)
     return code
@@ -490,5 +494,7 @@ def _run(argv: list[str]) -> int:
         trainer.close()
     return 0
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # under torchrun (train.sh): @record puts a bug's traceback in torchrun's summary
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())
