@@ -10,14 +10,18 @@ inside lm-eval can load our checkpoints.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
-import softpick  # noqa: F401  (registers the model with the transformers Auto classes)
-from softpick.analysis.evaluation import require_lm_eval
+from softpick.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    require_lm_eval()
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("lm-eval is not installed: pip install 'softpick[eval]' (or pip install lm-eval).")
+    args = sys.argv[1:] if argv is None else argv
+    if not any(a in ("-h", "--help") for a in args):  # help needs neither torch nor the model classes
+        import softpick.models  # noqa: F401  (registers the model with the transformers Auto classes)
     from lm_eval.__main__ import cli_evaluate
 
     if argv is not None:

@@ -162,3 +162,13 @@ def test_analyze_options_are_the_command_line_typed():
         analyze_options("m", "o", num_samples=0)
     with pytest.raises(ValueError, match="--dtype must be one of"):
         analyze_options("m", "o", dtype="int3")
+
+
+def test_option_defaults_are_the_measurement_modules_own():
+    """analysis/cli.py repeats four constants so that -h imports no torch; they must not drift."""
+    from softpick.analysis import cli, quantization, sink, sparsity
+
+    assert cli.DEFAULT_SINK_EPS == sink.DEFAULT_SINK_EPS
+    assert cli.DEFAULT_ZERO_THRESHOLD == sparsity.DEFAULT_ZERO_THRESHOLD
+    assert cli.QUANT_METHODS == quantization.METHODS
+    assert cli.DEFAULT_GROUP_SIZE == quantization.DEFAULT_GROUP_SIZE
