@@ -263,11 +263,14 @@ def analyze_main(argv: list[str]) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     try:
-        analyze(args.model_dir, args)
+        report = analyze(args.model_dir, args)
     except (FileNotFoundError, ImportError, ValueError) as error:
         print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {Path(args.out) / 'report.md'}")
+    settings = report.settings
+    trained = settings.get("trained_context_len")
+    print(f"wrote {Path(args.out) / 'report.md'} ({settings['num_samples']} samples at up to {settings['seq_len']} "
+          f"tokens{f', the trained context' if trained == settings['seq_len'] else ''})")
     return 0
 
 

@@ -283,8 +283,11 @@ def _model_section(report: Report) -> list[str]:
     lines = [f"# Analysis of `{model['path']}`", ""]
     lines += [f"- model: {model['class']} ({model['model_type']}), {model['num_layers']} layers, "
               f"{model['num_heads']} heads, {model['parameters']:,} parameters, attention {model.get('attention')}"]
-    lines += [f"- data: {settings['data']}; {settings['num_samples']} samples of up to {settings['seq_len']} tokens "
-              f"({settings['tokens']} tokens), batch {settings['batch_size']}, {settings['padding_side']} padding"]
+    trained = settings.get("trained_context_len")
+    length = f"evaluated at up to {settings['seq_len']} tokens per sample" + (
+        f" (trained at {trained})" if trained else " (training context unknown)")
+    lines += [f"- data: {settings['data']}; {settings['num_samples']} samples, {length}; {settings['tokens']} tokens, "
+              f"batch {settings['batch_size']}, {settings['padding_side']} padding"]
     lines += [f"- device {settings['device']}, dtype {settings['dtype']}; "
               + ", ".join(f"{k} {v}" for k, v in settings["versions"].items())]
     return lines + [""]

@@ -141,7 +141,23 @@ def _save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
     path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
+TRAINED_CONTEXT_KEY = "trained_context_len"
+"""config.json key: the longest context (tokens) the model was trained at; ``softpick analyze`` evaluates at it."""
+
+
+def set_trained_context(model_dir: str | Path, tokens: int) -> None:
+    """Record in ``model_dir``/config.json that the model was trained at contexts of ``tokens`` (atomic
+    rewrite). transformers keeps the key as a config attribute; other tools ignore it."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config[TRAINED_CONTEXT_KEY] = int(tokens)
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dtype: torch.dtype | None = None,
+                  trained_context_len: int | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir`` so that it loads without softpick; atomic.
 
     Args:
@@ -149,6 +165,8 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
         out_dir: the folder to (re)write; a ``.tmp`` sibling is written first, then renamed.
         tokenizer: saved beside the model when given.
         dtype: cast the weights before saving (None keeps them).
+        trained_context_len: the context (tokens) the model was trained at, written to config.json
+            (:func:`set_trained_context`); None writes nothing.
 
     Returns:
         ``out_dir``.
@@ -178,10 +196,13 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
         write_remote_code(tmp)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
+    if trained_context_len is not None:
+        set_trained_context(tmp, trained_context_len)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
 
 
-__all__ = ["is_plain_softmax", "llama_config", "save_portable", "substitute_drift", "write_remote_code"]
+__all__ = ["TRAINED_CONTEXT_KEY", "is_plain_softmax", "llama_config", "save_portable", "set_trained_context",
+           "substitute_drift", "write_remote_code"]

@@ -31,6 +31,7 @@ from torch import nn
 
 from softpick._compat import set_pg_timeout
 from softpick.errors import UserError, debug_enabled, one_line, record_for_launcher
+from softpick.models.export import set_trained_context
 from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
@@ -441,6 +442,8 @@ class Trainer:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.checkpoint.export_dtype,
                                                                             torch.float32)
             export_hf(self.model_config, state, out_dir, tokenizer=self.tokenizer, dtype=dtype)
+            tr = self.config.training  # the context analyze evaluates at by default
+            set_trained_context(out_dir, min(tr.context_len, tr.seq_len) if tr.varlen else tr.seq_len)
         if dist.is_initialized():
             dist.barrier()
 

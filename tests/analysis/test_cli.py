@@ -172,3 +172,34 @@ def test_option_defaults_are_the_measurement_modules_own():
     assert cli.DEFAULT_ZERO_THRESHOLD == sparsity.DEFAULT_ZERO_THRESHOLD
     assert cli.QUANT_METHODS == quantization.METHODS
     assert cli.DEFAULT_GROUP_SIZE == quantization.DEFAULT_GROUP_SIZE
+
+
+@pytest.mark.slow
+def test_analyze_defaults_to_the_trained_context_and_says_so(workdir, tmp_path, capsys):
+    """A folder exported with its training context (softpick train writes it) is evaluated at that length;
+    one without it at 512 capped by max_position_embeddings; report.md names the length."""
+    from softpick.models.export import save_portable
+
+    model_dir = tmp_path / "model"
+    model = SoftpickForCausalLM.from_pretrained(workdir / "softpick")
+
+    save_portable(model, model_dir, tokenizer=embedded_tokenizer(), trained_context_len=24)
+    assert json.loads((model_dir / "config.json").read_text())["trained_context_len"] == 24
+    base = ["--data", str(workdir / "docs.jsonl"), "--num-samples", "2", "--quant-bits", "none", "--no-progress"]
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "a"), *base]) == 0
+    assert "at up to 24 tokens, the trained context" in capsys.readouterr().out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 24 and report["settings"]["trained_context_len"] == 24
+    assert "evaluated at up to 24 tokens per sample (trained at 24)" in (tmp_path / "a" / "report.md").read_text()
+    # longer than trained: evaluated as asked, with a note
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "b"), "--seq-len", "48", *base]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 48 and any("beyond the 24" in n for n in report["notes"])
+    # no trained context recorded: 512 capped at max_position_embeddings (256 here)
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["trained_context_len"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "c"), *base]) == 0
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 256 and report["settings"]["trained_context_len"] is None
+    assert "(training context unknown)" in (tmp_path / "c" / "report.md").read_text()
