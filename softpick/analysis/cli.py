@@ -150,6 +150,9 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> "Report":
     for folder in args.tasks_dir:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
+    hub_tasks = [t for t in args.tasks if t != "local"]
+    if hub_tasks:
+        check_offline_tasks(hub_tasks, args.tasks_dir)
     documents = load_documents(args.data, args.split)
     model, tokenizer = load_model_and_tokenizer(model_dir, args.tokenizer, args.device, getattr(torch, args.dtype))
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -213,6 +216,32 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> "Report":
     report.notes = notes
     report.write(args.out)
     return report
+
+
+def check_offline_tasks(tasks: list[str], tasks_dir: list[str]) -> None:
+    """Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or no connection to the hub within 3 s): ValueError
+    in one line, before the model loads, when a task's data set is not cached; the cached ones then load
+    with datasets and the hub client kept off the network (no retries, no waiting). Online: nothing."""
+    import os
+
+    from softpick.analysis import evaluation
+    from softpick.hub import offline_reason
+
+    if os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        reason = "HF_DATASETS_OFFLINE is set"
+    else:
+        reason = offline_reason()
+    if reason is None:
+        return
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    missing = evaluation.uncached_hub_datasets(tasks, tasks_dir)
+    if missing:
+        named = ", ".join(f"{task} ({path})" for task, path in sorted(missing.items()))
+        raise ValueError(
+            f"--tasks {named}: the data set is on the hub, {reason}, and it is not in the datasets cache; run it "
+            f"once online to cache it, or evaluate offline with --tasks local (tasks built from --data) or your own "
+            f"task YAML files with --tasks-dir (docs/ecosystem.md)."
+        )
 
 
 POSITIVE_OPTIONS = ("num_samples", "seq_len", "batch_size", "passkey_trials", "top_k")

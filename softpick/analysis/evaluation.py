@@ -203,3 +203,36 @@ def compute_lm_eval(
         for task, metrics in out["results"].items()
     }
     return {"lm_eval_version": lm_eval.__version__, "results": results}
+
+
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "imagefolder", "audiofolder")
+"""``dataset_path`` values of lm-eval tasks that read local files (``dataset_kwargs: data_files``), not the hub."""
+
+
+def uncached_hub_datasets(tasks: list[str], tasks_dir: list[str] | None = None) -> dict[str, str]:
+    """{task: hub dataset} for the tasks (tags expanded) whose data set comes from the hub and is in
+    neither the datasets cache nor the hub cache: what cannot run offline. Groups are not expanded."""
+    import datasets
+    from huggingface_hub import constants
+    from lm_eval.tasks import TaskManager
+
+    index = TaskManager(include_path=tasks_dir or None).task_index
+    missing: dict[str, str] = {}
+    todo, seen = list(tasks), set()
+    while todo:
+        name = todo.pop()
+        entry = index.get(name)
+        if entry is None or name in seen:
+            continue
+        seen.add(name)
+        if entry.cfg is None:  # a tag: its tasks
+            todo += sorted(getattr(entry, "tags", None) or ())
+            continue
+        path = entry.cfg.get("dataset_path")
+        if not isinstance(path, str) or path in LOCAL_BUILDERS or Path(path).expanduser().exists():
+            continue
+        cached = [Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___"),
+                  Path(constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"]
+        if not any(p.is_dir() for p in cached):
+            missing[name] = path
+    return missing

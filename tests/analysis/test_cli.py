@@ -203,3 +203,27 @@ def test_analyze_defaults_to_the_trained_context_and_says_so(workdir, tmp_path, 
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["settings"]["seq_len"] == 256 and report["settings"]["trained_context_len"] is None
     assert "(training context unknown)" in (tmp_path / "c" / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'softpick[eval]')")
+def test_hub_tasks_offline_fail_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import datasets
+    from huggingface_hub import constants
+
+    from softpick.analysis.evaluation import uncached_hub_datasets, write_local_tasks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # the model folder does not exist: the task check comes first
+    code = main(["analyze", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), "--tasks",
+                 "lambada_openai", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "lambada_openai (EleutherAI/lambada_openai)" in err[0] and "HF_HUB_OFFLINE is set" in err[0]
+    assert "--tasks local" in err[0] and "--tasks-dir" in err[0]
+    # a cached hub data set and tasks from local YAML files pass
+    (tmp_path / "datasets" / "EleutherAI___lambada_openai").mkdir(parents=True)
+    local = write_local_tasks(embedded_documents("validation", 20), tmp_path / "tasks")
+    assert uncached_hub_datasets(["lambada_openai", "softpick_local_choice"], [str(local)]) == {}
