@@ -92,3 +92,8 @@ def test_torchrun_user_error_exits_2_with_the_line_last(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == line
     assert f"traceback : {line}" in result.stderr  # torchrun's summary shows the worker's line, not a link
+
+
+def test_the_docs_say_to_activate_the_environment():
+    for doc in ("README.md", "docs/train.md"):
+        assert ". .venv/bin/activate" in (ROOT / doc).read_text(), doc
