@@ -138,7 +138,9 @@ def drop_steps_after(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
-WANDB_FIX = "run `wandb login` once (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally (wandb sync later)."
+WANDB_FIX = (
+    "run `wandb login` once (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally (wandb sync later)."
+)
 
 
 def check_wandb() -> None:

@@ -189,7 +189,8 @@ def test_relative_paths_in_a_toml_are_read_beside_it(tmp_path, monkeypatch):
     (job / "data" / "a.jsonl").write_text("")
     (job / "job.toml").write_text(
         '[model]\nconfig = "model.json"\ntokenizer_path = "tok"\n'
-        '[training]\ndataset = "json,fla-hub/corpus"\ndata_files = "data/*.jsonl,elsewhere/b.jsonl"\ndata_probs = "0.5,0.5"\n'
+        '[training]\ndataset = "json,fla-hub/corpus"\ndata_files = "data/*.jsonl,elsewhere/b.jsonl"\n'
+        'data_probs = "0.5,0.5"\n'
         '[job]\ndump_folder = "exp"\n')
     monkeypatch.chdir(tmp_path)  # not the toml's folder
     cfg = parse_args(["--job.config_file", "job/job.toml"])

@@ -78,7 +78,8 @@ def test_record_for_launcher_writes_torchruns_error_file_and_the_exit_file(tmp_p
     record_for_launcher("softpick train: second.", 2)  # another worker: the first one's stays
     assert (tmp_path / "exit").read_text() == "3\nsoftpick train: first.\n"
     message = json.loads((tmp_path / "error.json").read_text())["message"]
-    assert message["message"] == "softpick train: second." and message["extraInfo"]["py_callstack"] == message["message"]
+    assert message["message"] == "softpick train: second."
+    assert message["extraInfo"]["py_callstack"] == message["message"]
 
 
 @pytest.mark.slow
@@ -87,7 +88,8 @@ def test_torchrun_user_error_exits_2_with_the_line_last(tmp_path):
     env = {**os.environ, "NGPU": "1", "MASTER_PORT": "29631",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(TRAIN_SH), "--training.steps", "abc", "--job.dump_folder",
-                             str(tmp_path / "dump")], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                             str(tmp_path / "dump")], env=env, capture_output=True, text=True, timeout=240,
+                            cwd=tmp_path)
     line = "softpick train: bad value for training.steps: invalid literal for int() with base 10: 'abc'."
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == line
