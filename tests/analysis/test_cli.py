@@ -227,3 +227,17 @@ def test_hub_tasks_offline_fail_in_one_line_before_the_model_loads(tmp_path, mon
     (tmp_path / "datasets" / "EleutherAI___lambada_openai").mkdir(parents=True)
     local = write_local_tasks(embedded_documents("validation", 20), tmp_path / "tasks")
     assert uncached_hub_datasets(["lambada_openai", "softpick_local_choice"], [str(local)]) == {}
+
+
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'softpick[eval]')")
+def test_lm_eval_cli_offline_hub_task_is_one_line(tmp_path, monkeypatch, capsys):
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code = main(["lm-eval", "--model", "hf", "--model_args", f"pretrained={tmp_path}", "--tasks", "lambada_openai"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "lambada_openai (EleutherAI/lambada_openai)" in err[0], err
+    assert "--include_path" in err[0]
