@@ -25,40 +25,16 @@ LOG_RANK=${LOG_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-29500}
 
-if ! command -v torchrun >/dev/null 2>&1; then
-  echo "train.sh: torchrun not found on PATH; activate the environment softpick is installed in (. .venv/bin/activate) or pip install -e . first." >&2
+if ! command -v python >/dev/null 2>&1 || ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('softpick') is None)" 2>/dev/null; then
+  echo "train.sh: no python with softpick on PATH; activate the environment softpick is installed in (. .venv/bin/activate) or pip install -e . first." >&2
   exit 127
 fi
 
-# torchrun exits 1 whatever its workers returned and ends with its own failure summary: each worker
-# leaves its exit code and one-line error in SOFTPICK_EXIT_FILE (softpick.errors.record_for_launcher),
-# and this script exits with that code, the one line printed last.
-SOFTPICK_EXIT_FILE=$(mktemp "${TMPDIR:-/tmp}/softpick-exit.XXXXXX")
-rm -f "${SOFTPICK_EXIT_FILE}"
-export SOFTPICK_EXIT_FILE
-trap 'rm -f "${SOFTPICK_EXIT_FILE}"' EXIT
-
 echo "launching on ${NNODE} node(s) x ${NGPU} process(es); master ${MASTER_ADDR}:${MASTER_PORT}" >&2
-set -m  # torchrun in its own process group: one SIGTERM/SIGINT reaches it, forwarded by the traps below
-torchrun \
+# torchrun itself, in-process (softpick/train/launch.py): the workers' exit code (2, 3, 4, 75; torchrun
+# alone exits 1) and their one-line error last, without torchrun's traceback
+exec python -m softpick.train.launch \
   --nnodes "${NNODE}" --nproc_per_node "${NGPU}" --node_rank "${NODE_RANK}" \
   --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
   --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
-  -m softpick.train.trainer "$@" &
-pid=$!
-trap 'kill -TERM "${pid}" 2>/dev/null || true' TERM
-trap 'kill -INT "${pid}" 2>/dev/null || true' INT
-set +e
-wait "${pid}"
-rc=$?
-while kill -0 "${pid}" 2>/dev/null; do  # wait returned early for a trapped signal: wait for torchrun itself
-  wait "${pid}"
-  rc=$?
-done
-set -e
-if [[ ${rc} -ne 0 && -s "${SOFTPICK_EXIT_FILE}" ]]; then
-  { read -r code; read -r line; } < "${SOFTPICK_EXIT_FILE}"
-  echo "${line}" >&2
-  exit "${code}"
-fi
-exit "${rc}"
+  -m softpick.train.trainer "$@"

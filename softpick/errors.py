@@ -50,16 +50,16 @@ def run_command(name: str, func: Callable[[list[str]], int | None], argv: list[s
 
 
 EXIT_FILE_ENV = "SOFTPICK_EXIT_FILE"
-"""Set by train.sh: the file where a worker leaves its exit code and one line (torchrun itself exits 1)."""
+"""Set by train.sh's launcher (softpick.train.launch): where a worker leaves its exit code and one line."""
 
 
 def record_for_launcher(line: str, code: int) -> None:
     """Tell a torchrun launcher how this worker ended: no-op outside torchrun / train.sh.
 
     Writes torch elastic's per-worker error file (``TORCHELASTIC_ERROR_FILE``, the JSON that ``@record``
-    writes) so that torchrun's failure summary shows ``line`` instead of a link, and, when train.sh set
-    ``SOFTPICK_EXIT_FILE``, "code\\nline\\n" there (the first worker to end wins) so that train.sh exits
-    with ``code`` and prints ``line`` last.
+    writes) so that torchrun's failure summary shows ``line`` instead of a link, and, when train.sh's launcher
+    set ``SOFTPICK_EXIT_FILE``, "code\\nline\\n" there (the first worker to end wins) so that train.sh
+    exits with ``code`` and prints ``line`` last.
     """
     import json
     import time
