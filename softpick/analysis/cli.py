@@ -220,8 +220,7 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> "Report":
 
 def check_offline_tasks(tasks: list[str], tasks_dir: list[str]) -> None:
     """Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or no connection to the hub within 3 s): ValueError
-    in one line, before the model loads, when a task's data set is not cached; the cached ones then load
-    with datasets and the hub client kept off the network (no retries, no waiting). Online: nothing."""
+    in one line, before the model loads, when a task's data set is not cached. Online: nothing."""
     import os
 
     from softpick.analysis import evaluation
@@ -233,7 +232,6 @@ def check_offline_tasks(tasks: list[str], tasks_dir: list[str]) -> None:
         reason = offline_reason()
     if reason is None:
         return
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     missing = evaluation.uncached_hub_datasets(tasks, tasks_dir)
     if missing:
         named = ", ".join(f"{task} ({path})" for task, path in sorted(missing.items()))
