@@ -84,6 +84,11 @@ def relative_source(module: str) -> tuple[str, list[str]]:
             raise RuntimeError(f"{module} line {node.lineno}: write 'from softpick... import' for shipped code.")
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "softpick":
             target = SUBSTITUTES.get(node.module, node.module)
+            if target != node.module:  # the shipped twin must have every name the shipped code takes
+                missing = [a.name for a in node.names if not hasattr(importlib.import_module(target), a.name)]
+                if missing:
+                    raise RuntimeError(f"{module} line {node.lineno} imports {missing} from {node.module}, which "
+                                       f"the shipped {target} does not define.")
             names = ", ".join(a.name if a.asname is None else f"{a.name} as {a.asname}" for a in node.names)
             indent = lines[node.lineno - 1][: node.col_offset]
             edits.append((node.lineno, node.end_lineno, f"{indent}from .{flat_name(target)} import {names}\n"))

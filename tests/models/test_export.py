@@ -177,3 +177,13 @@ def test_export_generates_in_every_mode_without_softpick(tmp_path, fields):
     loaded = json.loads(lines[0][len("RESULT "):])
     assert loaded.pop("modules") == []
     assert loaded == expected
+
+
+def test_export_refuses_a_public_op_the_shipped_twin_lacks(tmp_path, monkeypatch):
+    """Shipped code importing a new name from softpick.ops must find it in the naive twin too."""
+    from softpick.models import export
+
+    source = "from softpick.ops import softpick_attention, fused_new_op\n"
+    monkeypatch.setattr(export.Path, "read_text", lambda self, encoding=None: source)
+    with pytest.raises(RuntimeError, match=r"\['fused_new_op'\].*does not define"):
+        export.relative_source("softpick.models.modeling_softpick")
