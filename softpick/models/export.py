@@ -10,7 +10,9 @@
   softpick import rewritten to a relative one (:func:`write_remote_code`), so
   ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` works without softpick installed.
   The shipped ops are the naive ones (:mod:`softpick.ops.attention.portable`); with softpick imported the
-  folder loads through the registered classes and the fast kernels instead.
+  folder loads through the registered classes and the fast kernels instead. An export refuses to be
+  written when a shipped op's signature differs from the public one or lacks a name the shipped code
+  imports (:func:`substitute_drift`), so the shipped code cannot drift from the package's.
 
 The tokenizer is saved beside the model with an explicit ``tokenizer_class``, so ``AutoTokenizer`` never
 needs the model config (and never asks whether to run custom code).
