@@ -146,31 +146,36 @@ sys.meta_path.insert(0, BlockSoftpick())
 import torch
 from transformers import AutoModelForCausalLM
 
-folder, modes = sys.argv[1], json.loads(sys.argv[2])
-model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-out = {"modules": sorted(m for m in sys.modules if m.split(".")[0] == "softpick")}
-for name, kwargs in modes.items():
-    torch.manual_seed(0)
-    ids = model.generate(torch.tensor([[1, 5, 9, 14, 3]]), max_new_tokens=6, min_new_tokens=6, pad_token_id=0,
-                         **kwargs)
-    out[name] = ids.tolist()
+folders, modes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {}
+for variant, folder in folders.items():
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    for name, kwargs in modes.items():
+        torch.manual_seed(0)
+        ids = model.generate(torch.tensor([[1, 5, 9, 14, 3]]), max_new_tokens=6, min_new_tokens=6, pad_token_id=0,
+                             **kwargs)
+        out[f"{variant} {name}"] = ids.tolist()
+out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "softpick")
 print("RESULT " + json.dumps(out))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fields", [dict(attn_type="softpick"),
-                                    dict(attn_type="sink", ssmax=True, output_gate="headwise")],
-                         ids=["softpick", "gated_ssmax_sink"])
-def test_export_generates_in_every_mode_without_softpick(tmp_path, fields):
-    model = tiny_model(**fields)
-    folder = save_portable(model, tmp_path / "hf")
-    expected = {}
-    for name, kwargs in GENERATE_MODES.items():
-        torch.manual_seed(0)
-        expected[name] = model.generate(torch.tensor([[1, 5, 9, 14, 3]]), max_new_tokens=6, min_new_tokens=6,
-                                        pad_token_id=0, **kwargs).tolist()
-    result = subprocess.run([sys.executable, "-c", GENERATOR, str(folder), json.dumps(GENERATE_MODES)],
+def test_export_generates_in_every_mode_without_softpick(tmp_path):
+    """softpick attention and the sink variant (softmax with a sink logit, SSMax, a gate): every generate
+    mode in a process where softpick cannot be imported gives the tokens of the package's own model."""
+    variants = {"softpick": dict(attn_type="softpick"),
+                "gated_ssmax_sink": dict(attn_type="sink", ssmax=True, output_gate="headwise")}
+    folders, expected = {}, {}
+    for variant, fields in variants.items():
+        model = tiny_model(**fields)
+        folders[variant] = str(save_portable(model, tmp_path / variant))
+        for name, kwargs in GENERATE_MODES.items():
+            torch.manual_seed(0)
+            expected[f"{variant} {name}"] = model.generate(
+                torch.tensor([[1, 5, 9, 14, 3]]), max_new_tokens=6, min_new_tokens=6, pad_token_id=0, **kwargs
+            ).tolist()
+    result = subprocess.run([sys.executable, "-c", GENERATOR, json.dumps(folders), json.dumps(GENERATE_MODES)],
                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
