@@ -62,7 +62,7 @@ def test_threads_sets_torchs_cpu_threads(model_dir, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    assert generate_cli.main([str(model_dir), "--prompt", "x", "--threads", "0"]) == 2
+    assert cli_main(["generate", str(model_dir), "--prompt", "x", "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--threads must be at least 1, got 0.")
 
 
