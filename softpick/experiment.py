@@ -83,7 +83,10 @@ def load_experiment(path: str | Path, assignments: list[str] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"experiment file {path} does not exist.")
-    config = tomllib.loads(path.read_text())
+    try:
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise BadValue(f"{path} is not valid TOML ({error}).") from None
     for assignment in assignments:
         _set(config, assignment)
     unknown = set(config) - {"experiment", "model", "variants", "train", "analyze"}

@@ -154,6 +154,7 @@ def test_only_trains_the_named_variant_without_a_comparison(toy_file, tmp_path):
     ("[experiment]\nvariants = ['a', 'b']\n[model]\nmodel_type = 'x'\n[variants.a]\n", "without a [variants.NAME]"),
     ("[model]\nhidden_size = 3\n", "needs model_type"),
     ("[trian]\n", "unknown tables ['trian']"),
+    ("[experiment\n", "is not valid TOML"),
 ])
 def test_bad_experiment_files_fail_with_one_line(tmp_path, capsys, text, message):
     path = tmp_path / "bad.toml"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from softpick.errors import BadValue, MissingFile
+from softpick.errors import BadValue, MissingFile, UserError
 from softpick.corpus.records import no_text_field, record_text, text_field
 from softpick.corpus.tokenized import is_tokenized_dataset
 
@@ -55,6 +55,17 @@ def _texts_from_records(records: list, where: str) -> list[str]:
 
 
 def _read_file(path: Path) -> list[str]:
+    """The documents of one --data file; BadValue (one line) when it does not parse."""
+    try:
+        return _parse_file(path)
+    except UserError:
+        raise
+    except (ValueError, OSError) as error:  # json, utf-8 and parquet errors (ArrowInvalid is a ValueError)
+        message = " ".join(str(error).split())[:200]
+        raise BadValue(f"--data {path} cannot be read as {path.suffix.lower()[1:]} ({message}).") from None
+
+
+def _parse_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         # Documents are separated by blank lines.

@@ -90,3 +90,15 @@ def test_analyze_device_and_data(model, capsys, tmp_path):
 ])
 def test_convert_flags(capsys, argv, words):
     refused(capsys, argv, 2, words)
+
+
+@pytest.mark.parametrize("name,text", [("bad.jsonl", '{"text": "a"}\n{oops\n'), ("bad.json", "[1, 2"),
+                                       ("bad.parquet", "not parquet")])
+def test_a_data_file_that_does_not_parse_is_one_line(tmp_path, name, text):
+    """Regression: analyze caught ValueError itself, so a --data file that is not json / parquet printed one
+    line; with the catch gone (a kernel bug must keep its traceback) the reader raises BadValue itself."""
+    from softpick.errors import UserError
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=f"--data .*{name} cannot be read as"):
+        load_documents(str(tmp_path / name))
