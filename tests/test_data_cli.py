@@ -120,6 +120,9 @@ def test_missing_input_and_empty_result_fail_with_one_line(tmp_path, capsys):
     assert "no document survived cleaning" in capsys.readouterr().err
     assert cli_main(["data", "build", str(tmp_path / "tiny.txt"), "--out", str(tmp_path / "o"), "--max-val-overlap", "30"]) == 2
     assert "--max-val-overlap must be a share in [0, 1], got 30.0" in capsys.readouterr().err
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")  # the command no longer catches ValueError itself
+    assert cli_main(["data", "build", str(tmp_path / "broken.parquet"), "--out", str(tmp_path / "o2"), "--workers", "1"]) == 2
+    assert "broken.parquet is not valid parquet" in capsys.readouterr().err
 
 
 def test_workers_give_the_same_documents(sources):

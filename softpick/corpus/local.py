@@ -117,7 +117,10 @@ def _records(path: Path, content: str, raw: bytes) -> Iterator[str]:
     if content == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(raw))
+        try:
+            table = pq.read_table(io.BytesIO(raw))
+        except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise BadValue(f"{path} is not valid parquet ({' '.join(str(err).split())[:200]}).") from None
         column = text_field(table.column_names)
         if column is None:
             raise BadValue(no_text_field(str(path), table.column_names))
