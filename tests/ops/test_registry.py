@@ -22,6 +22,11 @@ def test_backends_in_priority_order_naive_last():
 
 
 def test_attn_types_map_to_specs():
+    from typing import get_args
+
+    from softpick.ops.attention.spec import AttnType
+
+    assert tuple(ATTN_TYPES) == get_args(AttnType)  # the Literal and the table name the same attn_types
     assert {t: (s.normaliser, s.sink) for t in ATTN_TYPES for s in [AttentionSpec.from_attn_type(t)]} == ATTN_TYPES
     with pytest.raises(ValueError, match="attn_type must be one of"):
         AttentionSpec.from_attn_type("sigmoid_softpick")

@@ -48,7 +48,6 @@ ATTN_TYPES: dict[str, tuple[Normaliser, SinkKind]] = {
     "sigmoid": ("sigmoid", "none"),
 }
 """attn_type -> (normaliser, sink kind): the only place the config's names are translated."""
-assert tuple(ATTN_TYPES) == get_args(AttnType)
 
 
 class UnsupportedInputs(UserError, NotImplementedError):
