@@ -58,13 +58,14 @@ def _jit_function(kernel):
 
 
 def compile_kernel(name: str, head_dim: int, softpick: bool, tile: tuple[int, int, int, int], arch: int = 90,
-                   tma: bool = False, maxnreg: int | None = None):
+                   tma: bool = False, maxnreg: int | None = None, sigmoid: bool = False):
     """The compiled kernel (``.asm`` holds ptx and cubin) for causal, dense, bf16 inputs; ``tma``: the
-    forward's tensor-descriptor loads; ``maxnreg``: a register cap per thread."""
+    forward's tensor-descriptor loads; ``maxnreg``: a register cap per thread; ``sigmoid``: sigmoid
+    attention (with ``softpick`` False)."""
     fn = _jit_function(KERNELS[name])
     bm, bn, warps, stages = tile
     const = {"K": head_dim, "V": head_dim, "BK": head_dim, "BV": head_dim, "BM": bm, "BN": bn,
-             "SOFTPICK": softpick, "SIGMOID": False, "CAUSAL": True, "IS_VARLEN": False}
+             "SOFTPICK": softpick, "SIGMOID": sigmoid, "CAUSAL": True, "IS_VARLEN": False}
     if name == "fwd":
         const.update(HAS_SINK=False, TMA_OK=tma, TMA=tma)
     if name == "dkdv":
