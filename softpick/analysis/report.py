@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from softpick.analysis.live import plot_live_metrics, training_rows  # noqa: E402
+
 PER_LAYER_PLOTS = (
     # file name, section, key, title, y label, log scale
     ("sink_first_token_mass.png", "sink", "first_token_mass_per_layer", "Attention on the first token", "mean weight", False),
@@ -409,6 +411,7 @@ def write_comparison(reports: dict[str, Report], out: str | Path) -> list[Path]:
                 for n in lengths]
         lines += ["", "## Passkey accuracy", ""] + _table(["prompt tokens", *labels], rows)
     plots = write_plots(reports, out)
+    plots += plot_live_metrics({label: training_rows(r.model["path"]) for label, r in reports.items()}, out)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     (out / "comparison.json").write_text(json_text({"reports": {label: r.to_dict() for label, r in reports.items()}}))
