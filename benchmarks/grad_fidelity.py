@@ -178,7 +178,7 @@ def gradients(model, ids, *, tap: Tap, autocast: bool, impl, fp32_attention: boo
         model.gradient_checkpointing_disable()
     grads = {n: p.grad.detach().double() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    return grads, list(tap.q), list(tap.k), [tap.dq[i] for i in range(len(tap.q))], float(loss)
+    return grads, list(tap.q), list(tap.k), [tap.dq[i] for i in range(len(tap.q))], loss.item()
 
 
 def compare(test: dict, ref: dict) -> dict[str, tuple[float, float]]:
@@ -342,6 +342,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps before the second measurement (default 100; 20 with --gpu)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW lr (default 3e-3; 3e-4 with --gpu), 10%% warmup")
     p.add_argument("--impl", default="auto", help="attention impl of the bf16 pass: auto (the trainer's), naive, triton, cute")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field (JSON value), e.g. --set num_hidden_layers=2 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--where", default="softpick,softmax", help="variants whose tables 2-4 are printed")
     p.add_argument("--json", default=None, help="write every number here")
@@ -360,7 +363,13 @@ def main() -> None:
     base = dict(TOY) if config_path is None else json.loads(Path(config_path).read_text())
     for key in ("attn_type", "ssmax", "output_gate", "attn_impl"):
         base.pop(key, None)
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        base[key] = json.loads(value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     header = {"device": torch.cuda.get_device_name() if gpu else "cpu", "config": config_path or "toy 4 x 128",
+              "overrides": args.set,
               "batch": args.batch, "seq": args.seq, "steps": args.steps, "lr": args.lr, "impl": args.impl,
               "torch": torch.__version__}
     print(header, flush=True)

@@ -243,13 +243,15 @@ def probe_layers(
 ) -> list[LayerStats]:
     """One forward of a batch ([B, T] each) with every layer's attention map and output reduced.
 
-    Runs eagerly (a ``torch.compile``-d block too: ``set_stance("force_eager")``) and in eval mode,
-    then restores the mode. Under tensor parallel each rank sees its own heads (see :func:`merge_heads`).
+    Runs eagerly (a ``torch.compile``-d block too: ``set_stance("force_eager")``), in eval mode and,
+    for a transformers model on sdpa/flash attention, with eager attention; then restores both. Under
+    tensor parallel each rank sees its own heads (see :func:`merge_heads`).
     """
     layers: dict[int, LayerStats] = {}
     stats = lambda i: layers.setdefault(i, LayerStats())  # noqa: E731
-    was_training = model.training
+    was_training, implementation = model.training, attn_implementation(model)
     model.eval()
+    ensure_attention_weights(model)
     try:
         with taps(model, on_attention=lambda i, w: stats(i).add_attention(w, attention_mask, threshold),
                   on_hidden=lambda i, h: stats(i).add_hidden(h, attention_mask)), \
@@ -258,6 +260,11 @@ def probe_layers(
                   use_cache=False, output_attentions=True)
     finally:
         model.train(was_training)
+        if attn_implementation(model) != implementation:
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation(implementation)
+            else:
+                model.config._attn_implementation = implementation
     return [layers[i] for i in sorted(layers)]
 
 
