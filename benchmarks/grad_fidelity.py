@@ -254,8 +254,8 @@ def label(kind: str, b: int) -> str:
     return f"[{lo}, {hi})"
 
 
-def measure(model, ids, tap: Tap, impl, checkpoint: bool) -> dict:
-    """Table 1 and tables 2-4 for the current weights."""
+def measure(model, ids, tap: Tap, impl, checkpoint: bool, where: bool = True) -> dict:
+    """Table 1 and (``where``) tables 2-4 for the current weights."""
     t0 = time.perf_counter()
     g16, q16, k16, dq16, loss16 = gradients(model, ids, tap=tap, autocast=True, impl=impl, checkpoint=checkpoint)
     g16a, *_ = gradients(model, ids, tap=tap, autocast=True, impl="naive", fp32_attention=True, checkpoint=checkpoint)
@@ -267,7 +267,7 @@ def measure(model, ids, tap: Tap, impl, checkpoint: bool) -> dict:
         "loss_bf16": loss16, "loss_fp64": loss64,
         "families": {"bf16 vs fp32": compare(g16, g32), "bf16 vs fp64": compare(g16, g64),
                      "fp32 vs fp64": compare(g32, g64), "bf16+fp32 attn vs fp64": compare(g16a, g64)},
-        "where": where_it_lives(q16, k16, dq16, q64, k64, dq64, tap.scale),
+        "where": where_it_lives(q16, k16, dq16, q64, k64, dq64, tap.scale) if where else None,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -282,9 +282,10 @@ def run_variant(name: str, base: dict, args, device) -> dict:
     train = windows("train", args.batch, args.seq, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-15, weight_decay=0.1)
     checkpoint = device.type == "cuda"
+    where = name in args.where.split(",")
     results, losses, norms = {}, [], []
     with tapped_ops(tap):
-        results[0] = measure(model, heldout, tap, impl, checkpoint)
+        results[0] = measure(model, heldout, tap, impl, checkpoint, where)
         set_impl(model, impl)
         t0 = time.perf_counter()
         for step in range(1, args.steps + 1):
@@ -302,7 +303,7 @@ def run_variant(name: str, base: dict, args, device) -> dict:
             opt.zero_grad(set_to_none=True)
         train_s = time.perf_counter() - t0
         if args.steps:
-            results[args.steps] = measure(model, heldout, tap, impl, checkpoint)
+            results[args.steps] = measure(model, heldout, tap, impl, checkpoint, where)
     return {"config": VARIANTS[name], "measurements": results, "train_loss": losses, "grad_norm": norms,
             "train_s": train_s}
 
@@ -346,7 +347,7 @@ def main() -> None:
                    help="override a model config field (JSON value), e.g. --set num_hidden_layers=2 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--where", default="softpick,softmax", help="variants whose tables 2-4 are printed")
+    p.add_argument("--where", default="softpick,softmax", help="variants whose tables 2-4 are computed and printed")
     p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args()
     device = torch.device("cuda" if args.gpu else "cpu")
