@@ -333,6 +333,37 @@ def print_table(all_results: dict, families=("q_proj", "k_proj", "v_proj", "o_pr
                 print(f"| {name} | {step} | {comp} | " + " | ".join(cells) + " |")
 
 
+def plot_where(results: dict, path: str) -> None:
+    """Relative dq error (bf16 vs fp64) by query position, denominator and layer: one line per variant
+    and measurement; the marker area shows each bin's share of the error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = (("position", "query position"), ("den", "den = sum_j |e^s_j - 1|"), ("layer", "layer"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, res in results.items():
+        for step, m in res["measurements"].items():
+            if not m["where"]:
+                continue
+            for ax, (kind, title) in zip(axes, kinds):
+                rows = [r for r in m["where"][kind] if math.isfinite(r["rel_err"])]
+                line, = ax.plot([r["bin"] for r in rows], [r["rel_err"] for r in rows], label=f"{name}, step {step}",
+                                ls="-" if int(step) == 0 else "--")
+                ax.scatter([r["bin"] for r in rows], [r["rel_err"] for r in rows], s=[4 + 200 * r["err_share"] for r in rows],
+                           color=line.get_color(), alpha=0.6)
+    for ax, (kind, title) in zip(axes, kinds):
+        ax.set(yscale="log", xlabel=title, ylabel="||dq_bf16 - dq_fp64|| / ||dq_fp64||")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Where bf16 and fp64 gradients disagree (marker area: share of the error)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", action="store_true", help="the 340M config at batch 2 x 2048 on CUDA (preset)")
@@ -349,7 +380,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--where", default="softpick,softmax", help="variants whose tables 2-4 are computed and printed")
     p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--plot", default=None, help="write the where-figure (PNG) here")
+    p.add_argument("--replot", default=None, help="only draw --plot from a --json file written earlier")
     args = p.parse_args()
+    if args.replot:
+        plot_where(json.loads(Path(args.replot).read_text())["results"], args.plot)
+        return
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA.")
@@ -389,6 +425,8 @@ def main() -> None:
                 print_where(name, step, m["where"])
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=1))
+    if args.plot:
+        plot_where(results, args.plot)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     print_table(results)
 

@@ -47,8 +47,19 @@ class CpuBf16Trainer(Trainer):
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
-def train(config: dict, variant: str, precision: str, out: Path, steps: int | None) -> float:
-    folder = out / f"{variant}_{precision}"
+def run_name(variant: str, precision: str, seed: int) -> str:
+    return f"{variant}_{precision}" + (f"_seed{seed}" if seed else "")
+
+
+def parse(name: str) -> tuple[str, str, int]:
+    """(variant, precision, seed) of a run name."""
+    parts = name.split("_")
+    seed = int(parts.pop()[4:]) if parts[-1].startswith("seed") else 0
+    return "_".join(parts[:-1]), parts[-1], seed
+
+
+def train(config: dict, variant: str, precision: str, out: Path, steps: int | None, seed: int = 0) -> float:
+    folder = out / run_name(variant, precision, seed)
     shutil.rmtree(folder / "train", ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     model_config = folder / "model_config.json"
@@ -57,6 +68,7 @@ def train(config: dict, variant: str, precision: str, out: Path, steps: int | No
     sections["checkpoint"]["enable_checkpoint"] = False
     if steps is not None:
         sections["training"]["steps"] = steps
+    sections["training"]["seed"] = seed
     trainer = CpuBf16Trainer(from_dict(sections, "cpu_precision"))
     start = time.perf_counter()
     try:
@@ -79,18 +91,28 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
 
     colors = {"softpick": "tab:red", "softmax": "tab:blue"}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    seeds = sorted({parse(name)[2] for name in runs})
     for name, rows in runs.items():
-        variant, precision = name.rsplit("_", 1)
+        variant, precision, seed = parse(name)
+        if seed:
+            continue
         style = "-" if precision == "bf16" else "--"
         steps, loss = [r["step"] for r in rows], [r["loss"] for r in rows]
         ax.plot(steps, smooth(loss, 25), style, color=colors[variant], label=name)
     for variant in colors:
-        a, b = runs.get(f"{variant}_bf16"), runs.get(f"{variant}_fp32attn")
-        if a and b:
+        for seed in seeds:
+            a, b = runs.get(run_name(variant, "bf16", seed)), runs.get(run_name(variant, "fp32attn", seed))
+            if a and b:
+                n = min(len(a), len(b))
+                diff = [a[i]["loss"] - b[i]["loss"] for i in range(n)]
+                bx.plot([a[i]["step"] for i in range(n)], smooth(diff, 25), color=colors[variant],
+                        ls=["-", ":", "-."][seeds.index(seed) % 3], label=f"{variant} seed {seed}: bf16 - fp32attn")
+        a, b = runs.get(run_name(variant, "bf16", 0)), runs.get(run_name(variant, "bf16", 1))
+        if a and b:  # the yardstick: another seed (init and data order) at the same precision
             n = min(len(a), len(b))
             diff = [a[i]["loss"] - b[i]["loss"] for i in range(n)]
-            bx.plot([a[i]["step"] for i in range(n)], smooth(diff, 25), color=colors[variant],
-                    label=f"{variant}: bf16 - fp32attn")
+            bx.plot([a[i]["step"] for i in range(n)], smooth(diff, 25), color=colors[variant], alpha=0.35, lw=3,
+                    label=f"{variant} bf16: seed 0 - seed 1 (yardstick)")
     ax.set(xlabel="step", ylabel="training loss (running mean of 25)", title="Loss", ylim=(None, None))
     ax.set_yscale("log")
     bx.axhline(0, color="k", lw=0.5)
@@ -105,7 +127,7 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, variant in zip(axes, colors):
         for precision, style in (("bf16", "-"), ("fp32attn", "--")):
-            rows = runs.get(f"{variant}_{precision}")
+            rows = runs.get(run_name(variant, precision, 0))
             if rows:
                 ax.plot([r["step"] for r in rows], [r["grad_norm"] for r in rows], style, lw=0.7,
                         label=f"{variant}_{precision}")
@@ -115,7 +137,7 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
     fig.tight_layout()
     fig.savefig(out / "precision_grad_norm.png", dpi=110)
     plt.close(fig)
-    plot_live_metrics(runs, out)
+    plot_live_metrics({name: rows for name, rows in runs.items() if not parse(name)[2]}, out)
     return summary(runs)
 
 
@@ -144,21 +166,24 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs/experiments/cpu_precision.toml"))
     p.add_argument("--out", default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--only", default=None, help="comma-separated runs NAME_PRECISION to train")
+    p.add_argument("--only", default=None, help="comma-separated runs VARIANT_PRECISION to train")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (init and data order) to train")
     p.add_argument("--plots-only", action="store_true", help="no training or analysis: figures from the dumps")
     p.add_argument("--no-analyze", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
     config = load_experiment(args.config)
     out = Path(args.out or config["experiment"]["out"])
-    names = [f"{v}_{p}" for v in config["experiment"]["variants"] for p in PRECISIONS]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    names = [run_name(v, p, s) for s in seeds for v in config["experiment"]["variants"] for p in PRECISIONS]
+    every = sorted({path.parent.parent.name for path in out.glob("*/train/metrics.jsonl")})
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     if not args.plots_only:
-        for name in args.only.split(",") if args.only else names:
-            variant, precision = name.rsplit("_", 1)
+        for name in [run_name(*n.split("_"), s) for s in seeds for n in args.only.split(",")] if args.only else names:
+            variant, precision, seed = parse(name)
             print(f"[{name}] training", flush=True)
-            timing[name] = {"train_s": train(config, variant, precision, out, args.steps)}
+            timing[name] = {"train_s": train(config, variant, precision, out, args.steps, seed)}
             timing_path.write_text(json.dumps(timing, indent=2) + "\n")
             if not args.no_analyze:
                 from softpick.analysis.cli import analyze, analyze_options
@@ -168,7 +193,7 @@ def main() -> None:
                 analyze(dump / "hf", analyze_options(dump / "hf", out / name / "analysis", **config.get("analyze", {})))
                 timing[name]["analysis_s"] = time.perf_counter() - start
                 timing_path.write_text(json.dumps(timing, indent=2) + "\n")
-    runs = {name: read_rows(out / name / "train" / "metrics.jsonl") for name in names}
+    runs = {name: read_rows(out / name / "train" / "metrics.jsonl") for name in sorted(set(names) | set(every))}
     runs = {name: rows for name, rows in runs.items() if rows}
     result = {"summary": figures(out, runs), "timing": timing}
     for name in runs:
