@@ -48,3 +48,43 @@ def test_shape_and_non_finite_values_fail():
         assert_close("shape", ref, torch.zeros(5))
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close("nan", ref, torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+@pytest.mark.parametrize("causal, cu", [(True, None), (False, None), (True, [0, 1, 9, 20])])
+def test_bf16_operand_reference_is_the_exact_gradient_without_rounding(variant, causal, cu):
+    """The floor's explicit backward (dS = e^{s-lse}([s>0] dP - sign(s) delta) for softpick) is the
+    autograd gradient of the naive op when it rounds nothing, large scores and GQA included."""
+    from kernel_env import bf16_operand_reference
+    from softpick.ops.attention.naive import naive_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randn(1, 20, 4, 16, generator=g) * 8).double().requires_grad_()
+    k, v = (torch.randn(1, 20, 2, 16, generator=g).double().requires_grad_() for _ in range(2))
+    do = torch.randn(1, 20, 4, 16, generator=g).double()
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    o = naive_attention(q, k, v, variant=variant, causal=causal, cu_seqlens=cu_t)
+    exact = (o, *torch.autograd.grad(o, (q, k, v), do))
+    mine = bf16_operand_reference(q.detach(), k.detach(), v.detach(), do, variant=variant, causal=causal,
+                                  cu_seqlens=cu_t, operand_dtype=None)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), exact, mine):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+    rounded = bf16_operand_reference(q.detach(), k.detach(), v.detach(), do, variant=variant, causal=causal,
+                                     cu_seqlens=cu_t)
+    assert all(0 < (r - a).norm() < 3e-2 * a.norm() for r, a in zip(rounded, exact))  # bf16 rounding, no more
+
+
+def test_floor_widens_only_to_twice_the_forced_error():
+    """With a floor (the error bf16 operands force), an output passes up to FLOOR_FACTOR times the
+    floor's error, norm-wise and in its worst entry, and fails beyond it."""
+    from kernel_env import FLOOR_FACTOR
+
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randn(4096, generator=g, dtype=torch.float64)
+    noise = torch.randn(4096, generator=g, dtype=torch.float64)
+    floor = ref + 0.05 * noise  # far over the fixed bf16/fp32 tolerances
+    with pytest.raises(AssertionError):
+        assert_close("no floor", ref, floor)
+    assert_close("at the floor", ref, ref + 0.05 * FLOOR_FACTOR * 0.99 * noise, floor=floor)
+    with pytest.raises(AssertionError):
+        assert_close("past the floor", ref, ref + 0.05 * FLOOR_FACTOR * 1.1 * noise, floor=floor)
