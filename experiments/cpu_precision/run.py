@@ -37,7 +37,8 @@ from softpick.experiment import load_experiment, train_sections  # noqa: E402
 from softpick.train.config import from_dict  # noqa: E402
 from softpick.train.trainer import Trainer  # noqa: E402
 
-PRECISIONS = ("bf16", "fp32attn")
+PRECISIONS = ("bf16", "fp32attn", "fp32")
+"""bf16 autocast with the attention reading bf16 q, k, v; the same with exact fp32 attention; no autocast."""
 
 
 class CpuBf16Trainer(Trainer):
@@ -69,7 +70,7 @@ def train(config: dict, variant: str, precision: str, out: Path, steps: int | No
     if steps is not None:
         sections["training"]["steps"] = steps
     sections["training"]["seed"] = seed
-    trainer = CpuBf16Trainer(from_dict(sections, "cpu_precision"))
+    trainer = (Trainer if precision == "fp32" else CpuBf16Trainer)(from_dict(sections, "cpu_precision"))
     start = time.perf_counter()
     try:
         with fp32_attention() if precision == "fp32attn" else contextlib.nullcontext():
@@ -96,17 +97,18 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
         variant, precision, seed = parse(name)
         if seed:
             continue
-        style = "-" if precision == "bf16" else "--"
+        style = {"bf16": "-", "fp32attn": "--", "fp32": ":"}[precision]
         steps, loss = [r["step"] for r in rows], [r["loss"] for r in rows]
         ax.plot(steps, smooth(loss, 25), style, color=colors[variant], label=name)
     for variant in colors:
         for seed in seeds:
-            a, b = runs.get(run_name(variant, "bf16", seed)), runs.get(run_name(variant, "fp32attn", seed))
-            if a and b:
-                n = min(len(a), len(b))
-                diff = [a[i]["loss"] - b[i]["loss"] for i in range(n)]
-                bx.plot([a[i]["step"] for i in range(n)], smooth(diff, 25), color=colors[variant],
-                        ls=["-", ":", "-."][seeds.index(seed) % 3], label=f"{variant} seed {seed}: bf16 - fp32attn")
+            for other, ls in (("fp32attn", "-"), ("fp32", ":")):
+                a, b = runs.get(run_name(variant, "bf16", seed)), runs.get(run_name(variant, other, seed))
+                if a and b:
+                    n = min(len(a), len(b))
+                    diff = [a[i]["loss"] - b[i]["loss"] for i in range(n)]
+                    bx.plot([a[i]["step"] for i in range(n)], smooth(diff, 25), color=colors[variant], ls=ls,
+                            label=f"{variant}" + (f" seed {seed}" if seed else "") + f": bf16 - {other}")
         a, b = runs.get(run_name(variant, "bf16", 0)), runs.get(run_name(variant, "bf16", 1))
         if a and b:  # the yardstick: another seed (init and data order) at the same precision
             n = min(len(a), len(b))
@@ -116,7 +118,7 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
     ax.set(xlabel="step", ylabel="training loss (running mean of 25)", title="Loss", ylim=(None, None))
     ax.set_yscale("log")
     bx.axhline(0, color="k", lw=0.5)
-    bx.set(xlabel="step", ylabel="loss difference (running mean of 25)", title="bf16 attention minus exact fp32 attention")
+    bx.set(xlabel="step", ylabel="loss difference (running mean of 25)", title="bf16 minus exact fp32 attention / fp32")
     for x in (ax, bx):
         x.grid(alpha=0.3)
         x.legend(fontsize=8)
@@ -126,7 +128,7 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, variant in zip(axes, colors):
-        for precision, style in (("bf16", "-"), ("fp32attn", "--")):
+        for precision, style in (("bf16", "-"), ("fp32attn", "--"), ("fp32", ":")):
             rows = runs.get(run_name(variant, precision, 0))
             if rows:
                 ax.plot([r["step"] for r in rows], [r["grad_norm"] for r in rows], style, lw=0.7,
@@ -167,6 +169,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated runs VARIANT_PRECISION to train")
+    p.add_argument("--precisions", default="bf16,fp32attn", help=f"comma-separated, of {', '.join(PRECISIONS)}")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (init and data order) to train")
     p.add_argument("--plots-only", action="store_true", help="no training or analysis: figures from the dumps")
     p.add_argument("--no-analyze", action="store_true")
@@ -175,7 +178,9 @@ def main() -> None:
     config = load_experiment(args.config)
     out = Path(args.out or config["experiment"]["out"])
     seeds = [int(x) for x in args.seeds.split(",")]
-    names = [run_name(v, p, s) for s in seeds for v in config["experiment"]["variants"] for p in PRECISIONS]
+    precisions = args.precisions.split(",")
+    names = [run_name(v, p, s) for s in seeds for v in config["experiment"]["variants"] for p in precisions
+             if not (v == "softmax" and p == "fp32attn" and "fp32" in precisions)]
     every = sorted({path.parent.parent.name for path in out.glob("*/train/metrics.jsonl")})
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
