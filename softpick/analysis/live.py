@@ -61,7 +61,8 @@ def plot_live_metrics(runs: dict[str, list[dict]], out: str | Path) -> list[str]
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(LIVE_METRICS), figsize=(4.2 * len(LIVE_METRICS), 3.6))
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7))
+    axes = list(grid.flat)
     for ax, metric in zip(axes, LIVE_METRICS):
         for name, rows in runs.items():
             ax.plot(*_series(rows, PREFIX + metric), label=name, marker=".", markersize=3)
@@ -70,7 +71,9 @@ def plot_live_metrics(runs: dict[str, list[dict]], out: str | Path) -> list[str]
         if metric in ("max_abs", "kurtosis"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=9, title="run")
     fig.tight_layout()
     fig.savefig(out / "live_metrics.png", dpi=110)
     plt.close(fig)
