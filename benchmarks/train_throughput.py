@@ -8,6 +8,12 @@ causal attention FLOPs per token, against the peak given by ``--peak-flops``.
     python benchmarks/train_throughput.py --steps 40 --batch-size 8 --seq-len 4096 --compile \
         --peak-flops 989e12 --json out.json
 
+flame's recipe (one packed row of 65,536 tokens, documents cut at 4,096)::
+
+    python benchmarks/train_throughput.py --steps 40 --batch-size 1 --seq-len 65536 --context-len 4096 \
+        --varlen --compile
+
+``--fused-loss false`` measures the plain LM head + cross-entropy instead of the chunked loss.
 ``--converters none,float8`` runs every variant twice, plain (bf16 autocast) and with
 ``--model.converters float8`` (torchao ``Float8Linear`` on every Linear but the LM head, dynamic
 scaling; needs torchao and a GPU of compute capability >= 8.9), and prints the float8 / bf16 ratio of
@@ -50,7 +56,9 @@ def run_one(attn: str, args: argparse.Namespace, dump: Path, converter: str = "n
         "--training.steps", str(args.steps),
         "--training.batch_size", str(args.batch_size),
         "--training.seq_len", str(args.seq_len),
-        "--training.context_len", str(args.seq_len),
+        "--training.context_len", str(args.context_len or args.seq_len),
+        "--training.varlen", str(args.varlen).lower(),
+        "--training.fused_loss", str(args.fused_loss).lower(),
         "--training.num_workers", "2",
         "--lr_scheduler.warmup_steps", "10",
         "--optimizer.eps", "1e-15",
@@ -89,6 +97,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--log-freq", type=int, default=5)
     parser.add_argument("--skip", type=int, default=2, help="logged steps left out of the medians")
+    parser.add_argument("--context-len", type=int, default=None, help="longest document piece (default seq-len)")
+    parser.add_argument("--varlen", action="store_true", help="flame's recipe: one packed row (use --batch-size 1)")
+    parser.add_argument("--fused-loss", default="true", choices=("true", "false"),
+                        help="the chunked linear cross-entropy (default) or the plain LM head + cross-entropy")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-flops", type=float, default=None)
     parser.add_argument("--attn", default="softpick,softmax", help=f"comma-separated, from {', '.join(VARIANTS)}")

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from softpick.models.cache import StaticKVCache, append_to_cache
 from softpick.models.configuration_softpick import SoftpickConfig
 from softpick.ops import softmax_attention, softpick_attention
+from softpick.ops.cross_entropy import linear_cross_entropy, shifted_labels
 from softpick.ops.attention.naive import naive_attention
 
 ATTENTION_OPS = {"softpick": softpick_attention, "softmax": softmax_attention,
@@ -415,6 +416,10 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # used only if tie_word_embeddings
     accepts_loss_kwargs = False  # the loss is a plain mean: transformers.Trainer must not pass num_items_in_batch
+    fuse_linear_cross_entropy = False
+    """True: a training forward with labels (grad enabled) takes its loss from the LM head and the hidden
+    states chunk by chunk (:func:`softpick.ops.cross_entropy.linear_cross_entropy`) and returns no logits.
+    The trainer sets it (``--training.fused_loss``)."""
 
     def __init__(self, config: SoftpickConfig) -> None:
         super().__init__(config)
@@ -489,7 +494,8 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 
         Returns:
             CausalLMOutputWithPast(loss, logits [B, T', vocab], cache, hidden_states, attentions); the cache
-            field is named ``past_key_values`` (transformers < 5.24) or ``cache`` (see CACHE_FIELD).
+            field is named ``past_key_values`` (transformers < 5.24) or ``cache`` (see CACHE_FIELD). Logits are
+            None when the loss came from the chunked linear cross-entropy (``fuse_linear_cross_entropy``).
         """
         past_key_values = _take_cache(past_key_values, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -500,6 +506,11 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
             return_dict=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
         )
         hidden_states = outputs.last_hidden_state  # [B, T, hidden]
+        if (labels is not None and self.fuse_linear_cross_entropy and self.training and torch.is_grad_enabled()
+                and isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            loss = linear_cross_entropy(hidden_states.flatten(0, 1), self.lm_head.weight,
+                                        shifted_labels(labels.to(hidden_states.device), IGNORE_INDEX).flatten())
+            return self._output(loss, None, outputs, return_dict)
         if isinstance(logits_to_keep, int):
             if logits_to_keep > 0:
                 hidden_states = hidden_states[:, -logits_to_keep:]
@@ -519,6 +530,10 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
                 ignore_index=IGNORE_INDEX,
             )
 
+        return self._output(loss, logits, outputs, return_dict)
+
+    @staticmethod
+    def _output(loss, logits, outputs: BaseModelOutputWithPast, return_dict: bool) -> CausalLMOutputWithPast | tuple:
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

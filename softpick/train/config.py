@@ -151,7 +151,11 @@ class Training:
         ("bfloat16", "float32"),
     )
     mixed_precision_reduce: str = opt("float32", "Gradient reduction dtype under FSDP", ("float32",))
-    compile: bool = opt(False, "torch.compile each transformer block (and the loss)")
+    compile: bool = opt(False, "torch.compile each transformer block (and the loss's per-chunk softmax)")
+    fused_loss: bool = opt(
+        True, "Softpick models: loss from the LM head in token chunks, never the [tokens, vocab] logits "
+        "(softpick.ops.cross_entropy); false: the plain LM head + cross-entropy"
+    )
     gc_freq: int = opt(50, "Python garbage collection interval, in steps")
     seed: int | None = opt(None, "Base RNG seed for the init and the data order (None: 42)")
     deterministic: bool = opt(False, "Use deterministic algorithms wherever possible, may be slower")

@@ -11,7 +11,8 @@ Pipeline, per data-parallel rank:
    (rank, loader worker) pairs. Each document is tokenized as ``[BOS] text [EOS]`` (the special tokens
    the tokenizer has), the token stream is concatenated and cut into batches:
    ``input_ids [B, seq_len]``; or with ``varlen`` one row ``[1, seq_len]`` plus ``cu_seqlens [N+1]``
-   (int32) marking document starts, every piece cut to at most ``context_len`` tokens. Documents run
+   (int32) marking document starts, every piece cut to at most ``context_len`` tokens, the pieces'
+   ``position_ids`` and a bucketed ``max_seqlen`` (see :func:`packed_batch_fields`). Documents run
    across batch boundaries (nothing is dropped or padded); the stream repeats for ever, one epoch after
    another. Labels are the inputs (the model shifts them).
 3. :class:`ResumableLoader` wraps a torch DataLoader. Every batch carries the position of the first
@@ -162,8 +163,8 @@ class TokenWindows(IterableDataset):
         rank, world: this rank's index among the data-parallel ranks.
         seed: shuffling seed (epoch e uses seed + e).
 
-    Yields dicts: ``input_ids`` (int64 [B, T]), with varlen ``cu_seqlens`` (int32 [N+1]), and
-    ``position`` = (logical worker, :class:`ShardPosition` after this batch).
+    Yields dicts: ``input_ids`` (int64 [B, T]), with varlen the fields of :func:`packed_batch_fields`,
+    and ``position`` = (logical worker, :class:`ShardPosition` after this batch).
     """
 
     def __init__(
@@ -260,7 +261,7 @@ class TokenWindows(IterableDataset):
                 "position": (logical, ShardPosition(epoch, doc, offset)),
             }
             if self.varlen:
-                batch["cu_seqlens"] = cu_seqlens_from_lengths(lengths, self.context_len)
+                batch.update(packed_batch_fields(lengths, self.context_len))
             yield batch
 
 
@@ -272,6 +273,26 @@ def cu_seqlens_from_lengths(lengths: list[int], context_len: int) -> torch.Tenso
         full, rest = divmod(n, context_len)
         pieces += [context_len] * full + ([rest] if rest else [])
     return torch.tensor(np.cumsum([0] + pieces), dtype=torch.int32)
+
+
+def max_seqlen_bucket(longest: int, context_len: int) -> int:
+    """The ``max_seqlen`` passed to the kernels for a longest piece of ``longest`` tokens: the next power
+    of two (at least 256), at most ``context_len``. An upper bound is all the kernels need (it sizes their
+    grid); a few values instead of one per step keep torch.compile from specializing on each."""
+    return min(context_len, max(256, 1 << (longest - 1).bit_length()))
+
+
+def packed_batch_fields(lengths: list[int], context_len: int) -> dict[str, Any]:
+    """What a varlen batch carries besides ``input_ids``, all made on the host (the step reads nothing
+    back from the GPU): ``cu_seqlens`` (int32 [N+1], see :func:`cu_seqlens_from_lengths`),
+    ``position_ids`` (int64 [1, T], restarting at 0 in each piece) and ``max_seqlen`` (int64 [], the
+    bucketed longest piece, see :func:`max_seqlen_bucket`)."""
+    cu_seqlens = cu_seqlens_from_lengths(lengths, context_len)
+    bounds = cu_seqlens.numpy().astype(np.int64)
+    pieces = np.diff(bounds)
+    positions = np.arange(bounds[-1], dtype=np.int64) - np.repeat(bounds[:-1], pieces)
+    return {"cu_seqlens": cu_seqlens, "position_ids": torch.from_numpy(positions)[None],
+            "max_seqlen": torch.tensor(max_seqlen_bucket(int(pieces.max()), context_len))}
 
 
 class ResumableLoader:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.profiler import record_function
 
 from softpick._compat import set_pg_timeout
 from softpick.errors import UserError, debug_enabled, one_line
@@ -265,6 +266,8 @@ class Trainer:
                 model = self._build_model()
         else:
             model = seed_model.to(self.device)
+        if hasattr(model, "fuse_linear_cross_entropy"):  # softpick models: the loss without [tokens, vocab] logits
+            model.fuse_linear_cross_entropy = self.config.training.fused_loss
         layers, heads, head_dim = model_flops_shape(self.model_config)
         n_params = non_embedding_params(model)
         model = parallelize(model, self.dims, self.mesh, self.config, self.device)
@@ -319,16 +322,14 @@ class Trainer:
         for i, batch in enumerate(batches):
             if self.dims.fsdp_enabled:  # reduce-scatter gradients only after the last micro-batch
                 self.model.set_requires_gradient_sync(i == accum - 1)
-            input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-            kwargs = {}
-            if "cu_seqlens" in batch:  # the longest document from the CPU copy: the kernels need not read it back
-                cu_seqlens = batch["cu_seqlens"]
-                kwargs = {"cu_seqlens": cu_seqlens.to(self.device), "max_seqlen": int(cu_seqlens.diff().max())}
-            with self._autocast():
+            input_ids, kwargs = self._model_inputs(batch)
+            with self._autocast(), record_function("forward"):
                 loss = self.model(input_ids=input_ids, labels=input_ids, **kwargs).loss / accum
-            loss.backward()
+            with record_function("backward"):
+                loss.backward()
             loss_sum += loss.detach()
-        grad_norm = clip_grad_norm_(self.params, self.config.training.max_norm)
+        with record_function("clip_grad_norm"):
+            grad_norm = clip_grad_norm_(self.params, self.config.training.max_norm)
         loss = self._global_mean(loss_sum)
         # one value on the host per step (a sync point): a NaN/Inf never reaches the weights
         if torch.isfinite(grad_norm + loss).item():
@@ -339,6 +340,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return loss, grad_norm
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """input_ids on the device and the packed-document kwargs of a varlen batch, copied without waiting
+        for the GPU (the loader made them on the host: positions, and the bucketed longest piece, which the
+        kernels take as a host int). Under torch.compile the document count is marked dynamic up front, so
+        no step recompiles for a new count."""
+        def to_device(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
+        input_ids = to_device(batch["input_ids"])
+        if "cu_seqlens" not in batch:
+            return input_ids, {}
+        cu_seqlens = to_device(batch["cu_seqlens"])
+        if self.config.training.compile:
+            torch._dynamo.mark_dynamic(cu_seqlens, 0)
+        return input_ids, {"cu_seqlens": cu_seqlens, "position_ids": to_device(batch["position_ids"]),
+                           "max_seqlen": int(batch["max_seqlen"])}
 
     def _skip_or_stop(self, loss: float, grad_norm: float) -> None:
         """A step whose loss or grad norm is NaN/Inf: skip it (skip_nan_inf, within the limit) or stop."""

@@ -120,7 +120,7 @@ def test_packed_documents_equal_separate_forwards(attn_type):
     torch.testing.assert_close(packed, separate, atol=1e-5, rtol=1e-5)
     # the longest document given by the caller reaches the attention op (which checks it in eager mode)
     torch.testing.assert_close(model(torch.cat(docs, dim=1), cu_seqlens=cu_seqlens, max_seqlen=9).logits, packed)
-    with pytest.raises(ValueError, match="max_seqlen must be the longest document of cu_seqlens, 9, got 5"):
+    with pytest.raises(ValueError, match="max_seqlen must be at least the longest document of cu_seqlens, 9, got 5"):
         model(torch.cat(docs, dim=1), cu_seqlens=cu_seqlens, max_seqlen=5)
 
 

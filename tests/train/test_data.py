@@ -12,7 +12,9 @@ from train_utils import SEQ_LEN, make_docs
 from transformers import AutoTokenizer
 
 from softpick.train.config import parse_args
-from softpick.train.data import build_loader, cu_seqlens_from_lengths, load_documents, shuffled_indices
+from softpick.train.data import (
+    build_loader, cu_seqlens_from_lengths, load_documents, max_seqlen_bucket, shuffled_indices,
+)
 
 
 def config(assets, *extra):
@@ -54,6 +56,15 @@ def test_varlen_rows_split_at_documents_and_context_len(assets):
         assert int(cu.diff().max()) <= 16 and int(cu.diff().min()) >= 1
         bos = set((ids == tok.bos_token_id).nonzero().flatten().tolist())
         assert bos <= set(cu.tolist())  # every document start begins a piece
+        starts = torch.zeros(50, dtype=torch.long)
+        starts[cu[:-1].long()] = cu[:-1].long()
+        assert torch.equal(b["position_ids"][0], torch.arange(50) - starts.cummax(0).values)  # restart per piece
+        assert int(b["max_seqlen"]) == 16  # bucketed, at most context_len
+
+
+def test_max_seqlen_bucket():
+    assert [max_seqlen_bucket(n, 4096) for n in (1, 256, 257, 1000, 4096)] == [256, 256, 512, 1024, 4096]
+    assert max_seqlen_bucket(3000, 2048) == 2048 and max_seqlen_bucket(5, 100) == 100
 
 
 def test_cu_seqlens_from_lengths():

@@ -191,3 +191,39 @@ def test_wandb_offline(assets, tmp_path, monkeypatch):
     dump = tmp_path / "run"
     assert main(train_args(assets, dump, "--metrics.enable_wandb", steps=2)) == 0
     assert list((dump / "wandb").glob("offline-run-*"))
+
+
+def test_fused_loss_matches_the_plain_loss(assets, tmp_path):
+    """The chunked linear cross-entropy (default) and the plain LM head + F.cross_entropy train alike."""
+    assert main(train_args(assets, tmp_path / "plain", "--training.fused_loss", "false", steps=3)) == 0
+    assert main(train_args(assets, tmp_path / "fused", steps=3)) == 0
+    assert losses(tmp_path / "fused") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
+
+
+def test_compiled_varlen_steps_build_no_new_graphs(assets, tmp_path, monkeypatch):
+    """Packed rows with a changing document count run on the graphs of the first step (no recompiles):
+    the count is marked dynamic, the longest piece is bucketed and positions come from the loader.
+    (Dynamo's eager backend: the guards and graphs are dynamo's whatever the backend, and it builds in seconds.)"""
+    from torch._dynamo.utils import counters
+
+    from softpick.train import parallel
+    from softpick.train.trainer import Trainer
+
+    compile_ = torch.compile
+    monkeypatch.setattr(parallel.torch, "compile", lambda module: compile_(module, backend="eager"))
+    torch._dynamo.reset()
+    args = train_args(assets, tmp_path / "run", "--training.varlen", "--training.batch_size", "1",
+                      "--training.seq_len", "44", "--training.context_len", "16", "--training.compile", steps=5)
+    trainer = Trainer(parse_args(args))
+    try:
+        data = iter(trainer.loader)
+        trainer.train_step([next(data)])
+        built, counts = counters["stats"]["unique_graphs"], set()
+        for _ in range(4):
+            batch = next(data)
+            counts.add(batch["cu_seqlens"].numel())
+            trainer.train_step([batch])
+        assert len(counts) > 1  # the document count changed between steps
+        assert counters["stats"]["unique_graphs"] == built
+    finally:
+        trainer.close()

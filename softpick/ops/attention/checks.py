@@ -72,7 +72,8 @@ def check_attention_inputs(
 
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int | None) -> None:
     """Raise ValueError unless cu_seqlens runs strictly upwards from 0 to ``total`` and its longest
-    document is ``max_seqlen`` (when given: a smaller one would leave rows uncomputed)."""
+    document is at most ``max_seqlen`` (when given: an upper bound sizes the kernels' grid, a smaller one
+    would leave rows uncomputed)."""
     if cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != total:
         raise ValueError(
             f"cu_seqlens must start at 0 and end at the packed length {total}, got {cu_seqlens.tolist()}."
@@ -81,5 +82,6 @@ def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: i
     if bool((lengths <= 0).any()):
         raise ValueError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}.")
     longest = None if max_seqlen is None else int(lengths.max())
-    if longest != max_seqlen:
-        raise ValueError(f"max_seqlen must be the longest document of cu_seqlens, {longest}, got {max_seqlen}.")
+    if max_seqlen is not None and longest > max_seqlen:
+        raise ValueError(f"max_seqlen must be at least the longest document of cu_seqlens, {longest}, "
+                         f"got {max_seqlen}.")
