@@ -58,9 +58,15 @@ def __getattr__(name: str):
 
 
 if not help_only(sys.argv):
-    _load()
-    from softpick.ops import DEFAULT_EPS, softmax_attention, softpick, softpick_attention  # noqa: E402
-    from softpick.models import SoftpickConfig, SoftpickForCausalLM  # noqa: E402
+    try:
+        _load()
+        from softpick.ops import DEFAULT_EPS, softmax_attention, softpick, softpick_attention  # noqa: E402
+        from softpick.models import SoftpickConfig, SoftpickForCausalLM  # noqa: E402
+    except KeyboardInterrupt:  # Ctrl-C while torch and transformers load: a command line, not a traceback
+        if not sys.argv or os.path.basename(sys.argv[0]) not in ("softpick", "-m"):
+            raise
+        print("softpick: interrupted (SIGINT) while starting; nothing was done.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 __all__ = ["DEFAULT_EPS", "SoftpickConfig", "SoftpickForCausalLM", "__version__", "softmax_attention", "softpick",
            "softpick_attention"]

@@ -34,6 +34,7 @@ import transformers
 
 from softpick.analysis.cli import analyze, analyze_options, int_list
 from softpick.corpus import embedded_tokenizer
+from softpick.errors import UserError
 from softpick.models import ATTN_TYPES
 from softpick.train.config import from_dict, to_argv
 from softpick.train.trainer import Trainer
@@ -155,6 +156,9 @@ def analysis_options(options: DemoOptions, model_dir: Path, out_dir: Path):
 def train(options: DemoOptions) -> tuple[Path, list[float]]:
     """Train with :class:`Trainer` in this process; returns the HF export folder and the loss of every step."""
     out = Path(options.out)
+    if (out / "checkpoint").exists() or ((out / "metrics.jsonl").exists() and not (out / "demo_result.json").exists()):
+        raise UserError(f"--out {out} holds a training run the demo did not write (checkpoint/ or metrics.jsonl); "
+                        f"the demo would replace it: give another --out.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)  # the trainer appends; a rerun starts a fresh log
     config_path = out / "model_config.json"

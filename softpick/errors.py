@@ -15,6 +15,8 @@ import sys
 from typing import Callable
 
 USAGE_EXIT = 2
+INTERRUPT_EXIT = 130
+"""Exit code of a command stopped by Ctrl-C outside a training loop (128 + SIGINT, as a shell reports it)."""
 
 
 class UserError(Exception):
@@ -47,3 +49,8 @@ def run_command(name: str, func: Callable[[list[str]], int | None], argv: list[s
             raise
         print(f"softpick {name}: {one_line(error)}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: no traceback of whatever was importing or loading
+        if debug:
+            raise
+        print(f"softpick {name}: interrupted (SIGINT).", file=sys.stderr)
+        return INTERRUPT_EXIT

@@ -9,8 +9,9 @@ One prompt streams its continuation to stdout as it is decoded; several prompts 
 (left padding) and each continuation is printed when the batch is done. Any causal LM folder that
 ``from_pretrained`` loads works (softpick models once ``softpick`` is imported, which this does).
 Softpick models decode with :func:`softpick.models.fast_generate.fast_generate` (a preallocated KV
-cache; on CUDA every decoding step is a replayed CUDA graph, ``--no-graphs`` runs it eagerly); other
-models with ``model.generate``. The last line (to stderr) gives the tokens/s of the call.
+cache; on CUDA the decoding step is compiled, which the first call of a batch size and length waits for
+(stderr says so), and replayed as CUDA graphs; ``--no-compile`` and ``--no-graphs`` switch either off);
+other models with ``model.generate``. The last line (to stderr) gives the tokens/s of the call.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--no-graphs", action="store_true",
                    help="decode without CUDA graphs (same tokens, more host time per token)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="decode with the eager step (no torch.compile wait; more kernels per token)")
     return p
 
 
@@ -50,7 +53,7 @@ def generate(args: argparse.Namespace) -> list[str]:
     """The continuations of ``args.prompt`` (prompt text not included)."""
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.temperature < 0:
+    if not 0 <= args.temperature < float("inf"):  # nan too
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
@@ -78,7 +81,9 @@ def generate(args: argparse.Namespace) -> list[str]:
         if supports_fast_generate(model):
             options.pop("use_cache")
             output = fast_generate(model, inputs.input_ids, inputs.attention_mask, streamer=streamer,
-                                   graphs=False if args.no_graphs else None, **options)
+                                   graphs=False if args.no_graphs else None,
+                                   compile=False if args.no_compile else None,
+                                   notice=lambda line: print(f"[{line}]", file=sys.stderr, flush=True), **options)
         else:
             output = model.generate(**inputs, streamer=streamer, **options)
     seconds = time.perf_counter() - start
@@ -103,5 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         generate(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"softpick generate: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # torch.OutOfMemoryError too: the KV cache of --max-new-tokens does not fit
+        if "allocate" not in str(error):
+            raise
+        print(f"softpick generate: --max-new-tokens {args.max_new_tokens} x {len(args.prompt)} prompt(s) needs more "
+              f"memory than {args.device} has ({str(error).strip().splitlines()[0][:160]}); lower --max-new-tokens.",
+              file=sys.stderr)
         return 2
     return 0

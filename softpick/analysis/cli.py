@@ -234,6 +234,9 @@ def analyze_main(argv: list[str]) -> int:
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"softpick analyze: error: --out {args.out} is a file; give a folder for the report.", file=sys.stderr)
+        return 2
     try:
         analyze(args.model_dir, args)
     except (FileNotFoundError, ImportError, ValueError) as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from softpick.corpus.records import no_text_field, record_text, text_field
+from softpick.corpus.tokenized import is_tokenized_dataset
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
@@ -106,6 +107,12 @@ def load_documents(data: str | Path | None, split: str = "validation") -> list[s
     path = Path(data)
     if path.is_file():
         docs = _read_file(path)
+    elif path.is_dir() and is_tokenized_dataset(path):
+        text = path / "text" / f"{split}.jsonl"
+        if not text.is_file():
+            raise ValueError(f"--data {path} is a pre-tokenized folder of softpick data build (token ids, no "
+                             f"{text.relative_to(path)}); pass the text files it was built from.")
+        docs = _read_file(text)
     elif path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             import datasets

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from softpick.corpus.local import GatherStats, gather_documents
 from softpick.corpus.overlap import SPAN_WORDS, overlaps, span_index
-from softpick.corpus.tokenized import TokenizedWriter, read_meta
+from softpick.corpus.tokenized import TokenizedWriter, is_tokenized_dataset, read_meta
 from softpick.corpus.tokenizer import train_tokenizer
 from softpick.models.loading import load_tokenizer
 
@@ -77,12 +77,30 @@ def move_leaked_validation(unordered: dict[str, Path], max_overlap: float, worke
             "moved_chars": sum(map(len, moved)), "mean_overlap_before": round(mean, 4), "train_spans": len(index)}
 
 
+def check_out(out: Path, inputs: list[str]) -> None:
+    """ValueError (one line) unless ``out`` is new, empty, or an earlier ``data build`` output, and neither
+    holds an input nor lies inside one (its files would be read back as inputs)."""
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise FileNotFoundError(f"input {item} does not exist.")
+        a, b = out.resolve(), item.resolve()
+        if a == b or a in b.parents or (item.is_dir() and b in a.parents):
+            raise ValueError(f"--out {out} and the input {item} overlap: the output would be read as input or "
+                             f"overwrite it; give an --out outside the inputs.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a new folder.")
+    if out.is_dir() and any(out.iterdir()) and not is_tokenized_dataset(out):
+        raise ValueError(f"--out {out} exists and holds files that softpick data build did not write; give a new or "
+                         f"empty folder.")
+
+
 def build(args: argparse.Namespace) -> dict:
     """Run ``softpick data build``; returns the metadata written to OUT/softpick_tokens.json."""
     if not 0 <= args.max_val_overlap <= 1:
         raise ValueError(f"--max-val-overlap must be a share in [0, 1], got {args.max_val_overlap}.")
     given_tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer") if args.tokenizer else None  # fail fast
     out = Path(args.out)
+    check_out(out, args.inputs)
     text_dir = out / "text"
     text_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

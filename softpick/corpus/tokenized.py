@@ -30,7 +30,12 @@ def is_tokenized_dataset(path: str | Path) -> bool:
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    meta = json.loads((Path(folder) / META_FILE).read_text())
+    try:
+        meta = json.loads((Path(folder) / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{Path(folder) / META_FILE} is not valid json ({err}); build the dataset again.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{Path(folder) / META_FILE} must hold a json object; build the dataset again.")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{Path(folder) / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}.")
     return meta
@@ -105,10 +110,30 @@ class TokenizedDocuments:
     def __init__(self, folder: str | Path, split: str = "train"):
         self.folder, self.split = Path(folder), split
         self.meta = read_meta(folder)
+        if not isinstance(self.meta.get("splits"), dict) or "dtype" not in self.meta:
+            raise ValueError(f"{self.folder / META_FILE} lacks 'splits' or 'dtype'; build the dataset again.")
         if split not in self.meta["splits"]:
             raise ValueError(f"tokenized dataset {folder} has no split {split!r} (it has {sorted(self.meta['splits'])}).")
-        self.offsets = np.load(self.folder / split / "offsets.npy")
+        self.offsets = self._check(split)
         self._tokens: np.memmap | None = None
+
+    def _check(self, split: str) -> np.ndarray:
+        """The split's document offsets, after checking them against ``tokens.bin``; ValueError naming the
+        damaged file otherwise (a truncated file would silently cut documents)."""
+        where = self.folder / split
+        try:
+            offsets = np.load(where / "offsets.npy")
+            itemsize = np.dtype(self.meta["dtype"]).itemsize
+            size = (where / "tokens.bin").stat().st_size
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"tokenized dataset {self.folder} is damaged ({type(err).__name__}: {err}); build it "
+                             f"again with softpick data build.") from None
+        ok = offsets.ndim == 1 and len(offsets) >= 1 and offsets[0] == 0 and bool(np.all(np.diff(offsets) >= 0))
+        if not ok or size != int(offsets[-1]) * itemsize:
+            raise ValueError(f"tokenized dataset {self.folder} is damaged ({where / 'tokens.bin'} has {size} bytes, "
+                             f"its offsets.npy says {int(offsets[-1]) * itemsize if ok else 'nothing readable'}); "
+                             f"build it again with softpick data build.")
+        return offsets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from softpick.models.configuration_softpick import ATTN_IMPLS, ATTN_TYPES, SoftpickConfig
 from softpick.models.modeling_softpick import CACHE_FIELD, SoftpickForCausalLM, SoftpickModel
+import softpick.models.fast_generate  # noqa: E402,F401  (routes generate(cache_implementation="static") there)
 
 AutoConfig.register(SoftpickConfig.model_type, SoftpickConfig, exist_ok=True)
 AutoModel.register(SoftpickConfig, SoftpickModel, exist_ok=True)

@@ -1,8 +1,8 @@
-"""Appending to a transformers ``DynamicCache`` without copying the whole cache at every step.
+"""KV caches of every kind behind one protocol, and appending to a ``DynamicCache`` without copying it.
 
 ``DynamicLayer.update`` concatenates (``torch.cat``), so decoding token t copies all t cached keys
 and values of every layer: at batch 32 and 8k context that copy moves twice the bytes the attention
-itself reads. :func:`append_to_cache` keeps, for each plain ``DynamicLayer``, a buffer with spare room
+itself reads. :class:`TransformersCache` keeps, for each plain ``DynamicLayer``, a buffer with spare room
 (grown by a quarter plus 256 positions when full) and writes only the new positions; the layer's
 ``keys`` / ``values`` become views of the buffer's first positions, so everything else that reads or
 replaces them (``get_seq_length``, ``crop``, beam-search reordering, batch selection) keeps working: a
@@ -14,6 +14,10 @@ attention reads it on the device (no host sync, no shape that changes per token,
 step of ``generate`` keeps one graph). Caches of any other kind (sliding, offloaded, quantized) go
 through their own ``update``.
 
+Every kind answers one protocol, :class:`KVCache` (``begin``, ``update(layer, k, v) -> (k, v, kv_len)``,
+``end``): :func:`kv_cache` wraps what the model was given (None, a transformers cache, our own), so
+the model's forward has no branch per cache kind.
+
 :class:`StaticKVCache` is the cache of the fast decode loop (:mod:`softpick.models.fast_generate`):
 one preallocated buffer per layer and a single device length for all layers, advanced once per
 forward, so a whole decoding step can be captured in a CUDA graph.
@@ -21,12 +25,14 @@ forward, so a whole decoding step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from softpick._compat import check_cache_fields
 
-check_cache_fields()  # the layer fields append_to_cache writes; a clear error if transformers moved them
+check_cache_fields()  # the layer fields _append writes; a clear error if transformers moved them
 
 GROWTH = 1.25
 PAD = 256
@@ -50,17 +56,14 @@ def _buffer(layer: DynamicLayer, name: str, current: torch.Tensor, needed: int) 
     return buf
 
 
-def append_to_cache(
-    cache: "Cache | StaticKVCache", layer_idx: int, keys: torch.Tensor, values: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Append keys, values [B, H, T_new, D] to layer ``layer_idx``.
+def _append(cache: Cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Append keys, values [B, H, T_new, D] to layer ``layer_idx`` of a transformers cache.
 
-    Returns (keys, values, kv_len): that layer's keys and values [B, H, T, D] and None, or for a
-    preallocated cache its buffers [B, H, capacity, D] and the number of valid positions kv_len (an
-    int tensor of one element on the cache's device; the new tokens are the last of them).
+    Returns that layer's keys and values [B, H, T, D] and None, or for a ``StaticLayer`` its buffers
+    [B, H, capacity, D] and the number of valid positions kv_len (an int tensor of one element on the
+    cache's device; the new tokens are the last of them).
     """
-    if isinstance(cache, StaticKVCache):
-        return cache.update(layer_idx, keys, values)
     layers = getattr(cache, "layers", None)
     if layers is not None and layer_idx < len(layers) and type(layers[layer_idx]) is StaticLayer:
         keys, values = cache.update(keys, values, layer_idx)  # [B, H, max_len, D]
@@ -82,23 +85,95 @@ def append_to_cache(
     return layer.keys, layer.values, None
 
 
+class KVCache(Protocol):
+    """What the model asks of a KV cache, whatever its kind (see :func:`kv_cache`).
+
+    A forward of T new tokens per row calls ``begin(T)`` once, ``update`` once per layer, ``end()`` once.
+    ``fixed_shapes`` is True when every decoding step has the same shapes (a preallocated cache): the
+    model then never tests the padding mask on the host (a sync, and a branch torch.compile would split).
+    """
+
+    fixed_shapes: bool
+
+    def begin(self, num_new: int, device: torch.device) -> torch.Tensor:
+        """Start a forward of ``num_new`` tokens; returns their positions, int64 [num_new] on ``device``."""
+
+    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store keys, values [B, H, T, D] of layer ``layer_idx``; returns (keys, values, kv_len): the
+        keys and values to attend over [B, H, T_k, D] and, when only a prefix of them is valid, its
+        length kv_len (int tensor of one element on the device, the new tokens its last positions), else None."""
+
+    def end(self) -> None:
+        """Finish the forward: the new tokens count as cached."""
+
+
+class NoCache:
+    """The cache of a forward without one: attend over the new tokens only, store nothing."""
+
+    fixed_shapes = False
+
+    def begin(self, num_new: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(num_new, device=device)
+
+    def update(self, layer_idx, keys, values):
+        return keys, values, None
+
+    def end(self) -> None:
+        pass
+
+
+class TransformersCache:
+    """A transformers ``Cache`` (dynamic, static, sliding, offloaded, ...) behind :class:`KVCache`.
+
+    Dynamic layers grow in place (see the module docstring); static layers return their whole buffer
+    and their device length as kv_len; other kinds go through their own ``update``.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        layers = getattr(cache, "layers", None) or [None]
+        self.fixed_shapes = type(layers[0]) is StaticLayer
+
+    def begin(self, num_new: int, device: torch.device) -> torch.Tensor:
+        past = self.cache.get_seq_length()
+        if isinstance(past, torch.Tensor):  # a StaticCache's device length: no host read
+            return past.to(device) + torch.arange(num_new, device=device)
+        return torch.arange(past, past + num_new, device=device)
+
+    def update(self, layer_idx, keys, values):
+        return _append(self.cache, layer_idx, keys, values)
+
+    def end(self) -> None:
+        pass
+
+
+def kv_cache(cache: "Cache | StaticKVCache | None") -> KVCache:
+    """The :class:`KVCache` view of whatever the model was given as ``past_key_values``."""
+    if cache is None:
+        return NoCache()
+    if isinstance(cache, StaticKVCache):
+        return cache
+    return TransformersCache(cache)
+
+
 class StaticKVCache:
-    """Keys and values of every layer preallocated for (batch, max_len), written in place.
+    """Keys and values of every layer preallocated for (batch, max_len), written in place (a :class:`KVCache`).
 
     Attributes:
         keys, values: per layer [B, H, max_len, D] buffers (zeros until written; fixed addresses).
         length: int64 [1] on the device, the positions filled before the current forward.
         kv_len: int32 [1] on the device, ``length + T`` during a forward of T tokens (what the
             attention kernels read: the valid keys, the new ones included).
-        bucket: host int <= max_len, the positions the attention is launched over while decoding
-            (the fast loop lowers it to a length bucket so short caches get fewer, shorter splits;
-            positions past kv_len inside it are ignored on the device).
         fresh: True until the first forward ends. That forward (the prefill) attends over its own
             keys only, exactly like a forward without cache, so the fused training kernels run it.
 
     A forward brackets its layers with :meth:`begin` and :meth:`end`, so one shared length serves all
-    layers and a decoding step's device work is the same every step (CUDA-graph capturable).
+    layers and a decoding step's device work is the same every step (CUDA-graph capturable): decoding
+    steps attend over the whole buffers, of which the kernels read the first kv_len positions.
     """
+
+    fixed_shapes = True
 
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, max_len: int,
                  device: torch.device | str, dtype: torch.dtype) -> None:
@@ -108,7 +183,6 @@ class StaticKVCache:
         self.length = torch.zeros(1, dtype=torch.long, device=device)
         self.kv_len = torch.zeros(1, dtype=torch.int32, device=device)
         self.max_len = max_len
-        self.bucket = max_len
         self.fresh = True
         self._positions: torch.Tensor | None = None
 
@@ -118,7 +192,7 @@ class StaticKVCache:
         """A cache shaped for a :class:`~softpick.models.SoftpickConfig` (or any Llama-shaped config)."""
         return cls(config.num_hidden_layers, batch, config.num_key_value_heads, config.head_dim, max_len, device, dtype)
 
-    def begin(self, num_new: int) -> torch.Tensor:
+    def begin(self, num_new: int, device: torch.device | None = None) -> torch.Tensor:
         """Start a forward of ``num_new`` tokens per row; returns their cache positions, int64 [num_new]."""
         if self.fresh:
             if num_new > self.max_len:
@@ -136,7 +210,7 @@ class StaticKVCache:
 
     def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Write keys, values [B, H, T, D] at this forward's positions; see :func:`append_to_cache`."""
+        """Write keys, values [B, H, T, D] at this forward's positions; see :meth:`KVCache.update`."""
         k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
         if self.fresh:  # the prefill: positions 0 .. T-1, attention over these tokens only
             T = keys.shape[2]
@@ -145,7 +219,7 @@ class StaticKVCache:
             return keys, values, None
         k_buf.index_copy_(2, self._positions, keys)
         v_buf.index_copy_(2, self._positions, values)
-        return k_buf[:, :, : self.bucket], v_buf[:, :, : self.bucket], self.kv_len
+        return k_buf, v_buf, self.kv_len
 
     def get_seq_length(self, layer_idx: int = 0) -> torch.Tensor:
         """The positions filled, int64 [1] on the device."""

@@ -21,6 +21,24 @@ ATTN_IMPLS = (None, "naive", "triton", "cute", "sdpa")
 """Values of ``attn_impl``, passed as ``impl`` to :mod:`softpick.ops` (None = fastest available)."""
 
 
+def unknown_key(data: dict) -> tuple[str, str | None] | None:
+    """The first key of a config.json dict that is no field of :class:`SoftpickConfig` nor of
+    ``PreTrainedConfig`` (a typo such as ``atn_type`` would otherwise be stored and ignored), with the
+    closest valid key (or None); None when every key is known."""
+    import difflib
+
+    known = set(SoftpickConfig().to_dict()) | {
+        key for cls in SoftpickConfig.__mro__ for key in getattr(cls, "__annotations__", {})
+    } | {"auto_map", "torch_dtype", "_name_or_path", "rope_scaling", "tokenizer_class", "is_decoder",
+         "add_cross_attention", "tie_encoder_decoder", "sep_token_id", "decoder_start_token_id", "prefix",
+         "task_specific_params", "finetuning_task", "pruned_heads", "torchscript", "_attn_implementation"}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            return key, (close[0] if close else None)
+    return None
+
+
 def default_intermediate_size(hidden_size: int) -> int:
     """fla's SwiGLU width: int(hidden * 4 * 2 / 3) rounded up to a multiple of 256 (1024 -> 2816)."""
     width = int(hidden_size * 4 * 2 / 3)

@@ -1,17 +1,24 @@
-"""Fast greedy / sampled decoding of softpick models: a preallocated cache and, on CUDA, one CUDA graph per step.
+"""Fast greedy / sampled decoding of softpick models: a preallocated cache and, on CUDA, a compiled decoding
+step replayed as CUDA graphs.
 
 :func:`fast_generate` gives the tokens of ``model.generate(...)`` (greedy or sampling, left-padded
-batches, stop tokens) at a fraction of its host cost:
+batches, stop tokens) at a fraction of its cost:
 
 - a :class:`~softpick.models.cache.StaticKVCache` is allocated once per (batch, max length) and
   kept on the model for the next call of the same shape;
 - the prompt is prefilled by one ordinary forward (the fused training kernels when nothing is padded);
 - every decoding step (all layers, the LM head, temperature / top-k / top-p, the sample, the stop-token
-  bookkeeping and the write of the token into the output) is one function of fixed-address tensors.
-  On CUDA it is captured once per length bucket in a ``torch.cuda.CUDAGraph`` and replayed, so a step
-  costs the host one ``replay()``; the attention kernels read the cache length from the device
-  (``kv_len``), and a bucket (a power of two >= 256 keys, or the cache's capacity) only sizes their
-  key splits. Without CUDA (or with ``graphs=False``) the same step runs eagerly.
+  bookkeeping and the write of the token into the output) is one function of fixed-address tensors,
+  run with the q/k/v and gate/up projections fused (:func:`~softpick.models.modeling_softpick.fused_projections`).
+  On CUDA it is compiled (``torch.compile``, one graph, the KV-cache attention a custom op in it; once per
+  batch, capacity and sampling setup in the process), then captured once per length bucket in a
+  ``torch.cuda.CUDAGraph`` and replayed, so a step costs the host one ``replay()``. The attention kernels
+  read the cache length from the device (``kv_len``), and a bucket (a power of two >= 256 keys, or the
+  cache's capacity) only bounds their launch (:func:`~softpick.ops.attention.triton.kv_cache.launch_keys`).
+  Without CUDA the same step runs eagerly (``compile=True`` and ``graphs`` choose otherwise).
+
+:func:`static_cache_generate` runs ``model.generate(..., cache_implementation="static")`` calls through
+this loop when it computes the same tokens.
 
 The host reads the device only every ``SYNC_EVERY`` steps on CUDA (to stream text and to stop once every
 row has produced a stop token), so it queues steps ahead of the GPU.
@@ -24,7 +31,9 @@ tokens of ``generate`` with that seed; graphs draw from the same generator, cons
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -32,6 +41,7 @@ import torch
 from torch import nn
 
 from softpick.models.cache import StaticKVCache
+from softpick.models.modeling_softpick import fused_projections
 
 SYNC_EVERY = 16
 """CUDA decoding steps between host reads (stop test and streamed text)."""
@@ -41,6 +51,18 @@ MIN_BUCKET = 256
 
 LENGTH_ROUND = 256
 """Cache capacities are rounded up to a multiple of this, so calls of similar length share a session."""
+
+COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False, "options": {"fallback_random": True}}
+"""torch.compile of the decoding step: one graph (a break is a bug), shapes fixed per session, and the
+sampling draw from torch's own generator (the numbers of the eager step; CUDA graphs advance it)."""
+
+COMPILE_MIN_NEW_TOKENS = 64
+"""With ``compile=None`` a CUDA call compiles its step only from this many new tokens on: the compile
+(about 20 s for the 340M model) is paid once per shape, the eager step costs ~1.7 ms more per token, so a
+short call (passkey's dozen tokens) decodes eagerly in CUDA graphs at once."""
+
+RECOMPILE_LIMIT = 256
+"""Compiled step configurations kept per process (torch's default, 8, would fall back to eager)."""
 
 HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 """transformers' values when neither the call nor the model's generation_config sets one."""
@@ -53,6 +75,16 @@ def length_buckets(capacity: int) -> list[int]:
         buckets.append(n)
         n *= 2
     return buckets + [capacity]
+
+
+@contextlib.contextmanager
+def _recompile_room():
+    """Let dynamo keep a compiled step per (model, batch, capacity, sampling setup) of the process."""
+    config = torch._dynamo.config
+    limits = {name: max(getattr(config, name), RECOMPILE_LIMIT)
+              for name in ("recompile_limit", "accumulated_recompile_limit") if hasattr(config, name)}
+    with config.patch(**limits):
+        yield
 
 
 def _ids(value) -> list[int]:
@@ -125,6 +157,8 @@ class DecodeSession:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}  # None: capture failed, run eagerly
         self.pool = None
         self._stops: dict[tuple[int, ...], torch.Tensor] = {}
+        self.compiled_keys: set[tuple] = set()  # step configurations compiled so far
+        self.compiled_step: Callable | None = None  # torch.compile of the step, made at its first use
 
     def stop_tensor(self, stop_ids: Sequence[int]) -> torch.Tensor | None:
         """The stop ids as a device tensor owned by the session (graphs read it at a fixed address)."""
@@ -147,8 +181,18 @@ class DecodeSession:
             self.mask_buffer[:, : attention_mask.shape[1]] = attention_mask
             self.mask = self.mask_buffer
 
-    def run_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
-        """One decoding step on the device: feed ``token``, draw the next one, record it, advance."""
+    def run_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int, compiled: bool = False) -> None:
+        """One decoding step on the device: feed ``token``, draw the next one, record it, advance
+        (through torch.compile with ``compiled``)."""
+        if not compiled:
+            self._eager_step(sampler, stop, pad)
+            return
+        if self.compiled_step is None:
+            self.compiled_step = torch.compile(self._eager_step, **COMPILE_OPTIONS)
+        with _recompile_room():
+            self.compiled_step(sampler, stop, pad)
+
+    def _eager_step(self, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
         logits = self.model(
             self.token, attention_mask=self.mask, position_ids=self.positions, past_key_values=self.cache,
             use_cache=True, logits_to_keep=1,
@@ -165,28 +209,30 @@ class DecodeSession:
         self.step.add_(1)
         self.token.copy_(nxt[:, None])
 
-    def replay(self, key: tuple, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> None:
+    def replay(self, key: tuple, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int,
+               compiled: bool = False) -> None:
         """Run one step through the CUDA graph of (key, bucket), capturing it first if needed."""
         if (key, bucket) not in self.graphs:
             try:
-                self.graphs[(key, bucket)] = self._capture(bucket, sampler, stop, pad)
+                self.graphs[(key, bucket)] = self._capture(bucket, sampler, stop, pad, compiled)
             except RuntimeError as error:  # e.g. an op that syncs: decode this configuration eagerly instead
                 warnings.warn(f"fast_generate: CUDA graph capture failed ({error}); decoding without graphs.",
                               stacklevel=3)
                 self.graphs[(key, bucket)] = None
         graph = self.graphs[(key, bucket)]
         if graph is None:
-            self.run_step(sampler, stop, pad)
+            self.run_step(sampler, stop, pad, compiled)
         else:
             graph.replay()
 
-    def _capture(self, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, bucket: int, sampler: Sampler, stop: torch.Tensor | None, pad: int,
+                 compiled: bool) -> torch.cuda.CUDAGraph:
         state = [t.clone() for t in (self.token, self.positions, self.done, self.step, self.cache.length)]
         rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: Triton compiles and autotunes, cuBLAS picks its kernels
-            self.run_step(sampler, stop, pad)
+        with torch.cuda.stream(side):  # warm-up: compiles, Triton autotunes, cuBLAS picks its kernels
+            self.run_step(sampler, stop, pad, compiled)
         torch.cuda.current_stream().wait_stream(side)
         for saved, live in zip(state, (self.token, self.positions, self.done, self.step, self.cache.length)):
             live.copy_(saved)  # the warm-up steps rewrite the same cache positions when they run for real
@@ -195,7 +241,7 @@ class DecodeSession:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.run_step(sampler, stop, pad)
+            self.run_step(sampler, stop, pad, compiled)
         return graph
 
 
@@ -244,7 +290,9 @@ def fast_generate(
     pad_token_id: int | None = None,
     streamer=None,
     graphs: bool | None = None,
+    compile: bool | None = None,
     should_stop: Callable[[torch.Tensor], bool] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Prompt plus continuation [B, T0 + n], n <= max_new_tokens, as ``model.generate`` returns it.
 
@@ -259,9 +307,14 @@ def fast_generate(
             produced one gets ``pad_token_id`` afterwards; decoding ends when every row has one.
         pad_token_id: filler of finished rows; default the generation_config's, else the first stop token.
         streamer: a transformers streamer (``put`` / ``end``), batch 1; fed every SYNC_EVERY steps on CUDA.
-        graphs: capture steps in CUDA graphs; None = on CUDA. False runs the same step eagerly.
+        graphs: capture steps in CUDA graphs; None = on CUDA. False runs the same step without them.
+        compile: run the decoding step through ``torch.compile`` (inductor fuses the norms, rotary,
+            residuals, SwiGLU, casts and sampling around the GEMMs and the attention op); None = on
+            CUDA from COMPILE_MIN_NEW_TOKENS new tokens on. Compiled once per (batch, capacity, sampling
+            setup) and process, before the first step.
         should_stop: called at each host read with the new tokens so far [B, n] (CPU); True ends the call
             there (e.g. every row holds a stop string). The result then holds those n tokens.
+        notice: called with a line for the user before and after a compile of the step (what they wait for).
 
     Returns:
         int64 [B, T0 + n] on the model's device.
@@ -274,6 +327,8 @@ def fast_generate(
     input_ids = input_ids.to(device)
     B, T0 = input_ids.shape
     graphs = device.type == "cuda" if graphs is None else graphs
+    if compile is None:
+        compile = device.type == "cuda" and max_new_tokens >= COMPILE_MIN_NEW_TOKENS
     if graphs and device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device; pass graphs=False.")
     if streamer is not None and B != 1:
@@ -288,6 +343,18 @@ def fast_generate(
                       float(_option(model, "top_p", top_p)))
 
     capacity = LENGTH_ROUND * math.ceil((T0 + max_new_tokens) / LENGTH_ROUND)
+    with fused_projections(model):
+        return _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids, pad_token_id, streamer,
+                       graphs, compile, should_stop, notice, capacity)
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids, pad_token_id, streamer, graphs,
+            compile, should_stop, notice, capacity) -> torch.Tensor:
+    """fast_generate's body once the options are resolved (inside :func:`fused_projections`)."""
+    from softpick.ops.attention.triton.kv_cache import launch_keys
+
+    device = input_ids.device
+    B, T0 = input_ids.shape
     session = _session(model, B, capacity)
     stop = session.stop_tensor(stop_ids)
     if attention_mask is not None:
@@ -308,7 +375,7 @@ def fast_generate(
     session.record(sampler(logits), stop, pad_token_id)
     session.positions.copy_(prompt_positions[:, -1:] + 1)
 
-    key = (sampler.key, tuple(stop_ids), pad_token_id, attention_mask is not None)
+    key = (sampler.key, tuple(stop_ids), pad_token_id, attention_mask is not None, compile)  # last: compiled
     buckets = length_buckets(capacity)
     sync_every = SYNC_EVERY if device.type == "cuda" else 1
     streamed, n = 0, max_new_tokens
@@ -324,17 +391,81 @@ def fast_generate(
         if i == max_new_tokens:
             break
         kv_after = T0 + i  # keys in the cache once this step's token is written
-        session.cache.bucket = next(b for b in buckets if b >= kv_after)
-        if graphs:
-            session.replay(key, session.cache.bucket, sampler, stop, pad_token_id)
-        else:
-            session.run_step(sampler, stop, pad_token_id)
+        bucket = next(b for b in buckets if b >= kv_after)
+        with launch_keys(bucket), _announce_compile(session, key, notice):
+            if graphs:
+                session.replay(key, bucket, sampler, stop, pad_token_id, compile)
+            else:
+                session.run_step(sampler, stop, pad_token_id, compile)
     new = session.out[:, :n]
     if stop is not None:
         new = new[:, : _tokens_until_all_stopped(new, stop)]
     if streamer is not None:
         streamer.end()
     return torch.cat([input_ids, new], dim=1)
+
+
+@contextlib.contextmanager
+def _announce_compile(session: DecodeSession, key: tuple, notice: Callable[[str], None] | None):
+    """Tell ``notice`` when the step about to run is compiled first (the user waits for it), and how long it took."""
+    if not key[-1] or key in session.compiled_keys:  # key[-1]: the step is compiled
+        yield
+        return
+    if notice is not None:
+        notice(f"compiling the decoding step for batch {session.batch}, {session.capacity} positions "
+               "(once per batch, length and sampling setup in this process) ...")
+    start = time.perf_counter()
+    yield
+    session.compiled_keys.add(key)
+    if notice is not None:
+        notice(f"compiled in {time.perf_counter() - start:.1f} s")
+
+
+ROUTED_OPTIONS = frozenset({"input_ids", "attention_mask", "max_new_tokens", "do_sample", "temperature", "top_k",
+                            "top_p", "eos_token_id", "pad_token_id", "streamer", "cache_implementation", "use_cache"})
+"""``generate`` keywords a call may use and still run :func:`fast_generate` (see :func:`static_cache_generate`)."""
+
+NEUTRAL_CONFIG_FIELDS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k",
+                                   "top_p", "max_length", "max_new_tokens", "use_cache", "cache_implementation",
+                                   "output_attentions", "output_hidden_states", "_from_model_config",
+                                   "transformers_version"})
+"""generation_config fields fast_generate reads or that leave the tokens alone (output_* only when false)."""
+
+
+def static_cache_generate(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``model.generate(input_ids, cache_implementation="static", ...)`` run by :func:`fast_generate`, or None.
+
+    transformers' loop costs about a millisecond of host time per step even when its forward is
+    compiled; a call that asks for the static cache with options the fast loop computes exactly
+    (greedy or temperature / top-k / top-p sampling, stop and pad ids, a streamer; a generation_config
+    that sets nothing else) gets the fast loop's tokens, which are generate()'s. Any other call (beams,
+    logits processors, ``return_dict_in_generate``, an explicit cache or compile_config, a prompt
+    holding the pad id without attention_mask, ...) returns None and goes through transformers.
+    """
+    if kwargs.get("cache_implementation") != "static" or len(args) > 1 or not supports_fast_generate(model):
+        return None
+    input_ids = args[0] if args else kwargs.get("input_ids")
+    config = getattr(model, "generation_config", None)
+    if (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or set(kwargs) - ROUTED_OPTIONS
+            or kwargs.get("use_cache") is False or config is None):
+        return None
+    settings = config.to_diff_dict()
+    if (set(settings) - NEUTRAL_CONFIG_FIELDS or settings.get("output_attentions")
+            or settings.get("output_hidden_states")):
+        return None
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    mask = kwargs.get("attention_mask")
+    if mask is None and pad is not None and bool((input_ids == pad).any()):
+        return None  # generate would infer a padding mask from the pad id
+    max_new = kwargs.get("max_new_tokens") or config.max_new_tokens or config.max_length - input_ids.shape[1]
+    if max_new < 1:
+        return None
+    extra = {"eos_token_id": kwargs["eos_token_id"]} if "eos_token_id" in kwargs else {}
+    return fast_generate(
+        model, input_ids, mask, max_new_tokens=max_new, do_sample=bool(kwargs.get("do_sample", config.do_sample)),
+        temperature=kwargs.get("temperature"), top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"),
+        pad_token_id=pad, streamer=kwargs.get("streamer"), **extra,
+    )
 
 
 def _stream(streamer, chunk: torch.Tensor, stop_ids: list[int], streamed: int) -> int | None:
@@ -356,4 +487,14 @@ def _tokens_until_all_stopped(new: torch.Tensor, stop: torch.Tensor) -> int:
     return int(first.max()) + 1
 
 
-__all__ = ["DecodeSession", "Sampler", "fast_generate", "length_buckets", "supports_fast_generate"]
+def _register_route() -> None:
+    from softpick.models.modeling_softpick import GENERATE_ROUTES
+
+    if static_cache_generate not in GENERATE_ROUTES:
+        GENERATE_ROUTES.append(static_cache_generate)
+
+
+_register_route()
+
+__all__ = ["DecodeSession", "Sampler", "fast_generate", "length_buckets", "static_cache_generate",
+           "supports_fast_generate"]

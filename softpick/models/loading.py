@@ -36,6 +36,13 @@ def config_from_dict(data: dict[str, Any], *, source: str) -> Any:
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"{source}: unknown model_type {model_type!r}; use 'softpick_transformer', fla's "
                         "'transformer', or a transformers model type such as 'llama'.")
+    if model_type == "softpick_transformer":
+        from softpick.models.configuration_softpick import unknown_key
+
+        bad = unknown_key(data)
+        if bad is not None:
+            raise UserError(f"{source}: unknown key {bad[0]!r}" + (f" (did you mean {bad[1]!r}?)" if bad[1] else "")
+                            + "; every key must be a field of SoftpickConfig.")
     try:
         return AutoConfig.for_model(model_type, **data)
     except (TypeError, ValueError) as err:
@@ -94,13 +101,39 @@ def load_tokenizer(source: str, *, flag: str = "model.tokenizer_path") -> Any:
         raise UserError(hub_error_line(flag, source, err)) from None
 
 
+def check_device(device: str, flag: str = "--device") -> torch.device:
+    """``device`` as a torch.device that this machine has; UserError (one line) otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"{flag} {device!r} is not a device ({str(err).splitlines()[0]}); use cpu or cuda.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{flag} {device!r}: this machine has no CUDA device (torch {torch.__version__}); "
+                            f"use --device cpu.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UserError(f"{flag} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif parsed.type not in ("cpu", "meta") and not getattr(torch, parsed.type, None):
+        raise UserError(f"{flag} {device!r} is not available here; use cpu or cuda.")
+    return parsed
+
+
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` that hold NaN or Inf (one pass over the weights)."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: str, dtype: torch.dtype):
     """from_pretrained of the model (eval mode, on ``device``) and of its tokenizer; clear errors.
 
     ``model_dir`` (and ``tokenizer_dir``) may be hub ids; they are fetched only when the hub can be reached.
+    Weights holding NaN or Inf are refused (a diverged run or a damaged file: every output would be NaN,
+    and attention would treat NaN scores as masked).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_device(device)
     path = Path(model_dir)
     hub = not path.exists() and looks_like_repo_id(model_dir)
     if hub:
@@ -132,4 +165,10 @@ def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None, device: 
             raise UserError(hub_error_line("MODEL_DIR", model_dir, err)) from None
         raise ValueError(f"the weights in {path} do not load ({str(err).strip().splitlines()[0]}): a truncated file, "
                          f"or a config.json that does not match them; export the model again.") from None
+    bad = non_finite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"the weights in {model_dir} hold NaN or Inf ({', '.join(bad[:3])}{more}): the run that "
+                         f"wrote them diverged, or the file is damaged; export an earlier checkpoint "
+                         f"(softpick convert dcp-to-hf --step N).")
     return model.to(device).eval(), tokenizer

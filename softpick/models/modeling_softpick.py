@@ -11,6 +11,9 @@ Layout inside attention is [B, T, H, D] (that of :mod:`softpick.ops`): HQ query 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from softpick.models.cache import StaticKVCache, append_to_cache
+from softpick.models.cache import kv_cache
 from softpick.models.configuration_softpick import SoftpickConfig
 from softpick.ops import softmax_attention, softpick_attention
 from softpick.ops.cross_entropy import linear_cross_entropy, shifted_labels
@@ -38,6 +41,11 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 
 IGNORE_INDEX = -100
 """Label value excluded from the loss."""
+
+GENERATE_ROUTES: list = []
+"""Functions (model, args, kwargs) -> output ids or None that ``SoftpickForCausalLM.generate`` tries before
+transformers' loop: :mod:`softpick.models.fast_generate` registers the one that runs static-cache calls
+(this module does not import it, so the shipped copy of this file stays free of the Triton kernels)."""
 
 
 def _take_cache(past_key_values: Cache | None, kwargs: dict) -> Cache | None:
@@ -113,8 +121,62 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 
+class FusedLinear:
+    """Linears of one input concatenated along their outputs (q/k/v, gate/up): one GEMM instead of several.
+
+    The weight [sum of outputs, in] (and bias) is new storage; each linear's own parameter is then made a
+    view of its row block (``param.data = ...``), so nothing is stored twice, the parameters keep their
+    names and the state dict its keys (a checkpoint is unchanged). :meth:`valid` tells whether every
+    linear still views it (``model.to(...)`` or loading with ``assign=True`` replace the parameters).
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear]) -> None:
+        self.linears = list(linears)
+        self.sizes = [lin.out_features for lin in linears]
+        self.weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum out, in]
+        has_bias = linears[0].bias is not None
+        self.bias = torch.cat([lin.bias.detach() for lin in linears]) if has_bias else None
+        for name, fused in (("weight", self.weight), ("bias", self.bias)):
+            if fused is None:
+                continue
+            start = 0
+            for lin, size in zip(linears, self.sizes):
+                getattr(lin, name).data = fused[start:start + size]
+                start += size
+
+    @staticmethod
+    def fusable(linears: Sequence[nn.Linear]) -> bool:
+        """True when the linears can share one weight: plain tensors on one device and dtype, one input."""
+        first = linears[0].weight
+        return all(
+            type(lin.weight) is nn.Parameter and not hasattr(lin.weight.data, "to_local")
+            and lin.weight.device == first.device and lin.weight.device.type != "meta"
+            and lin.weight.dtype == first.dtype and lin.in_features == linears[0].in_features
+            and (lin.bias is None) == (linears[0].bias is None)
+            for lin in linears
+        )
+
+    def valid(self) -> bool:
+        """True while every linear's weight and bias are still the views made at construction."""
+        for name, fused in (("weight", self.weight), ("bias", self.bias)):
+            if fused is None:
+                continue
+            start = 0
+            for lin, size in zip(self.linears, self.sizes):
+                param = getattr(lin, name)
+                if (param is None or param.dtype != fused.dtype or param.device != fused.device
+                        or param.data_ptr() != fused[start].data_ptr() or param.shape[0] != size):
+                    return False
+                start += size
+        return True
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [..., in] -> one tensor [..., out_i] per linear."""
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
 class SoftpickMLP(nn.Module):
-    """SwiGLU: down(act(gate(x)) * up(x))."""
+    """SwiGLU: down(act(gate(x)) * up(x)); while :func:`fused_projections` runs, gate and up are one GEMM."""
 
     def __init__(self, config: SoftpickConfig) -> None:
         super().__init__()
@@ -122,9 +184,18 @@ class SoftpickMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.fused: FusedLinear | None = None  # [gate, up], set by fused_projections
+
+    def projections(self) -> list[nn.Linear]:
+        """The linears of the input that :func:`fused_projections` fuses."""
+        return [self.gate_proj, self.up_proj]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused is not None:
+            gate, up = self.fused(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class SoftpickAttention(nn.Module):
@@ -159,6 +230,11 @@ class SoftpickAttention(nn.Module):
         if config.output_gate is not None:
             gates = self.num_heads * (self.head_dim if config.output_gate == "elementwise" else 1)
             self.g_proj = nn.Linear(config.hidden_size, gates, bias=config.attention_bias)
+        self.fused: FusedLinear | None = None  # [q, k, v (, g)], set by fused_projections
+
+    def projections(self) -> list[nn.Linear]:
+        """The linears of the input that :func:`fused_projections` fuses: q, k, v and the output gate's."""
+        return [self.q_proj, self.k_proj, self.v_proj] + ([self.g_proj] if self.output_gate is not None else [])
 
     def _sink(self, q: torch.Tensor) -> torch.Tensor | None:
         if self.attn_type == "sink":
@@ -184,7 +260,8 @@ class SoftpickAttention(nn.Module):
             hidden_states: [B, T, hidden] (normed) inputs of the T new tokens.
             position_embeddings: (cos, sin), each [B, T, head_dim] float32, from SoftpickRotaryEmbedding.
             attention_mask: [B, T_past + T], nonzero = real token, or None (no padding).
-            past_key_values: a transformers Cache (stores [B, H, T, D]); updated in place.
+            past_key_values: a transformers Cache (stores [B, H, T, D]), a StaticKVCache or None; updated in
+                place through :func:`softpick.models.cache.kv_cache`.
             cu_seqlens: [N + 1] offsets of packed documents (B = 1, no cache).
             output_attentions: also return the weights, computed by the naive reference.
             ssmax_log_n: [B, T] float32 log of the number of keys each query sees (needed with ssmax).
@@ -194,21 +271,24 @@ class SoftpickAttention(nn.Module):
             (output [B, T, hidden], weights [B, HQ, T, T_past + T] float32 or None).
         """
         B, T, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)  # [B, T, HQ, D]
-        k = self.k_proj(hidden_states).view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
-        v = self.v_proj(hidden_states).view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
+        if self.fused is not None:
+            q, k, v, *gate = self.fused(hidden_states)  # one GEMM
+        else:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            gate = [self.g_proj(hidden_states)] if self.output_gate is not None else []
+        q = q.view(B, T, self.num_heads, self.head_dim)  # [B, T, HQ, D]
+        k = k.view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
+        v = v.view(B, T, self.num_key_value_heads, self.head_dim)  # [B, T, H, D]
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if hasattr(self, "ssmax_scale"):
             if ssmax_log_n is None:
                 raise ValueError("ssmax needs ssmax_log_n (the model computes it from position_ids).")
             q = (q * (ssmax_log_n[:, :, None, None] * _local(self.ssmax_scale)[:, None])).to(q.dtype)
-        kv_len = None
-        if past_key_values is not None:
-            k, v, kv_len = append_to_cache(past_key_values, self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]; with kv_len, Tk is the buffer's capacity
-            if attention_mask is not None and attention_mask.shape[1] != k.shape[1]:
-                attention_mask = _fit_mask(attention_mask, k.shape[1])
+        k, v, kv_len = kv_cache(past_key_values).update(self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Tk, H, D]; with kv_len, Tk is the buffer's capacity
+        if attention_mask is not None and attention_mask.shape[1] != k.shape[1]:
+            attention_mask = _fit_mask(attention_mask, k.shape[1])
         sink = self._sink(q)
         weights = None
         if output_attentions:
@@ -224,9 +304,8 @@ class SoftpickAttention(nn.Module):
                 q, k, v, scale=self.scale, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                 attention_mask=attention_mask, eps=self.eps, impl=self.attn_impl, **extra,
             )  # [B, T, HQ, D]
-        if self.output_gate is not None:
-            gate = torch.sigmoid(self.g_proj(hidden_states)).view(B, T, self.num_heads, -1)  # [B, T, HQ, 1 or D]
-            o = o * gate.to(o.dtype)
+        if gate:
+            o = o * torch.sigmoid(gate[0]).view(B, T, self.num_heads, -1).to(o.dtype)  # gate [B, T, HQ, 1 or D]
         return self.o_proj(o.reshape(B, T, -1)), weights
 
 
@@ -273,6 +352,42 @@ class SoftpickPreTrainedModel(PreTrainedModel):
     # Init: transformers' generic ``_init_weights`` gives exactly the paper's recipe (Linear and Embedding
     # weights ~ N(0, config.initializer_range), biases 0, *RMSNorm weights 1), so it is not overridden.
 
+    def _apply(self, fn, recurse: bool = True):
+        """``to()``, ``cuda()``, ``half()`` ...: drop the fused projection weights (rebuilt at their next use),
+        so an old copy of the weights is not kept alive."""
+        for module in self.modules():
+            module.__dict__.pop("_fused_weights", None)
+        return super()._apply(fn, recurse)
+
+
+@contextlib.contextmanager
+def fused_projections(model: nn.Module) -> Iterator[None]:
+    """While inside, every attention's q/k/v (and output gate) and every MLP's gate/up run as one GEMM each.
+
+    For inference (``generate``, :func:`~softpick.models.fast_generate.fast_generate`): the fused
+    weights (see :class:`FusedLinear`) are built at the first use and kept; each entry checks that the
+    parameters still view them (after ``model.to(...)`` they are rebuilt), so they are never stale.
+    Outside, the model runs its separate linears (training, hooks on q_proj ...): the fused weight gets
+    no gradient, so nothing is fused while gradients are on or the model is in train mode.
+    """
+    if torch.is_grad_enabled() or model.training:
+        yield
+        return
+    modules = [m for m in model.modules() if isinstance(m, (SoftpickAttention, SoftpickMLP))]
+    before = [m.fused for m in modules]
+    for module in modules:
+        built = module.__dict__.get("_fused_weights")
+        if built is None or not built.valid():
+            linears = module.projections()
+            built = FusedLinear(linears) if FusedLinear.fusable(linears) else None
+            module.__dict__["_fused_weights"] = built
+        module.fused = built
+    try:
+        yield
+    finally:
+        for module, fused in zip(modules, before):
+            module.fused = fused
+
 
 def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Positions [1, total] restarting at 0 at each document start in cu_seqlens [N + 1]."""
@@ -285,7 +400,7 @@ def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
 def _key_padding_mask(attention_mask: torch.Tensor | None, check_all: bool = True) -> torch.Tensor | None:
     """The 2D mask [B, T_total] to pass to the ops, or None when it hides nothing (fused kernels can run).
 
-    ``check_all=False`` (a compiled or preallocated-cache decoding step) keeps the mask as it is: the
+    ``check_all=False`` (a preallocated cache, whose steps keep their shapes) keeps the mask as it is: the
     test reads the mask on the host, a sync per step and a data-dependent branch for torch.compile.
     """
     if attention_mask is None:
@@ -363,27 +478,17 @@ class SoftpickModel(SoftpickPreTrainedModel):
         T = hidden_states.shape[1]
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        static = isinstance(past_key_values, StaticKVCache)
-        decoding_static = static and not past_key_values.fresh
-        cache_positions = past_key_values.begin(T) if static else None  # [T] on the device
+        cache = kv_cache(past_key_values)
+        cache_positions = cache.begin(T, hidden_states.device)  # [T] on the device
         if position_ids is None:
-            if cu_seqlens is not None:
-                position_ids = packed_position_ids(cu_seqlens, T)
-            elif static:
-                position_ids = cache_positions[None]
-            else:
-                past = past_key_values.get_seq_length() if past_key_values is not None else 0
-                if isinstance(past, torch.Tensor):  # a StaticCache's device length: no host read
-                    position_ids = (past.to(hidden_states.device) + torch.arange(T, device=hidden_states.device))[None]
-                else:
-                    position_ids = torch.arange(past, past + T, device=hidden_states.device)[None]
+            position_ids = cache_positions[None] if cu_seqlens is None else packed_position_ids(cu_seqlens, T)
         position_ids = position_ids.expand(hidden_states.shape[0], -1)  # [B, T]
         position_embeddings = self.rotary_emb(position_ids)
         # SSMax: each query sees position + 1 keys of its own document (positions restart per packed
         # document and skip left padding, as generate() computes them from the attention mask)
         offset = self.config.ssmax_offset - 1  # log1p(p) = log(p + 1) exactly, the default
         extra = {"ssmax_log_n": torch.log1p(position_ids.float() + offset)} if self.config.ssmax else {}
-        mask = _key_padding_mask(attention_mask, check_all=not decoding_static)
+        mask = _key_padding_mask(attention_mask, check_all=not cache.fixed_shapes)
 
         all_hidden = [] if output_hidden_states else None
         all_attn = [] if output_attentions else None
@@ -396,8 +501,7 @@ class SoftpickModel(SoftpickPreTrainedModel):
             )
             if all_attn is not None:
                 all_attn.append(weights)
-        if static:
-            past_key_values.end()
+        cache.end()
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)  # HF convention: the last entry is after the final norm
@@ -443,6 +547,21 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
         if capacity <= attention_mask.shape[1]:
             return attention_mask
         return _fit_mask(attention_mask, capacity)
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate``, with the q/k/v and gate/up projections fused (see :func:`fused_projections`).
+
+        With softpick imported, ``cache_implementation="static"`` calls that the fast loop computes exactly
+        run :func:`softpick.models.fast_generate.fast_generate` (its compiled step in CUDA graphs) instead of
+        transformers' loop: the same tokens, without that loop's host time (see GENERATE_ROUTES).
+        """
+        for route in GENERATE_ROUTES:
+            out = route(self, args, kwargs)
+            if out is not None:
+                return out
+        with fused_projections(self):
+            return super().generate(*args, **kwargs)
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
@@ -547,6 +666,8 @@ class SoftpickForCausalLM(SoftpickPreTrainedModel, GenerationMixin):
 __all__ = [
     "ATTENTION_OPS",
     "CACHE_FIELD",
+    "FusedLinear",
+    "GENERATE_ROUTES",
     "SoftpickAttention",
     "SoftpickDecoderLayer",
     "SoftpickForCausalLM",
@@ -555,4 +676,5 @@ __all__ = [
     "SoftpickPreTrainedModel",
     "SoftpickRMSNorm",
     "SoftpickRotaryEmbedding",
+    "fused_projections",
 ]

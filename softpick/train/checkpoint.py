@@ -9,20 +9,24 @@ Saves are atomic: DCP writes ``step-N.tmp`` and rank 0 renames it to ``step-N`` 
 written (for ``async_mode`` when the background save is done, checked before the next save and at
 close), so a crash mid-save never hides the previous good checkpoint. Before the rename every
 folder gets ``model_config.json`` and ``manifest.json`` (``integrity.py``); ``keep_latest_k`` then
-prunes. A failed write (no space left, ...) removes the ``.tmp`` folder and stops the run with one
-line naming the disk and the step (:func:`softpick.train.stops.write_failure`).
+prunes, only after the new folder has been read back against its manifest, and never the step the run
+resumed from or the one it just wrote. A failed write (no space left, ...) removes the ``.tmp`` folder
+and stops the run with one line naming the disk and the step (:func:`softpick.train.stops.write_failure`).
 
 Loading checks, in order, and stops with one line (:class:`~softpick.errors.UserError`) before
 touching anything: the step exists; the folder is whole (files, sizes, checksums of its manifest; a
 damaged latest names the newest good step to pass as ``--checkpoint.load_step``); its model config
 matches the run's; its tensors have the model's names and shapes (strict); its step is not past
 ``training.steps``. A step folder without optimizer state (``hf-to-dcp`` output, or a weights-only
-export) loads the model weights only and training starts at that step.
+export) loads the model weights only and training starts at that step. A run resumed from an older
+step than the newest (``--checkpoint.load_step``) first moves the later checkpoints, which belong to
+the run it branches from, into ``abandoned-TIME/``: they are neither loaded, pruned nor overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -48,7 +52,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from softpick.errors import UserError
-from softpick.train import integrity
+from softpick.train import integrity, outputs
 from softpick.train.config import Checkpoint
 from softpick.train.parallel import TORCH_DTYPES
 from softpick.train.stops import find_os_error, write_failure
@@ -114,13 +118,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def step_folders(folder: Path) -> dict[int, Path]:
-    """Every ``step-N`` folder in ``folder``, whole or not: step -> path (``.tmp`` folders excluded)."""
+    """Every ``step-N`` entry in ``folder``, whole or not (a file of that name too, so that it is
+    reported rather than skipped): step -> path (``.tmp`` folders excluded)."""
     if not folder.is_dir():
         return {}
     out = {}
     for path in folder.iterdir():
         match = STEP_DIR.match(path.name)
-        if match and path.is_dir():
+        if match:
             out[int(match.group(1))] = path
     return out
 
@@ -162,6 +167,8 @@ def damage(path: Path) -> list[str]:
     """What is wrong with checkpoint folder ``path`` (empty: whole). Every rank calls it and hashes a
     share of the files; all get the same answer. A folder without a manifest (written before
     manifests existed, or by another tool) passes with a warning when DCP can read its metadata."""
+    if not path.is_dir():
+        return ["it is a file, not a checkpoint folder"]
     if not (path / ".metadata").is_file():
         return ["no .metadata (an interrupted or damaged save)"]
     try:
@@ -178,6 +185,36 @@ def damage(path: Path) -> list[str]:
     names = integrity.share(list(manifest), _rank(), _world())
     problems = _gathered(integrity.verify(path, manifest, names))
     return list(dict.fromkeys(problems))  # sizes are checked on every rank: keep one copy
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist."""
+    out, n = path, 1
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.name}-{n}")
+    return out
+
+
+def _user_error(error: BaseException) -> UserError | None:
+    """A UserError behind ``error`` (itself, a cause or context, or a rank's failure in a CheckpointException)."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        todo += [e.__cause__, e.__context__]
+        for failure in (getattr(e, "failures", None) or {}).values():
+            todo.append(failure[0] if isinstance(failure, tuple) else failure)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
 def saved_model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -211,6 +248,28 @@ def check_model_fits(path: Path, model: nn.Module, model_config: Any | None) -> 
     if mismatch:
         raise UserError(f"checkpoint {path} does not fit this model ({mismatch}); pass the model.config it was "
                         f"trained with, or another --job.dump_folder.")
+
+
+def load_state(path: Path, state: dict[str, Any]) -> None:
+    """``dcp.load(state)`` from checkpoint ``path``; a failure (a file its manifest does not cover is
+    damaged, a layout that does not fit) is one line, and a UserError raised while applying the state
+    (say, the data loader's position of another layout) comes through as it is."""
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except BaseException as err:  # DCP wraps every rank's failure in a CheckpointException
+        cause = _user_error(err)
+        if cause is not None:
+            raise cause from None
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise UserError(f"checkpoint {path} does not load ({_first_line(err)}); it is damaged where its manifest "
+                        f"does not look, or was written by another layout: pass another --checkpoint.load_step, "
+                        f"or another --job.dump_folder.") from None
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load only the model weights of checkpoint ``path`` into ``model`` (see :func:`load_state`)."""
+    load_state(path, {"model": ModelState(model)})
 
 
 def pick_checkpoint(folder: Path, step: int = -1) -> Path | None:
@@ -250,6 +309,9 @@ class CheckpointManager:
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
         self.train_state = train_state
         self._pending: tuple[Any, Path, Path] | None = None
+        self.resumed_step: int | None = None
+        self.resumed_weights_only = False
+        self.last_saved: int | None = None
         # async saves talk over their own gloo group, so their background collectives never interleave
         # with the training collectives on the default group
         self._async_group = self._clock_group = None
@@ -284,15 +346,31 @@ class CheckpointManager:
         if max_step is not None and step > max_step:
             raise UserError(f"checkpoint {path} is past training.steps={max_step}: that run already did {step} steps; "
                             f"raise --training.steps above {step} to extend it, or give another --job.dump_folder.")
-        if has_optimizer(path):
+        full = has_optimizer(path)
+        if full:
             state = self._full_state()
             excluded = tuple(self.cfg.exclude_from_loading)  # e.g. "dataloader" drops dataloader.rank_k
             state = {k: v for k, v in state.items() if not any(k == e or k.startswith(e + ".") for e in excluded)}
         else:  # weights only (hf-to-dcp or an export): start training from these weights at `step`
             state = {"model": ModelState(self.model)}
             self.train_state["step"] = step
-        dcp.load(state, checkpoint_id=str(path))
+        load_state(path, state)
+        self.resumed_step, self.resumed_weights_only = step, not full
+        self._set_aside_later(step)
         return True
+
+    def _set_aside_later(self, step: int) -> None:
+        """Move the checkpoints after ``step`` (a run resumed from an older step branches off) into
+        ``abandoned-TIME/``, so they are neither resumed from, pruned nor overwritten by this run."""
+        later = sorted((s, p) for s, p in step_folders(self.folder).items() if s > step) if _rank() == 0 else []
+        if later:
+            aside = _unused(self.folder / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside.mkdir()
+            for _, p in later:
+                os.replace(p, aside / p.name)
+            logger.warning("resumed from step %d: the later checkpoints (steps %s) were moved to %s", step,
+                           ", ".join(str(s) for s, _ in later), aside)
+        _barrier()  # every rank, whatever rank 0 found
 
     # -- saving ----------------------------------------------------------------------------------
     def _due(self, step: int) -> bool:
@@ -360,17 +438,33 @@ class CheckpointManager:
             raise write_failure(os_error, self.folder, step, kept) from err
 
     def _publish(self, tmp: Path, final: Path) -> None:
-        """Seal the finished ``tmp`` (model config, manifest), rename it ``final``, prune."""
-        seal(tmp, int(STEP_DIR.match(final.name).group(1)), self.model_config)
+        """Seal the finished ``tmp`` (model config, manifest), rename it ``final``, prune (see :meth:`_prunable`)."""
+        step = int(STEP_DIR.match(final.name).group(1))
+        seal(tmp, step, self.model_config)
+        prune = self._prunable(step)
+        if prune:  # delete nothing before the new checkpoint reads back whole
+            _barrier()  # rank 0 has written the manifest every rank reads
+            problems = damage(tmp)
+            if problems:
+                raise OSError(errno.EIO, f"step-{step} does not read back whole ({'; '.join(problems[:3])})",
+                              str(tmp))
         if _rank() == 0:
-            if final.exists():
-                shutil.rmtree(final)
+            if final.exists():  # never deleted: a step saved twice keeps the first copy aside
+                os.replace(final, _unused(final.with_name(f"{final.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")))
             os.replace(tmp, final)
-            if self.cfg.keep_latest_k > 0:
-                done = step_dirs(self.folder)
-                for old in sorted(done)[: -self.cfg.keep_latest_k]:
-                    shutil.rmtree(done[old], ignore_errors=True)
+            for old in prune:
+                shutil.rmtree(old, ignore_errors=True)
+        self.last_saved = step
         _barrier()
+
+    def _prunable(self, step: int) -> list[Path]:
+        """The checkpoints ``keep_latest_k`` removes once ``step`` is saved: all but the newest k (counting
+        ``step``), never ``step`` itself nor the step this run resumed from."""
+        if self.cfg.keep_latest_k <= 0:
+            return []
+        done = {**step_dirs(self.folder), step: None}
+        keep = set(sorted(done)[-self.cfg.keep_latest_k:]) | {step, self.resumed_step}
+        return [path for s, path in sorted(done.items()) if s not in keep and path is not None]
 
 
 def seal(folder: Path, step: int, model_config: Any | None) -> None:
@@ -395,8 +489,11 @@ def export_hf(model_config: Any, state: dict[str, torch.Tensor], out_dir: Path, 
               dtype: torch.dtype = torch.float32) -> Path:
     """Write ``save_pretrained`` files (and the tokenizer) to ``out_dir`` atomically; call on rank 0.
 
-    The folder loads without softpick (:func:`softpick.models.export.save_portable`): a Llama checkpoint
-    for a plain softmax model, self-contained remote code for the other variants.
+    The folder is written beside ``out_dir`` and renamed into place (:mod:`softpick.train.outputs`): a
+    failure (a full disk, ...) leaves the previous ``out_dir`` as it was and no partial folder; the
+    OSError behind it is raised (:func:`export_os_error`). The folder loads without softpick
+    (:func:`softpick.models.export.save_portable`): a Llama checkpoint for a plain softmax model,
+    self-contained remote code for the other variants.
     """
     from transformers import AutoModelForCausalLM
 
@@ -404,4 +501,28 @@ def export_hf(model_config: Any, state: dict[str, torch.Tensor], out_dir: Path, 
 
     model = AutoModelForCausalLM.from_config(model_config)
     model.load_state_dict(state, strict=True)
-    return save_portable(model, out_dir, tokenizer=tokenizer, dtype=dtype)
+    out_dir = Path(out_dir)
+    partial = outputs.partial_path(out_dir)
+    try:
+        save_portable(model, partial, tokenizer=tokenizer, dtype=dtype)
+        return outputs.replace_folder(partial, out_dir)
+    except BaseException as err:
+        outputs.remove_partial(partial)
+        os_error = export_os_error(err)
+        if os_error is not None and os_error is not err:
+            raise os_error from err
+        raise
+
+
+def export_os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed export: a real one, or the I/O error safetensors' writer reports as
+    ``SafetensorError`` text ("... (os error 28)")."""
+    found = find_os_error(error)
+    if found is not None:
+        return found
+    text = str(error)
+    match = re.search(r"os error (\d+)", text)
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code))
+    return None

@@ -522,8 +522,25 @@ def validate(config: JobConfig) -> None:
         raise ConfigError(f"lr_scheduler.decay_ratio must be in [0, 1], got {sch.decay_ratio}.")
     if not 0.0 <= sch.lr_min <= 1.0:
         raise ConfigError(f"lr_scheduler.lr_min is a ratio of optimizer.lr in [0, 1], got {sch.lr_min}.")
+    finite = {"optimizer.lr": config.optimizer.lr, "optimizer.eps": config.optimizer.eps,
+              "optimizer.beta1": config.optimizer.beta1, "optimizer.beta2": config.optimizer.beta2,
+              "optimizer.weight_decay": config.optimizer.weight_decay, "training.max_norm": tr.max_norm}
+    for key, value in finite.items():  # nan and inf pass every comparison below unnoticed
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}.")
     if config.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {config.optimizer.lr}.")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(config.optimizer, key) < 1.0:
+            raise ConfigError(f"optimizer.{key} must be in [0, 1), got {getattr(config.optimizer, key)}.")
+    if config.optimizer.eps < 0 or config.optimizer.weight_decay < 0:
+        raise ConfigError("optimizer.eps and optimizer.weight_decay must be >= 0, got "
+                          f"{config.optimizer.eps} and {config.optimizer.weight_decay}.")
+    if tr.seed is not None and tr.seed < 0:
+        raise ConfigError(f"training.seed must be >= 0, got {tr.seed}.")
+    if tr.seq_len < 2:
+        raise ConfigError(f"training.seq_len must be >= 2 (a row of {tr.seq_len} token has no next token to "
+                          f"predict: every loss would be NaN), got {tr.seq_len}.")
     if config.activation_checkpoint.mode == "selective":
         option = config.activation_checkpoint.selective_ac_option
         if option != "op" and not (option.isdigit() and int(option) >= 1):

@@ -24,7 +24,9 @@ Pipeline, per data-parallel rank:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +52,37 @@ SHUFFLE_BLOCK = 4096
 """Documents per block of the two-level shuffle (see :func:`shuffled_indices`)."""
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost cause of ``error`` (datasets wraps the reader's own error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    if isinstance(error, StopIteration) or "corresponds to no data" in text:
+        return "no rows (an empty file, or no file matches)"
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence the ``datasets`` loggers' error lines while loading (the UserError reports the failure)."""
+    log = logging.getLogger("datasets")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _text_column(ds: Any, name: str) -> Any:
     columns = ds.column_names
     if columns is None:  # streaming datasets may not know their columns before reading
-        columns = list(next(iter(ds)).keys())
+        try:
+            columns = list(next(iter(ds)).keys())
+        except StopIteration:
+            raise ConfigError(f"dataset {name!r} holds no rows; give files with documents.") from None
+        except Exception as err:  # noqa: BLE001 - any reader error of a bad file ends in one line
+            raise ConfigError(f"cannot read dataset {name!r}: {_root_cause(err)}.") from None
     col = text_field(columns)
     if col is None:
         raise ConfigError(no_text_field(f"dataset {name!r}", columns))
@@ -102,12 +131,18 @@ def load_documents(cfg: Training, seed: int) -> Any:
             except UserError as err:
                 raise ConfigError(str(err)) from None
         try:
-            ds = datasets.load_dataset(
-                builder, name=config, data_dir=data_dir, data_files=data_files,
-                split=split or "train", streaming=cfg.streaming,
-            )
+            with _quiet_datasets():  # its reader logs each bad file before raising: the one line below says it
+                ds = datasets.load_dataset(
+                    builder, name=config, data_dir=data_dir, data_files=data_files,
+                    split=split or "train", streaming=cfg.streaming,
+                )
         except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:  # OSError: offline hub
-            raise ConfigError(f"cannot load dataset {name!r}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"cannot load dataset {name!r}: {(str(err).splitlines() or [''])[0]} "
+                              f"({_root_cause(err)}).") from None
+        except Exception as err:  # noqa: BLE001 - DatasetGenerationError & co: a file the reader cannot parse
+            what = f" (data_files {data_files})" if data_files else ""
+            raise ConfigError(f"cannot read dataset {name!r}{what}: {_root_cause(err)}; give UTF-8 files of "
+                              f"the type named (json lines need one object per line).") from None
         parts.append(_text_column(ds, name))
     if n == 1:
         return parts[0]
@@ -196,7 +231,15 @@ class TokenWindows(IterableDataset):
         indices = shuffled_indices(len(self.docs), seed=self.seed, epoch=epoch, shard=shard, shards=shards,
                                    start=start)
         for chunk in iter(lambda: list(itertools.islice(indices, TOKENIZE_BATCH)), []):
-            yield from self.docs.take(chunk) if self.pretokenized else self.docs[chunk]["text"]
+            if self.pretokenized:
+                yield from self.docs.take(chunk)
+                continue
+            try:
+                texts = self.docs[chunk]["text"]
+            except Exception as err:  # noqa: BLE001 - a row the reader cannot decode: one line, not a traceback
+                raise ConfigError(f"cannot read a document of the training data (epoch {epoch}): {_root_cause(err)}; "
+                                  f"give UTF-8 files.") from None
+            yield from texts
 
     def _encode(self, texts: list[str | np.ndarray]) -> list[np.ndarray]:
         """[BOS] ids [EOS] of each text (pre-tokenized documents already carry them)."""
@@ -213,7 +256,7 @@ class TokenWindows(IterableDataset):
                     yield epoch, doc, offset, ids[offset:]
                     doc, offset = doc + 1, 0
             if doc == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"data shard {shard} of {shards} got no documents: the dataset is smaller than the "
                     "number of data-parallel ranks x loader workers."
                 )
@@ -295,6 +338,19 @@ def packed_batch_fields(lengths: list[int], context_len: int) -> dict[str, Any]:
             "max_seqlen": torch.tensor(max_seqlen_bucket(int(pieces.max()), context_len))}
 
 
+def _worker_errors_as_one_line(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The batches of ``loader``; a UserError raised in a loader worker (re-raised by torch with the
+    worker's traceback in its message) comes out as the worker's own one-line message."""
+    try:
+        yield from loader
+    except UserError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
 class ResumableLoader:
     """A DataLoader over :class:`TokenWindows` whose position can be saved and restored exactly.
 
@@ -320,7 +376,7 @@ class ResumableLoader:
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False,
         )
-        for batch in loader:
+        for batch in _worker_errors_as_one_line(loader):
             logical, pos = batch.pop("position")
             self.dataset.positions[logical] = pos
             self.served += 1
@@ -333,19 +389,45 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["num_workers"]) != self.dataset.num_workers:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data loader used {int(state['num_workers'])} worker(s) but this run uses "
                 f"{self.dataset.num_workers}; resume with --training.num_workers {int(state['num_workers'])}."
             )
         world = int(state.get("world", self.dataset.world))
         if world != self.dataset.world:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data loader was sharded over {world} data-parallel rank(s) but this run has "
                 f"{self.dataset.world}; its position does not carry over: resume with "
                 "--checkpoint.exclude_from_loading dataloader to restart the data stream."
             )
         self.served = int(state["served"])
         self.dataset.positions = {int(w): ShardPosition(*map(int, p)) for w, p in state["positions"].items()}
+
+
+def check_has_text(docs: Any, name: str, look: int = 100_000) -> None:
+    """ConfigError when the documents hold no text (no rows, or only empty and whitespace-only ones):
+    such a run would train on BOS/EOS pairs and export a model that learnt nothing. Reads until the
+    first document with text (at most ``look`` rows of a streaming dataset)."""
+    rows = 0
+    try:
+        if hasattr(docs, "__len__"):
+            for start in range(0, len(docs), 1000):
+                texts = docs[start:start + 1000]["text"]
+                rows += len(texts)
+                if any(isinstance(t, str) and t.strip() for t in texts):
+                    return
+        else:
+            for row in itertools.islice(docs, look):
+                rows += 1
+                if isinstance(row["text"], str) and row["text"].strip():
+                    return
+            if rows == look:
+                return
+    except Exception as err:  # noqa: BLE001 - a reader error (e.g. Latin-1 bytes) of a bad file: one line
+        raise ConfigError(f"cannot read training.dataset {name!r}: {_root_cause(err)}; give UTF-8 files.") from None
+    what = "no rows" if rows == 0 else f"{rows} rows, all empty or whitespace"
+    raise ConfigError(f"training.dataset {name!r} holds no text ({what}): nothing would be learnt; give files "
+                      f"with documents in their text (or content) field.")
 
 
 def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: int) -> ResumableLoader:
@@ -356,6 +438,13 @@ def build_loader(cfg: Training, tokenizer: Any, *, rank: int, world: int, seed: 
             f"training.dataset {cfg.dataset!r} was tokenized with a {docs.meta['vocab_size']}-token vocabulary but "
             f"the tokenizer has {len(tokenizer)}; pass --model.tokenizer_path {Path(cfg.dataset) / 'tokenizer'}."
         )
+    if not isinstance(docs, TokenizedDocuments):
+        check_has_text(docs, cfg.dataset or "the embedded corpus")
+    shards = world * max(cfg.num_workers, 1)
+    if hasattr(docs, "__len__") and len(docs) < shards:
+        raise ConfigError(f"training.dataset has {len(docs)} document(s), fewer than the {shards} data shards "
+                          f"({world} data-parallel rank(s) x {max(cfg.num_workers, 1)} loader worker(s)); lower "
+                          f"--training.num_workers or give more documents.")
     dataset = TokenWindows(
         docs, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, varlen=cfg.varlen,
         context_len=cfg.context_len, rank=rank, world=world, seed=seed,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import gc
 import json
 import logging
@@ -32,7 +33,9 @@ from torch.profiler import record_function
 
 from softpick._compat import set_pg_timeout
 from softpick.errors import UserError, debug_enabled, one_line
-from softpick.train.checkpoint import CheckpointManager, ModelState, export_hf, full_model_state
+from softpick.train.checkpoint import (
+    CheckpointManager, ModelState, export_hf, export_os_error, full_model_state, step_dirs, step_folders,
+)
 from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
 from softpick.train.lock import DumpLock, check_writable
@@ -42,7 +45,7 @@ from softpick.train.metrics import (
 )
 from softpick.train.optim import build_lr_scheduler, build_optimizer
 from softpick.train.parallel import ParallelDims, parallelize
-from softpick.train.stops import Interrupted, NonFinite, StopSignals
+from softpick.train.stops import CheckpointWriteError, Interrupted, NonFinite, StopSignals, mount_point
 
 logger = logging.getLogger("softpick.train")
 
@@ -160,7 +163,12 @@ class Trainer:
             )
             if config.checkpoint.enable_checkpoint and self.checkpointer.load(config.checkpoint.load_step,
                                                                                max_step=tr.steps):
-                logger.info("resumed from step %d", self.state["step"])
+                if self.checkpointer.resumed_weights_only:
+                    logger.warning("started from the model weights of step %d (a weights-only checkpoint): the "
+                                   "optimizer state, lr schedule (warmup included), data order and RNG start "
+                                   "afresh", self.state["step"])
+                else:
+                    logger.info("resumed from step %d", self.state["step"])
 
             # metrics
             self.metrics = MetricsLogger(config.metrics, self.dump, rank=self.rank, total_steps=tr.steps,
@@ -243,6 +251,13 @@ class Trainer:
 
     def _check_model_config(self) -> None:
         vocab, model_type = len(self.tokenizer), self.model_config.model_type
+        tr = self.config.training
+        longest = tr.context_len if tr.varlen else tr.seq_len
+        max_positions = getattr(self.model_config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and longest > max_positions:
+            flag = "training.context_len" if tr.varlen else "training.seq_len"
+            raise ConfigError(f"{flag} {longest} is longer than model.config max_position_embeddings "
+                              f"{max_positions}; lower {flag} or raise max_position_embeddings.")
         if vocab > self.model_config.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {vocab} tokens but model.config vocab_size is {self.model_config.vocab_size}."
@@ -405,10 +420,11 @@ class Trainer:
                                f"--checkpoint.enable_checkpoint keeps the progress of a run).")
         self.checkpointer.wait()  # an async save of this very step counts
         path = self.checkpointer.folder / f"step-{step}"
-        if not path.is_dir():
+        if self.checkpointer.last_saved != step:
             path = self.checkpointer.save_full(step)
-        return Interrupted(f"stopped by {name} after step {step}; checkpoint {path} written, rerun the same "
-                           f"command to resume.")
+        rerun = ("rerun the same command without --checkpoint.load_step" if self.config.checkpoint.load_step != -1
+                 else "rerun the same command")
+        return Interrupted(f"stopped by {name} after step {step}; checkpoint {path} written, {rerun} to resume.")
 
     def train(self) -> None:
         """Run the steps left, then export ``hf/``; however the steps end, gc is back on and a pending
@@ -419,11 +435,17 @@ class Trainer:
             logger.info("wrote the seed checkpoint %s", self.checkpointer.folder / "step-0")
             return
         gc.disable()
+        start, skipped = self.state["step"], self.state["skipped"]
         try:
             self._steps()
         finally:  # also when a step raises: Trainer runs in-process under `softpick experiment`
             gc.enable()
             self.checkpointer.wait()
+        done = self.state["step"] - start
+        if done > 0 and self.state["skipped"] - skipped == done:
+            raise NonFinite(f"every one of the {done} steps of this run was skipped for a non-finite loss or grad "
+                            f"norm: nothing was trained and no hf/ export written. Lower --optimizer.lr, or check "
+                            f"the data and the model config.")
         self.export_hf(self.dump / "hf")  # every run ends with a model folder, checkpointing on or off
 
     def _steps(self) -> None:
@@ -465,14 +487,56 @@ class Trainer:
                     raise self._stop(signals, step)
 
     def export_hf(self, out_dir: Path) -> None:
-        """Gather the full weights and write an HF model folder (rank 0 writes)."""
+        """Gather the full weights and write an HF model folder (rank 0 writes; beside and renamed).
+
+        A failed write (a full disk, ...) stops every rank with one line (exit 4) that names where the
+        weights are: the checkpoint of this step when there is one, else a rescue copy (:meth:`_rescue`).
+        """
         state = full_model_state(self.model)
-        if self.rank == 0:
+
+        def write() -> None:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.checkpoint.export_dtype,
                                                                             torch.float32)
-            export_hf(self.model_config, state, out_dir, tokenizer=self.tokenizer, dtype=dtype)
+            try:
+                export_hf(self.model_config, state, out_dir, tokenizer=self.tokenizer, dtype=dtype)
+            except Exception as err:  # noqa: BLE001 - only disk errors are turned into one line
+                os_error = export_os_error(err)
+                if os_error is None:
+                    raise
+                raise self._export_failed(os_error, out_dir, state, dtype) from err
+
+        self._on_rank0(write)
         if dist.is_initialized():
             dist.barrier()
+
+    def _export_failed(self, error: OSError, out_dir: Path, state: dict[str, torch.Tensor],
+                       dtype: torch.dtype) -> CheckpointWriteError:
+        """The one-line error of a failed export; it names where this step's weights are kept."""
+        step = self.state["step"]
+        saved = step_dirs(self.checkpointer.folder).get(step)
+        if saved is not None:
+            kept = (f"the weights of step {step} are in checkpoint {saved} (rerun the same command once there is "
+                    f"space, or softpick convert dcp-to-hf --path {self.dump})")
+        else:
+            kept = self._rescue(state, dtype, step)
+        reason = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}.get(error.errno,
+                                                                                          error.strerror or str(error))
+        return CheckpointWriteError(f"{reason} on {mount_point(out_dir)} while writing the HF export {out_dir} (an "
+                                    f"earlier one there is left as it was); {kept}.")
+
+    def _rescue(self, state: dict[str, torch.Tensor], dtype: torch.dtype, step: int) -> str:
+        """Save the weights of a run whose export failed (no checkpoint of this step) as an HF folder in the
+        system's temporary folder; the phrase naming it (or saying that this failed too)."""
+        import tempfile
+
+        rescue = Path(tempfile.gettempdir()) / f"softpick-rescue-{self.dump.resolve().name}-step-{step}-{os.getpid()}"
+        try:
+            export_hf(self.model_config, state, rescue, tokenizer=self.tokenizer, dtype=dtype)
+        except Exception as err:  # noqa: BLE001 - the disk of the temporary folder may be full too
+            return (f"the trained weights could not be rescued either ({export_os_error(err) or err}); they are "
+                    f"lost: free space and train again with --checkpoint.enable_checkpoint")
+        return (f"the trained weights of step {step} were saved to {rescue} instead (an HF model folder: move it "
+                f"where it belongs)")
 
     def close(self) -> None:
         self.metrics.close()
@@ -506,15 +570,63 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"softpick train: {one_line(err)}", file=sys.stderr)
         code = err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT (start-up) or at the export
+        if debug:
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("softpick train: interrupted (SIGINT) outside the training steps (start-up or the final export); "
+                  "nothing is left half-written and the files saved before are kept: rerun the same command.",
+                  file=sys.stderr)
+        code = 130
     if dist.is_initialized():
         _exit_distributed(code)
     return code
+
+
+LOADABLE = ("model", "optimizer", "lr_scheduler", "train_state", "dataloader", "rng")
+"""The entries of a full checkpoint (``checkpoint.exclude_from_loading`` names some of them)."""
+
+
+def check_dump_folder(config: JobConfig) -> None:
+    """ConfigError (one line) when this run would silently start over on a dump folder that holds a run:
+    checkpoints while checkpointing is off, or a finished run's ``hf/`` without a checkpoint to resume
+    (its export and metrics would be replaced and mixed). ``checkpoint.load_step`` needs checkpointing."""
+    ck, dump = config.checkpoint, config.job.dump_folder
+    if not dump.strip():
+        raise ConfigError("job.dump_folder is empty; give the folder for the run's checkpoints, metrics and hf/ "
+                          "export (e.g. --job.dump_folder outputs/run1).")
+    if ck.load_step != -1 and not ck.enable_checkpoint:
+        raise ConfigError(f"checkpoint.load_step {ck.load_step} needs --checkpoint.enable_checkpoint (with "
+                          f"checkpointing off nothing is loaded and the run would start from scratch).")
+    if ck.load_step < -1:
+        raise ConfigError(f"checkpoint.load_step must be a step >= 0, or -1 for the latest; got {ck.load_step}.")
+    if not ck.folder.strip():
+        raise ConfigError("checkpoint.folder is empty; give a folder name (default: checkpoint).")
+    unknown = [e for e in ck.exclude_from_loading if e not in LOADABLE]
+    if unknown:
+        raise ConfigError(f"checkpoint.exclude_from_loading: unknown entry {unknown[0]!r}; use any of "
+                          f"{', '.join(LOADABLE)}.")
+    dump = Path(dump)
+    saved = sorted(step_folders(dump / ck.folder))
+    if saved and ck.create_seed_checkpoint:
+        raise ConfigError(f"checkpoint.create_seed_checkpoint: {dump / ck.folder} already holds checkpoints "
+                          f"(steps {', '.join(map(str, saved))}); give another --job.dump_folder.")
+    if saved and not ck.enable_checkpoint:
+        raise ConfigError(f"job.dump_folder {str(dump)!r} holds checkpoints (steps {', '.join(map(str, saved))}) but "
+                          f"checkpointing is off: this run would start from scratch and replace its hf/ and mix its "
+                          f"metrics; pass --checkpoint.enable_checkpoint to resume it, or give another "
+                          f"--job.dump_folder.")
+    if not saved and (dump / "hf").exists() and not ck.create_seed_checkpoint:
+        raise ConfigError(f"job.dump_folder {str(dump)!r} holds a finished run ({dump / 'hf'}) and no checkpoint to "
+                          f"resume: this run would start from scratch and replace it; give another "
+                          f"--job.dump_folder (or move {dump / 'hf'} away).")
 
 
 def _run(argv: list[str]) -> int:
     config = parse_args(argv)
     if config.job.print_args and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(config.to_dict(), indent=2))
+    check_dump_folder(config)
     trainer = Trainer(config)
     try:
         trainer.train()

@@ -1,5 +1,6 @@
 """KV cache and generate(): cached decoding equals full forwards, for softpick and softmax, with padding."""
 
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -107,9 +108,15 @@ def test_decoding_appends_in_place_and_survives_crop_and_beam_search():
 
 
 @torch.no_grad()
-def test_static_cache_generation_equals_dynamic(attn_type):
-    """generate(cache_implementation="static"): preallocated layers, the same tokens as the default cache,
-    with a left-padded batch (the model reads the valid prefix of each static layer)."""
+@pytest.mark.parametrize("route", [True, False], ids=["fast-loop", "transformers-loop"])
+def test_static_cache_generation_equals_dynamic(attn_type, route, monkeypatch):
+    """generate(cache_implementation="static"): the same tokens as the default cache, with a left-padded
+    batch, whether the fast loop runs it (the default) or transformers' loop with its StaticCache (the
+    model reads the valid prefix of each static layer)."""
+    from softpick.models import modeling_softpick
+
+    if not route:
+        monkeypatch.setattr(modeling_softpick, "GENERATE_ROUTES", [])
     model = generation_model(attn_type)
     batch = torch.randint(3, VOCAB, (2, 7))
     mask = torch.ones_like(batch)
@@ -118,3 +125,4 @@ def test_static_cache_generation_equals_dynamic(attn_type):
     static = model.generate(batch, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
                             cache_implementation="static")
     assert torch.equal(static, dynamic)
+    assert ("_softpick_decode_session" in model.__dict__) == route

@@ -60,11 +60,19 @@ def test_missing_model_folder(tmp_path, capsys):
 
 
 def test_softpick_models_decode_with_the_fast_loop(model_dir, monkeypatch, capsys):
-    """The CLI runs fast_generate for softpick models (graphs off with --no-graphs), same text as generate()."""
+    """The CLI runs fast_generate for softpick models (graphs or compile off with --no-graphs / --no-compile),
+    same text as generate(); what the user waits for (a compile) goes to stderr."""
     calls = []
     real = generate_cli.fast_generate
-    monkeypatch.setattr(generate_cli, "fast_generate", lambda *a, **kw: calls.append(kw["graphs"]) or real(*a, **kw))
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["graphs"], kwargs["compile"]))
+        kwargs["notice"]("compiling the decoding step")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_cli, "fast_generate", spy)
     argv = [str(model_dir), "--prompt", "Once upon a time", "--max-new-tokens", "6", "--device", "cpu"]
     texts = run(argv)
-    assert run(argv + ["--no-graphs"]) == texts
-    assert calls == [None, False]
+    assert "[compiling the decoding step]" in capsys.readouterr().err
+    assert run(argv + ["--no-graphs"]) == texts and run(argv + ["--no-compile"]) == texts
+    assert calls == [(None, None), (False, None), (None, False)]

@@ -179,3 +179,27 @@ def test_device_kv_len_reads_only_the_valid_prefix(case, variant):
     naive_buf = naive_attention(q.double(), k_buf.double(), v_buf.double(), variant=variant,
                                 attention_mask=mask_buf, eps=1e-6, kv_len=kv_len)  # the reference itself
     torch.testing.assert_close(naive_buf, ref)
+
+
+def test_launch_keys_bound_the_launch_not_the_result(monkeypatch):
+    """Inside launch_keys(n) a kv_len launch covers the first n keys of the buffer only (fewer splits; the
+    decode loop's length buckets): same result when kv_len <= n, and the grid is sized for n keys."""
+    from softpick.ops.attention.triton import kv_cache as decode
+
+    B, Tk, H, D = 2, 40, 2, 32
+    q, k, v = inputs(B, 1, Tk, H, H, D, 1.0)
+    k_buf = torch.full((B, 300, H, D), 30.0, device=DEVICE, dtype=DTYPE)
+    v_buf = torch.full((B, 300, H, D), 1e4, device=DEVICE, dtype=DTYPE)
+    k_buf[:, :Tk], v_buf[:, :Tk] = k, v
+    kv_len = torch.tensor([Tk], dtype=torch.int32, device=DEVICE)
+    seen = []
+    real = decode.num_splits
+    monkeypatch.setattr(decode, "num_splits", lambda q, k, block: seen.append(k.shape[1]) or real(q, k, block))
+    ref = naive_attention(q.double(), k.double(), v.double(), variant="softpick", eps=1e-6)
+    with decode.launch_keys(64):
+        out = decode_attention(q, k_buf, v_buf, variant="softpick", scale=None, causal=True, attention_mask=None,
+                               eps=1e-6, kv_len=kv_len)
+    assert_close("launch_keys", ref, out)
+    decode_attention(q, k_buf, v_buf, variant="softpick", scale=None, causal=True, attention_mask=None, eps=1e-6,
+                     kv_len=kv_len)
+    assert seen == [64, 300]

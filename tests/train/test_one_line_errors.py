@@ -87,7 +87,8 @@ def test_analyze_reports_a_model_that_produces_nan(model_dir, tmp_path, capsys):
 
     folder = broken(model_dir, tmp_path, "nan")
     weights = load_file(str(folder / "model.safetensors"))
-    weights["model.layers.1.self_attn.o_proj.weight"].fill_(float("nan"))
+    weights["model.embed_tokens.weight"].fill_(1.0)  # finite weights whose logits overflow to inf (NaN weights
+    weights["lm_head.weight"].fill_(3e38)  # are refused at load: test_hostile_models)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "report"
     argv = [str(folder), "--out", str(out), "--num-samples", "2", "--seq-len", "16", "--quant-bits", "none"]

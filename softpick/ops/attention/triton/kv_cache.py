@@ -9,8 +9,10 @@ batch 1; the splits are merged exactly (see :mod:`.triton_decode`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -25,6 +27,25 @@ from softpick.ops.attention.triton.training import (
 
 MIN_KEYS_PER_SPLIT = 256
 """Splits never get fewer keys than this (the merge would cost more than it saves)."""
+
+_LAUNCH_KEYS: list[int | None] = [None]
+
+
+@contextlib.contextmanager
+def launch_keys(n: int | None) -> Iterator[None]:
+    """Inside, launches with a device ``kv_len`` cover only the first ``n`` keys of their buffers.
+
+    A preallocated cache is passed whole (its shape is the same at every step, so a compiled step is
+    traced once), but while it is short its tail need not be split and scanned: the decode loop sets
+    ``n`` to a length bucket >= kv_len and captures one CUDA graph per bucket. The launcher reads ``n``
+    when it runs (the custom op is opaque to torch.compile), so one compiled graph serves every bucket.
+    """
+    before = _LAUNCH_KEYS[0]
+    _LAUNCH_KEYS[0] = n
+    try:
+        yield
+    finally:
+        _LAUNCH_KEYS[0] = before
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,13 +85,15 @@ def _decode(q, k, v, attention_mask, softpick: bool, scale: float, causal: bool,
 
     B, Tq, HQ, K = q.shape
     Tk, H, V = k.shape[1], k.shape[2], v.shape[3]
+    if kv_len is not None and _LAUNCH_KEYS[0] is not None:
+        Tk = min(Tk, _LAUNCH_KEYS[0])  # the keys past the bucket are past kv_len: not launched over
     G = HQ // H
     interpret = not q.is_cuda
     BM = min(pow2_block(Tq * G), 16 if interpret else 64)
     BN = 16 if interpret else 64
     BK, BV = pow2_block(K), pow2_block(V)
     if splits <= 0:
-        splits = num_splits(q, k, BM)
+        splits = num_splits(q, k[:, :Tk], BM)
     keys_per_split = math.ceil(math.ceil(Tk / splits) / BN) * BN
     splits = math.ceil(Tk / keys_per_split)
     o_part = torch.empty(splits, B, Tq, HQ, V, dtype=torch.float32, device=q.device)
