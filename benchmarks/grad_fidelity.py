@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import time
@@ -146,17 +147,22 @@ def set_impl(model: torch.nn.Module, impl: str | None) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def windows(split: str, batch: int, seq: int, seed: int):
-    """Endless batches [batch, seq] of the embedded corpus, documents packed as the trainer packs them."""
+@functools.lru_cache(maxsize=None)
+def encoded(split: str) -> tuple[torch.Tensor, ...]:
+    """[BOS] ids [EOS] of every document of an embedded-corpus split (tokenized once per process)."""
     from softpick.corpus import embedded_documents, embedded_tokenizer
     from softpick.corpus.tokenized import encode_documents
 
-    tok = embedded_tokenizer()
-    docs = embedded_documents(split)
+    return tuple(torch.as_tensor(ids) for ids in encode_documents(embedded_tokenizer(), embedded_documents(split)))
+
+
+def windows(split: str, batch: int, seq: int, seed: int):
+    """Endless batches [batch, seq] of the embedded corpus, documents packed as the trainer packs them."""
+    docs = encoded(split)
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(docs), generator=g).tolist()
-        stream = torch.cat([torch.as_tensor(ids) for ids in encode_documents(tok, [docs[i] for i in order])])
+        stream = torch.cat([docs[i] for i in order])
         usable = stream.numel() // (batch * seq) * batch * seq
         for chunk in stream[:usable].view(-1, batch, seq):
             yield chunk.long()
