@@ -19,14 +19,22 @@ def live(row: dict) -> dict:
 @pytest.fixture(scope="module")
 def one_process(assets, tmp_path_factory):
     dump = tmp_path_factory.mktemp("live")
-    assert main(train_args(assets, dump, *FREQ, "--metrics.log_freq", "3", steps=STEPS)) == 0
-    return read_metrics(dump)
+    assert main(train_args(assets, dump, *FREQ, "--metrics.log_freq", "3", "--metrics.enable_tensorboard",
+                           steps=STEPS)) == 0
+    return read_metrics(dump), dump
 
 
 def test_every_nth_step_logs_the_probes(one_process):
-    """Steps 2 and 4 carry every metric, overall and per layer (2 layers), beside the loss; step 3 is a
-    plain log_freq row; the probe leaves the training loss untouched (no RNG, no state)."""
+    """Steps 2 and 4 carry every metric, overall and per layer (2 layers), beside the loss, in
+    metrics.jsonl and TensorBoard; step 3 is a plain log_freq row."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    one_process, dump = one_process
     assert [r["step"] for r in one_process] == [2, 3, 4]
+    events = EventAccumulator(str(dump / "tb" / "rank_0")).Reload()
+    assert [e.step for e in events.Scalars("analysis/sink_rate")] == [2, 4]
+    assert [e.value for e in events.Scalars("analysis/sparsity/layer_1")] == pytest.approx(
+        [r["analysis/sparsity/layer_1"] for r in one_process if r["step"] != 3])
     for row in one_process:
         keys = set(live(row))
         if row["step"] == 3:
@@ -39,6 +47,8 @@ def test_every_nth_step_logs_the_probes(one_process):
 
 
 def test_off_by_default_and_loss_unchanged(assets, tmp_path, one_process):
+    """The probe leaves training untouched (no RNG, no state): the same losses without it."""
+    one_process, _ = one_process
     dump = tmp_path / "plain"
     assert main(train_args(assets, dump, steps=STEPS)) == 0
     rows = read_metrics(dump)
@@ -55,6 +65,7 @@ def test_off_by_default_and_loss_unchanged(assets, tmp_path, one_process):
 def test_fsdp_and_tp_log_the_one_process_values(assets, tmp_path, one_process, name, flags):
     from test_distributed import torchrun
 
+    one_process, _ = one_process
     dump = tmp_path / name
     rows = torchrun(train_args(assets, dump, *FREQ, "--metrics.log_freq", "1", steps=STEPS) + flags, dump)
     by_step = {r["step"]: r for r in rows}
