@@ -25,8 +25,15 @@ LOG_RANK=${LOG_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-29500}
 
+if ! command -v python >/dev/null 2>&1 || ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('softpick') is None)" 2>/dev/null; then
+  echo "train.sh: no python with softpick on PATH; activate the environment softpick is installed in (. .venv/bin/activate) or pip install -e . first." >&2
+  exit 127
+fi
+
 echo "launching on ${NNODE} node(s) x ${NGPU} process(es); master ${MASTER_ADDR}:${MASTER_PORT}" >&2
-exec torchrun \
+# torchrun itself, in-process (softpick/train/launch.py): the workers' exit code (2, 3, 4, 75; torchrun
+# alone exits 1) and their one-line error last, without torchrun's traceback
+exec python -m softpick.train.launch \
   --nnodes "${NNODE}" --nproc_per_node "${NGPU}" --node_rank "${NODE_RANK}" \
   --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
   --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \

@@ -2,8 +2,8 @@
 
 Commands are looked up lazily, so a command's own imports (the trainer, the analysis, lm-eval, ...)
 load only when it runs. Each target is a ``main(argv: list[str]) -> int | None`` function.
-``softpick -h``, ``softpick --version`` and ``softpick train -h`` load neither torch nor transformers
-(see :func:`softpick.help_only`), so they answer in well under a second.
+``softpick -h``, ``softpick --version`` and ``-h`` of train, generate, analyze, compare and lm-eval load
+neither torch nor transformers (see :func:`softpick.help_only`), so they answer in well under a second.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from softpick import _quiet
 from softpick.errors import run_command
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,8 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-HELP_PARSERS: dict[str, str] = {"train": "softpick.train.config:build_parser"}
-"""Commands whose ``-h`` is printed from a parser that imports no torch."""
+HELP_PARSERS: dict[str, str] = {
+    "train": "softpick.train.config:build_parser",
+    "generate": "softpick.generate:parser",
+    "analyze": "softpick.analysis.cli:analyze_parser",
+    "compare": "softpick.analysis.cli:compare_parser",
+}
+"""Commands whose ``-h`` is printed from a parser that imports no torch (``lm-eval -h`` is lm-eval's own,
+which imports no torch either)."""
 
 
 def _usage() -> str:
@@ -39,6 +46,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet.install()  # every command, before any of its imports (the one place start-up noise is filtered)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -54,3 +54,36 @@ def run_command(name: str, func: Callable[[list[str]], int | None], argv: list[s
             raise
         print(f"softpick {name}: interrupted (SIGINT).", file=sys.stderr)
         return INTERRUPT_EXIT
+
+
+EXIT_FILE_ENV = "SOFTPICK_EXIT_FILE"
+"""Set by train.sh's launcher (softpick.train.launch): where a worker leaves its exit code and one line."""
+
+
+def record_for_launcher(line: str, code: int) -> None:
+    """Tell a torchrun launcher how this worker ended: no-op outside torchrun / train.sh.
+
+    Writes torch elastic's per-worker error file (``TORCHELASTIC_ERROR_FILE``, the JSON that ``@record``
+    writes) so that torchrun's failure summary shows ``line`` instead of a link, and, when train.sh's launcher
+    set ``SOFTPICK_EXIT_FILE``, "code\\nline\\n" there (the first worker to end wins) so that train.sh
+    exits with ``code`` and prints ``line`` last.
+    """
+    import json
+    import time
+
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        message = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+        try:
+            with open(error_file, "w", encoding="utf-8") as fp:
+                json.dump({"message": message}, fp)
+        except OSError:
+            pass
+    exit_file = os.environ.get(EXIT_FILE_ENV)
+    if exit_file:
+        try:
+            fd = os.open(exit_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:  # another worker was first, or the folder is gone
+            return
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            fp.write(f"{code}\n{line}\n")

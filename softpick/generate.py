@@ -20,13 +20,8 @@ import argparse
 import sys
 import time
 
-import torch
-
-import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
-from softpick.models.fast_generate import fast_generate, supports_fast_generate
-from softpick.models.loading import load_model_and_tokenizer
-
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``--dtype`` choices (torch is imported only to run, so ``-h`` answers at once)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,9 +34,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (torch.set_num_threads); default: torch's choice")
     p.add_argument("--no-graphs", action="store_true",
                    help="decode without CUDA graphs (same tokens, more host time per token)")
     p.add_argument("--no-compile", action="store_true",
@@ -59,7 +56,20 @@ def generate(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--top-p must be in (0, 1] (a probability mass), got {args.top_p}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
-    dtype = DTYPES[args.dtype] or (torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    import torch
+
+    import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
+    from softpick.models.fast_generate import fast_generate, supports_fast_generate
+    from softpick.models.loading import load_model_and_tokenizer
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = (getattr(torch, args.dtype) if args.dtype != "auto"
+             else torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.tokenizer, args.device, dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -14,22 +14,27 @@ time), :mod:`~softpick.analysis.live` plots those live metrics, :mod:`~softpick.
 the ``Report`` (one reader and one writer of report.json/report.md) and the plots,
 :mod:`~softpick.analysis.cli` is ``softpick analyze`` (``analyze(model_dir, options) -> Report``) and
 ``softpick compare``.
+
+The names below load on first use, so ``softpick analyze -h`` / ``compare -h`` / ``lm-eval -h`` import no torch.
 """
 
-from softpick.analysis.activations import compute_activation_stats
-from softpick.analysis.evaluation import compute_lm_eval
-from softpick.analysis.passkey import compute_passkey
-from softpick.analysis.perplexity import compute_perplexity
-from softpick.analysis.quantization import compute_quantization_study
-from softpick.analysis.sink import compute_sink_rate
-from softpick.analysis.sparsity import compute_sparsity
+from __future__ import annotations
 
-__all__ = [
-    "compute_activation_stats",
-    "compute_lm_eval",
-    "compute_passkey",
-    "compute_perplexity",
-    "compute_quantization_study",
-    "compute_sink_rate",
-    "compute_sparsity",
-]
+import importlib
+
+_PUBLIC = {
+    "compute_activation_stats": "activations", "compute_lm_eval": "evaluation", "compute_passkey": "passkey",
+    "compute_perplexity": "perplexity", "compute_quantization_study": "quantization",
+    "compute_sink_rate": "sink", "compute_sparsity": "sparsity",
+}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"softpick.analysis.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'softpick.analysis' has no attribute {name!r}")
+
+
+__all__ = sorted(_PUBLIC)

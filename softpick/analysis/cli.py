@@ -18,22 +18,17 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
-
-import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
-from softpick.analysis import evaluation, quantization
-from softpick.analysis.activations import ActivationObserver
-from softpick.analysis.collect import attn_implementation, decoder_layers, run_pass
-from softpick.analysis.data import load_documents, make_batches, tokenize_samples
-from softpick.analysis.passkey import compute_passkey
-from softpick.analysis.perplexity import PerplexityObserver
-from softpick.analysis.report import Report, write_comparison
-from softpick.analysis.sink import DEFAULT_SINK_EPS, SinkObserver
-from softpick.analysis.sparsity import DEFAULT_ZERO_THRESHOLD, SparsityObserver
 from softpick.errors import one_line
-from softpick.models.loading import load_model_and_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The option defaults of the measurement modules, repeated here so that ``-h`` imports no torch
+# (tests/analysis/test_cli.py checks that they equal the modules' own constants).
+DEFAULT_SINK_EPS = 0.3
+DEFAULT_ZERO_THRESHOLD = 1e-5
+QUANT_METHODS = ("rtn", "hqq", "torchao", "quanto")
+DEFAULT_GROUP_SIZE = 64
+DTYPES = ("float32", "bfloat16", "float16")
+FALLBACK_SEQ_LEN = 512
+"""Tokens per sample for a model folder that does not say the context it was trained at."""
 
 
 def int_list(text: str) -> list[int]:
@@ -60,22 +55,27 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder if MODEL_DIR has none")
     p.add_argument("--num-samples", type=int, default=64, help="documents to analyse")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sample (longer documents are cut)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sample (longer documents are cut); default: the context the model was trained "
+                   f"at (trained_context_len in config.json, written by softpick's export), else {FALLBACK_SEQ_LEN} "
+                   "capped at max_position_embeddings")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--padding-side", choices=("right", "left"), default="right")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="low precision makes softmax underflow count as sparsity")
     p.add_argument("--sink-eps", type=float, default=DEFAULT_SINK_EPS, help="first-token mass above which a head is a sink")
     p.add_argument("--zero-threshold", type=float, default=DEFAULT_ZERO_THRESHOLD,
                    help="attention weights <= this count as zero")
     p.add_argument("--top-k", type=int, default=10, help="largest activations listed per layer")
     p.add_argument("--quant-bits", type=int_list, default=[8, 4, 3, 2], help="weight bits to study; 'none' skips")
-    p.add_argument("--quant-methods", type=_str_list, default=list(quantization.METHODS),
-                   help=f"any of {','.join(quantization.METHODS)}")
-    p.add_argument("--quant-group-size", type=int, default=quantization.DEFAULT_GROUP_SIZE)
+    p.add_argument("--quant-methods", type=_str_list, default=list(QUANT_METHODS),
+                   help=f"any of {','.join(QUANT_METHODS)}")
+    p.add_argument("--quant-group-size", type=int, default=DEFAULT_GROUP_SIZE)
     p.add_argument("--tasks", type=_str_list, default=[],
-                   help="lm-eval tasks; 'local' = tasks built from --data (softpick_local_choice, softpick_local_ppl)")
+                   help="lm-eval tasks; 'local' = tasks built from --data (softpick_local_choice, softpick_local_ppl), "
+                   "offline; hub tasks (lambada_openai, ...) need their dataset online or in the datasets cache "
+                   "(HF_DATASETS_OFFLINE=1 then fails at once, in one line)")
     p.add_argument("--tasks-dir", action="append", default=[], help="folder of lm-eval task YAML files (repeatable)")
     p.add_argument("--eval-limit", type=int, default=None, help="at most this many documents per lm-eval task")
     p.add_argument("--eval-batch-size", type=int, default=8)
@@ -87,6 +87,8 @@ def analyze_parser() -> argparse.ArgumentParser:
 
 
 def describe_model(model, model_dir: str) -> dict:
+    from softpick.analysis.collect import attn_implementation, decoder_layers
+
     config = model.config
     if hasattr(config, "attn_type"):  # softpick's config: attn_type and its switches, attn_impl naming the kernel
         switches = "".join([" + ssmax" if getattr(config, "ssmax", False) else "",
@@ -109,17 +111,36 @@ def describe_model(model, model_dir: str) -> dict:
 
 
 def _versions() -> dict:
+    import torch
     import transformers
+
+    import softpick
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "softpick": softpick.__version__}
 
 
-def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
+def analyze(model_dir: str | Path, args: argparse.Namespace) -> "Report":
     """Measure the model saved in ``model_dir`` with ``args`` (the options of ``softpick analyze``, as
     :func:`analyze_parser` or :func:`analyze_options` give them; their ``model_dir`` is not read), write
     the report to ``args.out`` and return it."""
+    import torch
+
+    import softpick  # noqa: F401  (registers softpick_transformer with the transformers Auto classes)
+    from softpick.analysis import evaluation, quantization
+    from softpick.analysis.activations import ActivationObserver
+    from softpick.analysis.collect import run_pass
+    from softpick.analysis.data import load_documents, make_batches, tokenize_samples
+    from softpick.analysis.passkey import compute_passkey
+    from softpick.analysis.perplexity import PerplexityObserver
+    from softpick.analysis.report import Report
+    from softpick.analysis.sink import SinkObserver
+    from softpick.analysis.sparsity import SparsityObserver
+    from softpick.models.loading import load_model_and_tokenizer
+
     model_dir = str(model_dir)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     progress = not args.no_progress
     notes = []
@@ -129,9 +150,15 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
     for folder in args.tasks_dir:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--tasks-dir {folder} is not a folder.")
+    hub_tasks = [t for t in args.tasks if t != "local"]
+    if hub_tasks:
+        check_offline_tasks(hub_tasks, args.tasks_dir)
     documents = load_documents(args.data, args.split)
-    model, tokenizer = load_model_and_tokenizer(model_dir, args.tokenizer, args.device, DTYPES[args.dtype])
+    model, tokenizer = load_model_and_tokenizer(model_dir, args.tokenizer, args.device, getattr(torch, args.dtype))
     max_positions = getattr(model.config, "max_position_embeddings", None)
+    trained = getattr(model.config, "trained_context_len", None)
+    if args.seq_len is None:
+        args.seq_len = trained or (min(FALLBACK_SEQ_LEN, max_positions) if max_positions else FALLBACK_SEQ_LEN)
     for name, length in [("--seq-len", args.seq_len)] + [("--passkey-lengths", n) for n in args.passkey_lengths]:
         if max_positions is not None and length > max_positions:
             raise ValueError(f"{name} {length} exceeds the model's max_position_embeddings {max_positions}.")
@@ -147,7 +174,8 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
         model=describe_model(model, model_dir),
         settings={
             "data": args.data or f"embedded corpus ({args.split})",
-            "num_samples": len(samples), "seq_len": args.seq_len, "tokens": sum(len(s) for s in samples),
+            "num_samples": len(samples), "seq_len": args.seq_len, "trained_context_len": trained,
+            "tokens": sum(len(s) for s in samples),
             "batch_size": args.batch_size, "padding_side": args.padding_side, "device": str(args.device),
             "dtype": args.dtype, "seed": args.seed, "versions": _versions(),
         },
@@ -174,6 +202,9 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
     if args.passkey_lengths:
         report.passkey = compute_passkey(model, tokenizer, args.passkey_lengths, trials=args.passkey_trials,
                                             seed=args.seed, progress=progress)
+    if trained and args.seq_len > trained:
+        notes.append(f"Evaluated at {args.seq_len} tokens per sample, beyond the {trained} the model was trained "
+                     f"at: perplexity and attention statistics include length extrapolation.")
     if args.dtype != "float32":
         notes.append("Low-precision attention weights underflow: sparsity counts rounding zeros too.")
     non_finite = non_finite_fields(report.to_dict())
@@ -187,8 +218,32 @@ def analyze(model_dir: str | Path, args: argparse.Namespace) -> Report:
     return report
 
 
+def check_offline_tasks(tasks: list[str], tasks_dir: list[str]) -> None:
+    """Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or no connection to the hub within 3 s): ValueError
+    in one line, before the model loads, when a task's data set is not cached. Online: nothing."""
+    import os
+
+    from softpick.analysis import evaluation
+    from softpick.hub import offline_reason
+
+    if os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        reason = "HF_DATASETS_OFFLINE is set"
+    else:
+        reason = offline_reason()
+    if reason is None:
+        return
+    missing = evaluation.uncached_hub_datasets(tasks, tasks_dir)
+    if missing:
+        named = ", ".join(f"{task} ({path})" for task, path in sorted(missing.items()))
+        raise ValueError(
+            f"--tasks {named}: the data set is on the hub, {reason}, and it is not in the datasets cache; run it "
+            f"once online to cache it, or evaluate offline with --tasks local (tasks built from --data) or your own "
+            f"task YAML files with --tasks-dir (docs/ecosystem.md)."
+        )
+
+
 POSITIVE_OPTIONS = ("num_samples", "seq_len", "batch_size", "passkey_trials", "top_k")
-"""Options that must be >= 1."""
+"""Options that must be >= 1 (when given: seq_len None means the trained context)."""
 
 
 def analyze_options(model_dir: str | Path, out: str | Path, **values) -> argparse.Namespace:
@@ -212,7 +267,7 @@ def analyze_options(model_dir: str | Path, out: str | Path, **values) -> argpars
             raise ValueError(f"--{name.replace('_', '-')} must be one of {list(action.choices)}, got {value!r}.")
         setattr(args, name, value)
     for name in POSITIVE_OPTIONS:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     return args
 
@@ -232,17 +287,20 @@ def analyze_main(argv: list[str]) -> int:
     parser = analyze_parser()
     args = parser.parse_args(argv)
     for name in POSITIVE_OPTIONS:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"softpick analyze: error: --out {args.out} is a file; give a folder for the report.", file=sys.stderr)
         return 2
     try:
-        analyze(args.model_dir, args)
+        report = analyze(args.model_dir, args)
     except (FileNotFoundError, ImportError, ValueError) as error:
         print(f"softpick analyze: error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {Path(args.out) / 'report.md'}")
+    settings = report.settings
+    trained = settings.get("trained_context_len")
+    print(f"wrote {Path(args.out) / 'report.md'} ({settings['num_samples']} samples at up to {settings['seq_len']} "
+          f"tokens{f', the trained context' if trained == settings['seq_len'] else ''})")
     return 0
 
 
@@ -256,18 +314,25 @@ def default_labels(folders: list[str]) -> list[str]:
     return [str(folder) for folder in folders]  # the same folder twice: --labels must tell them apart
 
 
-def compare_main(argv: list[str]) -> int:
+def compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softpick compare",
                                      description="Put two or more `softpick analyze` reports side by side.")
     parser.add_argument("reports", nargs="+", help="folders holding report.json")
     parser.add_argument("--out", required=True, help="output folder for comparison.md and plots")
     parser.add_argument("--labels", type=_str_list, default=None, help="comma-separated names (default: the shortest distinct ends of the folder paths)")
+    return parser
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = compare_parser()
     args = parser.parse_args(argv)
     if len(args.reports) < 2:
         parser.error(f"compare needs at least two report folders, got {len(args.reports)}.")
     labels = args.labels or default_labels(args.reports)
     if len(labels) != len(args.reports) or len(set(labels)) != len(labels):
         parser.error(f"--labels must give {len(args.reports)} distinct names, got {labels}.")
+    from softpick.analysis.report import Report, write_comparison
+
     try:
         reports = {label: Report.load(folder) for label, folder in zip(labels, args.reports)}
     except (FileNotFoundError, ValueError) as error:

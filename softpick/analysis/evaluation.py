@@ -203,3 +203,86 @@ def compute_lm_eval(
         for task, metrics in out["results"].items()
     }
     return {"lm_eval_version": lm_eval.__version__, "results": results}
+
+
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "imagefolder", "audiofolder")
+"""``dataset_path`` values of lm-eval tasks that read local files (``dataset_kwargs: data_files``), not the hub."""
+
+
+def _task_yaml(path: Path, depth: int = 0) -> dict:
+    """A task YAML file with its ``include`` chain merged (the file's own keys win); unknown tags
+    (``!function``) are read as None. Empty dict when unreadable."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    include = config.get("include")
+    if isinstance(include, str) and depth < 8:
+        base = _task_yaml(path.parent / include, depth + 1)
+        config = {**base, **{k: v for k, v in config.items() if k != "include"}}
+    return config
+
+
+def task_dataset_paths(tasks: list[str], tasks_dir: list[str] | None = None) -> dict[str, str | None]:
+    """{task: its ``dataset_path``} for each task, tags and groups expanded to their tasks (a task without
+    one maps to None). A task found as ``NAME.yaml`` (tasks_dir first, then lm-eval's own tasks) is read
+    directly, which takes a second; the others go through lm-eval's TaskManager, which indexes every
+    task YAML (about 10 s)."""
+    import lm_eval
+
+    folders = [Path(d) for d in tasks_dir or []] + [Path(lm_eval.__file__).parent / "tasks"]
+    files: dict[str, Path] = {}
+    for folder in reversed(folders):  # tasks_dir wins
+        files.update({p.stem: p for p in folder.rglob("*.yaml")})
+    found: dict[str, str | None] = {}
+    slow = []
+    for name in tasks:
+        config = _task_yaml(files[name]) if name in files else {}
+        if config.get("task") == name and isinstance(config.get("dataset_path"), str):
+            found[name] = config["dataset_path"]
+        else:
+            slow.append(name)
+    if slow:
+        from lm_eval.tasks import TaskManager
+
+        index = TaskManager(include_path=tasks_dir or None).task_index
+        todo, seen = list(slow), set()
+        while todo:
+            name = todo.pop()
+            entry = index.get(name)
+            if entry is None or name in seen:
+                continue
+            seen.add(name)
+            if entry.cfg is None:  # a tag: its tasks
+                todo += sorted(getattr(entry, "tags", None) or ())
+            elif isinstance(entry.cfg.get("task"), list):  # a group: its tasks
+                todo += [t for t in entry.cfg["task"] if isinstance(t, str)]
+            else:
+                path = entry.cfg.get("dataset_path")
+                found[name] = path if isinstance(path, str) else None
+    return found
+
+
+def uncached_hub_datasets(tasks: list[str], tasks_dir: list[str] | None = None) -> dict[str, str]:
+    """{task: hub dataset} for the tasks (tags and groups expanded) whose data set comes from the hub and
+    is in neither the datasets cache nor the hub cache: what cannot run offline."""
+    import datasets
+    from huggingface_hub import constants
+
+    missing: dict[str, str] = {}
+    for name, path in task_dataset_paths(tasks, tasks_dir).items():
+        if path is None or path in LOCAL_BUILDERS or Path(path).expanduser().exists():
+            continue
+        cached = [Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___"),
+                  Path(constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"]
+        if not any(p.is_dir() for p in cached):
+            missing[name] = path
+    return missing

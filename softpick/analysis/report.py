@@ -22,14 +22,18 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from softpick.analysis.live import plot_live_metrics, training_rows  # noqa: E402
 
 PER_LAYER_PLOTS = (
-    # file name, section, key, title, y label, log scale
-    ("sink_first_token_mass.png", "sink", "first_token_mass_per_layer", "Attention on the first token", "mean weight", False),
-    ("sink_rate.png", "sink", "sink_rate_per_layer", "Sink rate per layer", "% of heads above eps", False),
-    ("sparsity.png", "sparsity", "sparsity_per_layer", "Attention-map sparsity", "% of causal entries <= threshold", False),
-    ("kurtosis.png", "activations", "kurtosis_per_layer", "Hidden-state kurtosis (Pearson)", "kurtosis", True),
-    ("max_activation.png", "activations", "max_abs_per_layer", "Largest |hidden state|", "max |x|", True),
-    ("max_to_median.png", "activations", "max_to_median_per_layer", "Largest / median |hidden state|", "ratio", True),
+    # file name, section, key, title, y label, y scale (see _scale_y)
+    ("sink_first_token_mass.png", "sink", "first_token_mass_per_layer", "Attention on the first token",
+     "mean weight on the first token", "fraction"),
+    ("sink_rate.png", "sink", "sink_rate_per_layer", "Sink rate per layer", "heads above eps (%)", "percent"),
+    ("sparsity.png", "sparsity", "sparsity_per_layer", "Attention-map sparsity", "causal entries <= threshold (%)",
+     "percent"),
+    ("kurtosis.png", "activations", "kurtosis_per_layer", "Hidden-state kurtosis (Pearson)", "kurtosis", "log"),
+    ("max_activation.png", "activations", "max_abs_per_layer", "Largest |hidden state|", "max |x|", "log"),
+    ("max_to_median.png", "activations", "max_to_median_per_layer", "Largest / median |hidden state|", "ratio", "log"),
 )
+LOG_SPAN = 10.0
+"""A "log" axis is logarithmic only when its values span more than this factor; else linear."""
 
 
 def clean(value):
@@ -188,25 +192,59 @@ def _save(fig, path: Path, ax=None, legend: bool = False) -> None:
     plt.close(fig)
 
 
-def plot_per_layer(series: dict[str, list], title: str, ylabel: str, path: Path, log: bool = False) -> None:
-    """One line per label over layer index."""
+def _plain(value: float, _position=None) -> str:
+    """A tick label without an exponent or offset: 0.01, 2, 500, 2e+04."""
+    return f"{value:g}"
+
+
+def _log_axis(ax, axis: str = "y") -> None:
+    """A log scale labelled 1, 2, 5, 10, 20, ... in plain numbers (no 10^x, no 3.01x10^0)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(_plain))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _scale_y(ax, kind: str, values: list[float]) -> None:
+    """The y axis of a measurement: "percent" 0-100, "fraction" 0-1, "log" (logarithmic when the values
+    span more than LOG_SPAN, plain labels) or "linear"; never an offset like "+1.98e3"."""
+    if kind == "percent":
+        ax.set_ylim(-2, 102)
+        ax.set_yticks(range(0, 101, 20))
+    elif kind == "fraction":
+        ax.set_ylim(-0.02, 1.02)
+    elif kind == "log" and values and min(values) > 0 and max(values) / min(values) > LOG_SPAN:
+        _log_axis(ax)
+        return
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
+def plot_per_layer(series: dict[str, list], title: str, ylabel: str, path: Path, scale: str = "linear") -> None:
+    """One line per label over layer index (integer ticks); ``scale`` as :func:`_scale_y`."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    finite = []
     for label, values in series.items():
         xs = [i for i, v in enumerate(values) if v is not None]
         ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label)
-    if log and any(v is not None and v > 0 for values in series.values() for v in values):
-        ax.set_yscale("log")
+        finite += [values[i] for i in xs]
     ax.set(title=title, xlabel="layer", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _scale_y(ax, scale, finite)
     _save(fig, path, ax, legend=len(series) > 1)
 
 
-def plot_head_heatmap(matrix: list[list[float]], title: str, path: Path) -> None:
-    """Layers x heads heatmap (e.g. first-token attention per head)."""
+def plot_head_heatmap(matrix: list[list[float]], title: str, path: Path, label: str) -> None:
+    """Layers x heads heatmap on 0-1 (e.g. first-token attention per head), integer ticks, a labelled colour bar."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    data = [[float("nan") if v is None else v for v in row] for row in matrix]
+    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set(title=title, xlabel="head", ylabel="layer")
-    fig.colorbar(image, ax=ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(image, ax=ax, label=label)
     _save(fig, path)
 
 
@@ -215,7 +253,7 @@ def plot_quantization(reports: dict[str, Report], path: Path) -> None:
     methods = sorted({m for r in reports.values() for (m, _) in r.quantization_rows()})
     if not methods:
         return
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(max(6.0, 4 * len(methods)), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods):
         values, all_bits = [], set()
         for i, (label, report) in enumerate(reports.items()):
@@ -231,22 +269,33 @@ def plot_quantization(reports: dict[str, Report], path: Path) -> None:
             all_bits |= set(bits)
         ax.set(title=method, xlabel="weight bits", ylabel="perplexity")
         ax.set_xticks(sorted(all_bits))
-        if values and min(values) > 0 and max(values) / min(values) > 20:
-            ax.set_yscale("log")
+        _scale_y(ax, "log" if len(values) > 1 and min(values) > 0 and max(values) / min(values) > 20 else "linear",
+                 values)
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Perplexity after weight-only quantization (dashed: unquantized)")
+    fig.suptitle("Perplexity after weight-only quantization\n(dashed: unquantized)", fontsize=10)
     _save(fig, path)
 
 
 def plot_passkey(reports: dict[str, Report], path: Path) -> None:
+    """Accuracy (%, 0-100) against prompt length; ticks at the lengths tried (log-2 spaced when they span 4x)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    all_lengths: set[int] = set()
     for label, report in reports.items():
         accuracy = report.value("passkey", "accuracy") or {}
         lengths = sorted(int(k) for k in accuracy)
         ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", label=label)
-    ax.set(title="Passkey retrieval", xlabel="prompt tokens", ylabel="accuracy (%)", ylim=(-5, 105))
+        all_lengths |= set(lengths)
+    ticks = sorted(all_lengths)
+    if ticks and ticks[-1] / ticks[0] >= 4:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    if len(ticks) == 1:
+        ax.set_xlim(ticks[0] * 0.5, ticks[0] * 1.5)
+    ax.set(title="Passkey retrieval", xlabel="prompt tokens", ylabel="accuracy (%)", ylim=(-2, 102))
+    ax.set_yticks(range(0, 101, 20))
     _save(fig, path, ax, legend=len(reports) > 1)
 
 
@@ -257,10 +306,10 @@ def write_plots(reports: dict[str, Report], out: Path) -> list[str]:
     :meth:`Report.load` ensure.
     """
     written = []
-    for name, section, key, title, ylabel, log in PER_LAYER_PLOTS:
+    for name, section, key, title, ylabel, scale in PER_LAYER_PLOTS:
         series = {label: r.value(section, key) for label, r in reports.items() if r.value(section, key)}
         if series:
-            plot_per_layer(series, title, ylabel, out / name, log)
+            plot_per_layer(series, title, ylabel, out / name, scale)
             written.append(name)
     if any(r.quantization_rows() for r in reports.values()):
         plot_quantization(reports, out / "quantization.png")
@@ -272,7 +321,8 @@ def write_plots(reports: dict[str, Report], out: Path) -> list[str]:
         (label, report), = reports.items()
         per_head = report.value("sink", "first_token_mass_per_head")
         if per_head:
-            plot_head_heatmap(per_head, "Attention on the first token per head", out / "sink_heads.png")
+            plot_head_heatmap(per_head, "Attention on the first token per head", out / "sink_heads.png",
+                              "mean attention weight on the first token")
             written.append("sink_heads.png")
     return written
 
@@ -285,8 +335,11 @@ def _model_section(report: Report) -> list[str]:
     lines = [f"# Analysis of `{model['path']}`", ""]
     lines += [f"- model: {model['class']} ({model['model_type']}), {model['num_layers']} layers, "
               f"{model['num_heads']} heads, {model['parameters']:,} parameters, attention {model.get('attention')}"]
-    lines += [f"- data: {settings['data']}; {settings['num_samples']} samples of up to {settings['seq_len']} tokens "
-              f"({settings['tokens']} tokens), batch {settings['batch_size']}, {settings['padding_side']} padding"]
+    trained = settings.get("trained_context_len")
+    length = f"evaluated at up to {settings['seq_len']} tokens per sample" + (
+        f" (trained at {trained})" if trained else " (training context unknown)")
+    lines += [f"- data: {settings['data']}; {settings['num_samples']} samples, {length}; {settings['tokens']} tokens, "
+              f"batch {settings['batch_size']}, {settings['padding_side']} padding"]
     lines += [f"- device {settings['device']}, dtype {settings['dtype']}; "
               + ", ".join(f"{k} {v}" for k, v in settings["versions"].items())]
     return lines + [""]

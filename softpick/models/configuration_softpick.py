@@ -31,7 +31,8 @@ def unknown_key(data: dict) -> tuple[str, str | None] | None:
         key for cls in SoftpickConfig.__mro__ for key in getattr(cls, "__annotations__", {})
     } | {"auto_map", "torch_dtype", "_name_or_path", "rope_scaling", "tokenizer_class", "is_decoder",
          "add_cross_attention", "tie_encoder_decoder", "sep_token_id", "decoder_start_token_id", "prefix",
-         "task_specific_params", "finetuning_task", "pruned_heads", "torchscript", "_attn_implementation"}
+         "task_specific_params", "finetuning_task", "pruned_heads", "torchscript", "_attn_implementation",
+         "trained_context_len"}  # written by softpick.models.export.set_trained_context
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)

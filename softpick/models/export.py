@@ -10,7 +10,9 @@
   softpick import rewritten to a relative one (:func:`write_remote_code`), so
   ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` works without softpick installed.
   The shipped ops are the naive ones (:mod:`softpick.ops.attention.portable`); with softpick imported the
-  folder loads through the registered classes and the fast kernels instead.
+  folder loads through the registered classes and the fast kernels instead. An export refuses to be
+  written when a shipped op's signature differs from the public one or lacks a name the shipped code
+  imports (:func:`substitute_drift`), so the shipped code cannot drift from the package's.
 
 The tokenizer is saved beside the model with an explicit ``tokenizer_class``, so ``AutoTokenizer`` never
 needs the model config (and never asks whether to run custom code).
@@ -19,7 +21,9 @@ needs the model config (and never asks whether to run custom code).
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -82,6 +86,11 @@ def relative_source(module: str) -> tuple[str, list[str]]:
             raise RuntimeError(f"{module} line {node.lineno}: write 'from softpick... import' for shipped code.")
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "softpick":
             target = SUBSTITUTES.get(node.module, node.module)
+            if target != node.module:  # the shipped twin must have every name the shipped code takes
+                missing = [a.name for a in node.names if not hasattr(importlib.import_module(target), a.name)]
+                if missing:
+                    raise RuntimeError(f"{module} line {node.lineno} imports {missing} from {node.module}, which "
+                                       f"the shipped {target} does not define.")
             names = ", ".join(a.name if a.asname is None else f"{a.name} as {a.asname}" for a in node.names)
             indent = lines[node.lineno - 1][: node.col_offset]
             edits.append((node.lineno, node.end_lineno, f"{indent}from .{flat_name(target)} import {names}\n"))
@@ -91,8 +100,31 @@ def relative_source(module: str) -> tuple[str, list[str]]:
     return "".join(lines), deps
 
 
+def substitute_drift() -> list[str]:
+    """Each function of a substitute (:data:`SUBSTITUTES`) whose signature differs from the one it replaces.
+
+    Returns lines "module.name: shipped (...) vs public (...)"; empty when the shipped twins match exactly
+    (parameter names, kinds, defaults and annotations).
+    """
+    drift = []
+    for original, substitute in SUBSTITUTES.items():
+        public, shipped = importlib.import_module(original), importlib.import_module(substitute)
+        for name in shipped.__all__:
+            want, have = inspect.signature(getattr(public, name)), inspect.signature(getattr(shipped, name))
+            if want != have:
+                drift.append(f"{substitute}.{name}: shipped {have} vs public {want}")
+    return drift
+
+
 def write_remote_code(out_dir: str | Path) -> list[str]:
-    """Write the shipped modules (see the module docstring) into ``out_dir``; returns their file names."""
+    """Write the shipped modules (see the module docstring) into ``out_dir``; returns their file names.
+
+    Raises RuntimeError (a bug in softpick, not a user error) when a shipped substitute's signature has
+    drifted from the public function it stands for (:func:`substitute_drift`).
+    """
+    drift = substitute_drift()
+    if drift:
+        raise RuntimeError("the shipped naive ops no longer match the public ones: " + "; ".join(drift))
     out_dir = Path(out_dir)
     todo, done = list(REMOTE_MODULES), []
     while todo:
@@ -116,7 +148,23 @@ def _save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
     path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
+TRAINED_CONTEXT_KEY = "trained_context_len"
+"""config.json key: the longest context (tokens) the model was trained at; ``softpick analyze`` evaluates at it."""
+
+
+def set_trained_context(model_dir: str | Path, tokens: int) -> None:
+    """Record in ``model_dir``/config.json that the model was trained at contexts of ``tokens`` (atomic
+    rewrite). transformers keeps the key as a config attribute; other tools ignore it."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config[TRAINED_CONTEXT_KEY] = int(tokens)
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dtype: torch.dtype | None = None,
+                  trained_context_len: int | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir`` so that it loads without softpick; atomic.
 
     Args:
@@ -124,6 +172,8 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
         out_dir: the folder to (re)write; a ``.tmp`` sibling is written first, then renamed.
         tokenizer: saved beside the model when given.
         dtype: cast the weights before saving (None keeps them).
+        trained_context_len: the context (tokens) the model was trained at, written to config.json
+            (:func:`set_trained_context`); None writes nothing.
 
     Returns:
         ``out_dir``.
@@ -153,10 +203,13 @@ def save_portable(model: Any, out_dir: str | Path, *, tokenizer: Any = None, dty
         write_remote_code(tmp)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
+    if trained_context_len is not None:
+        set_trained_context(tmp, trained_context_len)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
 
 
-__all__ = ["is_plain_softmax", "llama_config", "save_portable", "write_remote_code"]
+__all__ = ["TRAINED_CONTEXT_KEY", "is_plain_softmax", "llama_config", "save_portable", "set_trained_context",
+           "substitute_drift", "write_remote_code"]

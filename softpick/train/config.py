@@ -21,6 +21,7 @@ import math
 import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from softpick.errors import UserError
@@ -58,7 +59,8 @@ class Model:
         "configs/softpick_transformer_340M.json, or any HF causal-LM config). Required",
     )
     tokenizer_path: str | None = opt(
-        None, "Tokenizer path (an HF tokenizer folder). Default: the embedded tokenizer (offline)"
+        None, "Tokenizer path (an HF tokenizer folder or hub id). Default: the embedded tokenizer (offline); "
+        "'none' overrides a toml's hub name (flame's fla.toml) to train offline"
     )
     name: str = opt("fla", "Which model to train (kept for flame compatibility; the config decides)")
     converters: list[str] = opt([], "Comma separated list of converters to apply to the model: float8")
@@ -124,7 +126,8 @@ class Training:
         10, "With skip_nan_inf: stop the run after this many consecutive skipped steps (0: no limit)"
     )
     dataset: str | None = opt(
-        None, "Dataset(s), comma separated: hub names, local folders or data-file types. Default: embedded"
+        None, "Dataset(s), comma separated: hub names, local folders or data-file types. Default: the embedded "
+        "corpus (offline); 'none' overrides a toml's hub name to train offline"
     )
     dataset_name: str | None = opt(None, "Dataset config name(s), comma separated")
     dataset_split: str | None = opt(None, "Dataset split(s), comma separated (default train)")
@@ -365,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="softpick train",
         description="Train a causal LM with flame-compatible flags. Precedence: command line > "
-        "--job.config_file toml > defaults. Booleans: --flag sets true, --flag false sets false.",
+        "--job.config_file toml > defaults. Booleans: --flag sets true, --flag false sets false. Relative "
+        "input paths in a toml (model.config, model.tokenizer_path, training.dataset, data_files, data_dir) "
+        "are read beside the toml when they exist there, else from the current folder. Offline with a toml "
+        "that names hub models or datasets (flame's fla.toml): add --model.tokenizer_path none "
+        "--training.dataset none (the embedded tokenizer and corpus) or give local ones.",
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,
     )
@@ -406,8 +413,39 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     cli = vars(build_parser().parse_args(argv))
     config_file = cli.get("job.config_file")
     values = _flatten(load_toml(config_file), config_file) if config_file else {}
+    if config_file:
+        values = resolve_toml_paths(values, Path(config_file).parent)
     values.update(cli)
     return _build(values)
+
+
+TOML_INPUT_PATHS = ("model.config", "model.tokenizer_path", "training.dataset", "training.data_files",
+                    "training.data_dir")
+"""Keys of a job toml that name inputs (comma-separated for the training ones); see resolve_toml_paths."""
+
+
+def resolve_toml_paths(values: dict[str, Any], toml_dir: Path) -> dict[str, Any]:
+    """Relative input paths of a toml (:data:`TOML_INPUT_PATHS`) read beside the toml when they exist there.
+
+    A value that is not found beside the toml stays as written: a path from the current folder (as
+    flame's fla.toml writes ``configs/...``), a hub name or a data-file type. Globs resolve when their
+    folder exists beside the toml. Outputs (``job.dump_folder``) stay relative to the current folder, as
+    in flame and torchtitan.
+    """
+    out = dict(values)
+    for key in TOML_INPUT_PATHS:
+        value = out.get(key)
+        if not isinstance(value, str) or value.lower() in ("none", "null", ""):
+            continue
+        parts = []
+        for item in value.split(",") if key.startswith("training.") else [value]:
+            item = item.strip()
+            path = Path(item).expanduser()
+            beside = toml_dir / path
+            probe = beside.parent if any(c in item for c in "*?[") else beside
+            parts.append(str(beside) if not path.is_absolute() and item and probe.exists() else item)
+        out[key] = ",".join(parts)
+    return out
 
 
 def from_dict(sections: dict[str, dict[str, Any]], where: str = "the job config") -> JobConfig:

@@ -29,10 +29,11 @@ CHUNK = 1 << 20  # bytes read at a time while hashing (1 MiB read fastest here)
 RUNTIME_FIELDS = frozenset({
     "transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "use_cache",
     "attn_impl", "_attn_implementation", "_attn_implementation_autoset", "output_attentions",
-    "output_hidden_states", "return_dict", "initializer_range", "_commit_hash", "auto_map",
+    "output_hidden_states", "return_dict", "initializer_range", "_commit_hash", "auto_map", "trained_context_len",
 })
 """Model config fields that may differ between the checkpoint and the run that resumes it: the kernel
-choice (``attn_impl``), the init scale (the checkpoint replaces the init), bookkeeping."""
+choice (``attn_impl``), the init scale (the checkpoint replaces the init), bookkeeping (the context an
+export was trained at)."""
 
 
 def file_digest(path: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 The lock is an exclusive ``flock`` on that file, held for the life of the run. The kernel drops it
 when the process dies (even by ``kill -9``), so a lock left by a dead run is taken over by the next
 one, which logs whose it was. A second run on a folder in use stops with one line naming the holder.
-The file stays (emptied) when the run ends: removing it would let two runs lock two different files.
+A run that ends removes the file while it still holds the lock; a run that locked the file just
+before it was removed sees that the path no longer names its file and opens it again, so two runs
+never hold two different files.
 """
 
 from __future__ import annotations
@@ -52,13 +54,21 @@ class DumpLock:
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_NAME
         self._fd: int | None = None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise UserError(f"job.dump_folder {str(folder)!r} is not writable ({err.strerror}); "
+                                f"give a folder this user can write.") from None
+            try:
+                self._lock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._still_named(fd):
+                break
+            os.close(fd)  # the previous run removed the file between our open and lock: open the new one
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise UserError(f"job.dump_folder {str(folder)!r} is not writable ({err.strerror}); "
-                            f"give a folder this user can write.") from None
-        try:
-            self._lock(fd)
             previous = self._read(fd)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -90,6 +100,14 @@ class DumpLock:
             f"another --job.dump_folder."
         )
 
+    def _still_named(self, fd: int) -> bool:
+        """True when ``self.path`` is still the file open as ``fd`` (not removed or replaced)."""
+        try:
+            here, there = os.fstat(fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
     @staticmethod
     def _read(fd: int) -> dict:
         try:
@@ -99,10 +117,13 @@ class DumpLock:
         return data if isinstance(data, dict) else {}
 
     def release(self) -> None:
-        """Empty the file and drop the lock (idempotent)."""
+        """Remove the file, then drop the lock (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
-                os.ftruncate(fd, 0)
+                if self._still_named(fd):
+                    self.path.unlink()
+            except OSError:
+                os.ftruncate(fd, 0)  # cannot remove it: leave it empty, as a free lock
             finally:
                 os.close(fd)

@@ -112,6 +112,71 @@ def dashboard_values(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def drop_steps_after(path: Path, step: int) -> None:
+    """Keep only the rows of the jsonl file ``path`` up to ``step`` (atomic rewrite; no file: nothing).
+
+    A run resumed from the checkpoint of step N logs steps N+1... again; the rows the stopped run wrote
+    past N are dropped, so each step is in the file once. Unreadable lines (a row cut by a crash) go too.
+    """
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                dropped = True
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+                dropped = True
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+
+
+WANDB_FIX = (
+    "run `wandb login` once (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally (wandb sync later)."
+)
+
+
+def check_wandb() -> None:
+    """ConfigError (one line) unless wandb is installed and can log without asking: ``WANDB_MODE``
+    offline / disabled, ``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE``, or a key that ``wandb login``
+    saved in the netrc file (``$NETRC`` or ~/.netrc) for the wandb host. Reads no network."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError("metrics.enable_wandb needs wandb: pip install wandb.") from None
+    env = os.environ
+    if env.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or env.get("WANDB_API_KEY") \
+            or env.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    path = Path(env.get("NETRC") or Path.home() / ".netrc")
+    try:
+        if path.is_file() and netrc.netrc(str(path)).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError(f"metrics.enable_wandb: wandb has no API key for {host}; {WANDB_FIX}")
+
+
+def wandb_run_name(job_config: JobConfig) -> str:
+    """The run's wandb name: job.description when set (not flame's "default job"), else the dump folder's name."""
+    description = job_config.job.description
+    if description and description != "default job":
+        return description
+    return Path(job_config.job.dump_folder).resolve().name or description
+
+
 class MetricsLogger:
     """Writes each logged step to the console bar, ``metrics.jsonl``, TensorBoard and wandb.
 
@@ -130,18 +195,22 @@ class MetricsLogger:
             return
         suffix = "" if rank == 0 else f".rank_{rank}"
         dump_folder.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(dump_folder / f"metrics{suffix}.jsonl", "a", encoding="utf-8")
+        path = dump_folder / f"metrics{suffix}.jsonl"
+        drop_steps_after(path, start_step)  # a resumed run logs again the steps after its checkpoint
+        self.jsonl = open(path, "a", encoding="utf-8")
         if cfg.enable_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(dump_folder / cfg.save_tb_folder / f"rank_{rank}"))
         if cfg.enable_wandb:
+            check_wandb()
+            import wandb
+
             try:
-                import wandb
-            except ImportError:
-                raise ConfigError("metrics.enable_wandb needs wandb: pip install wandb.") from None
-            self.wandb = wandb.init(dir=str(dump_folder), config=job_config.to_dict(),
-                                    name=job_config.job.description)
+                self.wandb = wandb.init(dir=str(dump_folder), config=job_config.to_dict(),
+                                        name=wandb_run_name(job_config))
+            except wandb.errors.UsageError as err:
+                raise ConfigError(f"metrics.enable_wandb: {' '.join(str(err).split())}; {WANDB_FIX}") from None
         if rank == 0 and cfg.progress_bar:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm

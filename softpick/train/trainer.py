@@ -32,7 +32,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from softpick._compat import set_pg_timeout
-from softpick.errors import UserError, debug_enabled, one_line
+from softpick.errors import UserError, debug_enabled, one_line, record_for_launcher
+from softpick.models.export import set_trained_context
 from softpick.train.checkpoint import (
     CheckpointManager, ModelState, export_hf, export_os_error, full_model_state, step_dirs, step_folders,
 )
@@ -40,7 +41,7 @@ from softpick.train.config import ConfigError, JobConfig, parse_args
 from softpick.train.data import build_loader
 from softpick.train.lock import DumpLock, check_writable
 from softpick.train.metrics import (
-    MetricsLogger, Throughput, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
+    MetricsLogger, Throughput, check_wandb, flops_per_token, model_flops_shape, non_embedding_params, peak_flops,
     peak_memory_gib, profiling,
 )
 from softpick.train.optim import build_lr_scheduler, build_optimizer
@@ -127,6 +128,8 @@ class Trainer:
         self._on_rank0(lambda: check_writable(self.dump, "job.dump_folder"))  # before any work
         if config.checkpoint.enable_checkpoint:
             self._on_rank0(lambda: check_writable(checkpoints, "checkpoint.folder"))
+        if config.metrics.enable_wandb:
+            self._on_rank0(check_wandb)  # no login: one line now, not a traceback after the model is built
         self.seed = 42 if tr.seed is None else tr.seed
         if tr.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -497,8 +500,10 @@ class Trainer:
         def write() -> None:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.checkpoint.export_dtype,
                                                                             torch.float32)
+            tr = self.config.training  # the context analyze evaluates at by default
             try:
                 export_hf(self.model_config, state, out_dir, tokenizer=self.tokenizer, dtype=dtype)
+                set_trained_context(out_dir, min(tr.context_len, tr.seq_len) if tr.varlen else tr.seq_len)
             except Exception as err:  # noqa: BLE001 - only disk errors are turned into one line
                 os_error = export_os_error(err)
                 if os_error is None:
@@ -567,17 +572,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             raise
+        line = f"softpick train: {one_line(err)}"
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"softpick train: {one_line(err)}", file=sys.stderr)
+            print(line, file=sys.stderr)
         code = err.exit_code
+        record_for_launcher(line, code)
     except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT (start-up) or at the export
         if debug:
             raise
+        line = ("softpick train: interrupted (SIGINT) outside the training steps (start-up or the final export); "
+                "nothing is left half-written and the files saved before are kept: rerun the same command.")
         if int(os.environ.get("RANK", "0")) == 0:
-            print("softpick train: interrupted (SIGINT) outside the training steps (start-up or the final export); "
-                  "nothing is left half-written and the files saved before are kept: rerun the same command.",
-                  file=sys.stderr)
+            print(line, file=sys.stderr)
         code = 130
+        record_for_launcher(line, code)
     if dist.is_initialized():
         _exit_distributed(code)
     return code
@@ -634,5 +642,7 @@ def _run(argv: list[str]) -> int:
         trainer.close()
     return 0
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # under torchrun (train.sh): @record puts a bug's traceback in torchrun's summary
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

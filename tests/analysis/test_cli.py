@@ -162,3 +162,82 @@ def test_analyze_options_are_the_command_line_typed():
         analyze_options("m", "o", num_samples=0)
     with pytest.raises(ValueError, match="--dtype must be one of"):
         analyze_options("m", "o", dtype="int3")
+
+
+def test_option_defaults_are_the_measurement_modules_own():
+    """analysis/cli.py repeats four constants so that -h imports no torch; they must not drift."""
+    from softpick.analysis import cli, quantization, sink, sparsity
+
+    assert cli.DEFAULT_SINK_EPS == sink.DEFAULT_SINK_EPS
+    assert cli.DEFAULT_ZERO_THRESHOLD == sparsity.DEFAULT_ZERO_THRESHOLD
+    assert cli.QUANT_METHODS == quantization.METHODS
+    assert cli.DEFAULT_GROUP_SIZE == quantization.DEFAULT_GROUP_SIZE
+
+
+@pytest.mark.slow
+def test_analyze_defaults_to_the_trained_context_and_says_so(workdir, tmp_path, capsys):
+    """A folder exported with its training context (softpick train writes it) is evaluated at that length;
+    one without it at 512 capped by max_position_embeddings; report.md names the length."""
+    from softpick.models.export import save_portable
+
+    model_dir = tmp_path / "model"
+    model = SoftpickForCausalLM.from_pretrained(workdir / "softpick")
+
+    save_portable(model, model_dir, tokenizer=embedded_tokenizer(), trained_context_len=24)
+    assert json.loads((model_dir / "config.json").read_text())["trained_context_len"] == 24
+    base = ["--data", str(workdir / "docs.jsonl"), "--num-samples", "2", "--quant-bits", "none", "--no-progress"]
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "a"), *base]) == 0
+    assert "at up to 24 tokens, the trained context" in capsys.readouterr().out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 24 and report["settings"]["trained_context_len"] == 24
+    assert "evaluated at up to 24 tokens per sample (trained at 24)" in (tmp_path / "a" / "report.md").read_text()
+    # longer than trained: evaluated as asked, with a note
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "b"), "--seq-len", "48", *base]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 48 and any("beyond the 24" in n for n in report["notes"])
+    # no trained context recorded: 512 capped at max_position_embeddings (256 here)
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["trained_context_len"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "c"), *base]) == 0
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["settings"]["seq_len"] == 256 and report["settings"]["trained_context_len"] is None
+    assert "(training context unknown)" in (tmp_path / "c" / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'softpick[eval]')")
+def test_hub_tasks_offline_fail_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import datasets
+    from huggingface_hub import constants
+
+    from softpick.analysis.evaluation import uncached_hub_datasets, write_local_tasks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # the model folder does not exist: the task check comes first
+    code = main(["analyze", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), "--tasks",
+                 "lambada_openai", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "lambada_openai (EleutherAI/lambada_openai)" in err[0] and "HF_HUB_OFFLINE is set" in err[0]
+    assert "--tasks local" in err[0] and "--tasks-dir" in err[0]
+    # a cached hub data set and tasks from local YAML files pass
+    (tmp_path / "datasets" / "EleutherAI___lambada_openai").mkdir(parents=True)
+    local = write_local_tasks(embedded_documents("validation", 20), tmp_path / "tasks")
+    assert uncached_hub_datasets(["lambada_openai", "softpick_local_choice"], [str(local)]) == {}
+
+
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'softpick[eval]')")
+def test_lm_eval_cli_offline_hub_task_is_one_line(tmp_path, monkeypatch, capsys):
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code = main(["lm-eval", "--model", "hf", "--model_args", f"pretrained={tmp_path}", "--tasks", "lambada_openai"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "lambada_openai (EleutherAI/lambada_openai)" in err[0], err
+    assert "--include_path" in err[0]

@@ -54,6 +54,17 @@ def test_bad_options_fail_with_one_line(model_dir, capsys, argv, message):
     assert capsys.readouterr().err.strip() == f"softpick generate: {message}"
 
 
+def test_threads_sets_torchs_cpu_threads(model_dir, capsys):
+    before = torch.get_num_threads()
+    try:
+        run([str(model_dir), "--prompt", "x", "--max-new-tokens", "1", "--device", "cpu", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert generate_cli.main([str(model_dir), "--prompt", "x", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--threads must be at least 1, got 0.")
+
+
 def test_missing_model_folder(tmp_path, capsys):
     assert generate_cli.main([str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -62,15 +73,17 @@ def test_missing_model_folder(tmp_path, capsys):
 def test_softpick_models_decode_with_the_fast_loop(model_dir, monkeypatch, capsys):
     """The CLI runs fast_generate for softpick models (graphs or compile off with --no-graphs / --no-compile),
     same text as generate(); what the user waits for (a compile) goes to stderr."""
+    from softpick.models import fast_generate as module
+
     calls = []
-    real = generate_cli.fast_generate
+    real = module.fast_generate  # softpick.generate imports it when it runs (its -h imports no torch)
 
     def spy(*args, **kwargs):
         calls.append((kwargs["graphs"], kwargs["compile"]))
         kwargs["notice"]("compiling the decoding step")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generate_cli, "fast_generate", spy)
+    monkeypatch.setattr(module, "fast_generate", spy)
     argv = [str(model_dir), "--prompt", "Once upon a time", "--max-new-tokens", "6", "--device", "cpu"]
     texts = run(argv)
     assert "[compiling the decoding step]" in capsys.readouterr().err

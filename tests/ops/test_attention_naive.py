@@ -229,3 +229,33 @@ def test_sink_matches_the_extra_logit_formula_in_float64():
     assert (w.sum(-1) < 1).all()
     with pytest.raises(ValueError, match="sink logit is a softmax variant"):
         naive_attention(q, k, v, variant="softpick", sink=sink)
+
+
+@pytest.mark.parametrize("variant", ["softpick", "softmax"])
+def test_packed_documents_run_one_at_a_time(variant, monkeypatch):
+    """cu_seqlens: the naive path attends per document (memory O(longest^2), not O(T^2)) and gives the
+    block-diagonal mask's outputs and gradients."""
+    from softpick.ops.attention import naive as naive_mod
+
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 6, 19, 32], dtype=torch.int32)
+    q, k, v = (torch.randn(1, 32, 4, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    k2 = k.detach()[:, :, :2].clone().requires_grad_()  # GQA: 4 query heads on 2 key/value heads
+    v2 = v.detach()[:, :, :2].clone().requires_grad_()
+    sink = torch.linspace(-1, 1, 4, dtype=torch.float64) if variant == "softmax" else None
+    # the reference: one T x T block-diagonal mask (return_weights keeps that path)
+    ref, _ = naive_attention(q, k2, v2, variant=variant, cu_seqlens=cu, return_weights=True, sink=sink)
+    ref.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k2, v2)]
+    for t in (q, k2, v2):
+        t.grad = None
+    seen = []
+    real = naive_mod.visible_keys
+    monkeypatch.setattr(naive_mod, "visible_keys", lambda *a, **kw: seen.append(a[2]) or real(*a, **kw))
+    out = softmax_attention(q, k2, v2, cu_seqlens=cu, impl="naive", sink=sink) if variant == "softmax" else \
+        softpick_attention(q, k2, v2, cu_seqlens=cu, impl="naive")
+    assert max(seen) == 13  # the longest document, never the packed row's 32
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    out.square().sum().backward()
+    for got, want in zip((q.grad, k2.grad, v2.grad), grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -15,7 +15,7 @@ from softpick.train.checkpoint import CheckpointManager
 from softpick.train.config import Checkpoint, ConfigError, parse_args
 from softpick.train.trainer import main
 
-from train_utils import train_args
+from train_utils import SEQ_LEN, train_args
 
 
 def test_plain_run_exports_hf_warns_about_warmup_and_uses_torchtitan_tags(assets, tmp_path, caplog):
@@ -25,7 +25,9 @@ def test_plain_run_exports_hf_warns_about_warmup_and_uses_torchtitan_tags(assets
     caplog.set_level("WARNING", logger="softpick.train")
     assert main(train_args(assets, dump, "--checkpoint.enable_checkpoint", "false", "--metrics.enable_tensorboard",
                            "--lr_scheduler.warmup_steps", "5", steps=3)) == 0
-    assert json.loads((dump / "hf" / "config.json").read_text())["model_type"] == "softpick_transformer"
+    exported = json.loads((dump / "hf" / "config.json").read_text())
+    assert exported["model_type"] == "softpick_transformer"
+    assert exported["trained_context_len"] == SEQ_LEN  # what softpick analyze evaluates at by default
     assert not (dump / "checkpoint").exists()
     assert any("warmup_steps (5) does not fit in training.steps (3)" in r.getMessage() for r in caplog.records)
     events = EventAccumulator(str(next((dump / "tb").rglob("events.out.tfevents.*")).parent))

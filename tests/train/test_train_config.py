@@ -177,3 +177,41 @@ def test_from_dict_is_the_command_line_typed():
         from_dict({"training": {"steps": "many"}})
     with pytest.raises(ConfigError, match="training.steps must be >= 1"):
         from_dict({"training": {"steps": 0}})
+
+
+def test_relative_paths_in_a_toml_are_read_beside_it(tmp_path, monkeypatch):
+    """A job folder (toml, model json, tokenizer, data) runs from any current folder; values not found
+    beside the toml stay as written (cwd paths like fla.toml's configs/..., hub names, builders)."""
+    job = tmp_path / "job"
+    (job / "data").mkdir(parents=True)
+    (job / "model.json").write_text("{}")
+    (job / "tok").mkdir()
+    (job / "data" / "a.jsonl").write_text("")
+    (job / "job.toml").write_text(
+        '[model]\nconfig = "model.json"\ntokenizer_path = "tok"\n'
+        '[training]\ndataset = "json,fla-hub/corpus"\ndata_files = "data/*.jsonl,elsewhere/b.jsonl"\n'
+        'data_probs = "0.5,0.5"\n'
+        '[job]\ndump_folder = "exp"\n')
+    monkeypatch.chdir(tmp_path)  # not the toml's folder
+    cfg = parse_args(["--job.config_file", "job/job.toml"])
+    assert cfg.model.config == "job/model.json"
+    assert cfg.model.tokenizer_path == "job/tok"
+    assert cfg.training.dataset == "json,fla-hub/corpus"
+    assert cfg.training.data_files == "job/data/*.jsonl,elsewhere/b.jsonl"
+    assert cfg.job.dump_folder == "exp"  # outputs stay relative to the current folder, as in flame
+    # the command line is taken as written, and "none" stays none
+    cfg = parse_args(["--job.config_file", "job/job.toml", "--model.config", "model.json",
+                      "--model.tokenizer_path", "none"])
+    assert cfg.model.config == "model.json" and cfg.model.tokenizer_path is None
+    # fla.toml's repository-relative config path still works from the repository root
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "m.json").write_text("{}")
+    (job / "fla.toml").write_text('[model]\nconfig = "configs/m.json"\n')
+    assert parse_args(["--job.config_file", "job/fla.toml"]).model.config == "configs/m.json"
+
+
+def test_help_says_how_to_run_a_hub_toml_offline(capsys):
+    text = build_parser().format_help()
+    flat = " ".join(text.split())
+    assert "--model.tokenizer_path none --training.dataset none" in flat
+    assert "beside the toml" in flat

@@ -46,3 +46,66 @@ def test_tensor_parallel_split_divides_per_device_rates(split):
     tp.start -= 1.0  # pretend one second passed
     report = tp.report()
     assert report["tps"] == pytest.approx(1000 / split, rel=0.05)
+
+
+def test_a_resumed_run_writes_each_step_once(tmp_path):
+    """Steps logged after the checkpoint a run resumes from are dropped, then logged again once."""
+    config = JobConfig()
+    first = MetricsLogger(config.metrics, tmp_path, rank=0, total_steps=6, start_step=0, job_config=config)
+    for step in range(1, 6):  # checkpoint at step 3, then steps 4 and 5 before a crash
+        first.log(step, {"loss": float(step)})
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a row cut by the crash
+    resumed = MetricsLogger(config.metrics, tmp_path, rank=0, total_steps=6, start_step=3, job_config=config)
+    for step in range(4, 7):
+        resumed.log(step, {"loss": 10.0 + step})
+    resumed.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [1.0, 2.0, 3.0, 14.0, 15.0, 16.0]
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """An environment where wandb has no key: no WANDB_* variables, an empty home."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_wandb_without_a_login_is_one_line_naming_the_fixes(no_wandb_login, monkeypatch):
+    pytest.importorskip("wandb")
+    from softpick.train.config import ConfigError
+    from softpick.train.metrics import check_wandb
+
+    with pytest.raises(ConfigError) as info:
+        check_wandb()
+    message = str(info.value)
+    assert "\n" not in message and "wandb login" in message and "WANDB_MODE=offline" in message
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_wandb()
+    monkeypatch.delenv("WANDB_MODE")
+    no_wandb_login.mkdir()
+    (no_wandb_login / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    (no_wandb_login / ".netrc").chmod(0o600)
+    check_wandb()  # what `wandb login` writes
+
+
+def test_train_with_wandb_and_no_login_stops_at_start_up(no_wandb_login, tmp_path, capsys):
+    pytest.importorskip("wandb")
+    from softpick.train.trainer import main
+
+    code = main(["--metrics.enable_wandb", "--job.dump_folder", str(tmp_path / "run"), "--training.steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "wandb login" in err[0] and "WANDB_MODE=offline" in err[0], err
+    assert not (tmp_path / "run" / "hf").exists()
+
+
+def test_wandb_run_name_is_the_description_or_the_dump_folder():
+    from softpick.train.config import from_dict
+    from softpick.train.metrics import wandb_run_name
+
+    assert wandb_run_name(from_dict({"job": {"dump_folder": "exp/softpick-340M"}})) == "softpick-340M"
+    assert wandb_run_name(from_dict({"job": {"dump_folder": "exp/x", "description": "ablation 3"}})) == "ablation 3"

@@ -1,4 +1,5 @@
-"""Reference attention in plain PyTorch: softpick or softmax, O(T_q * T_k) memory.
+"""Reference attention in plain PyTorch: softpick or softmax, O(T_q * T_k) memory (packed documents:
+O(longest document^2), one document at a time).
 
 Layout everywhere is [B, T, H, D] (flash-attn / fla): HQ query heads, H key/value heads, G = HQ // H.
 This is the readable truth that every fused kernel is tested against.
@@ -90,6 +91,14 @@ def naive_attention(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     if sink is not None and variant != "softmax":
         raise ValueError(f"a sink logit is a softmax variant; variant {variant!r} takes none.")
+    bounds = None if cu_seqlens is None or return_weights or torch.compiler.is_compiling() else cu_seqlens.tolist()
+    if bounds and bounds[0] == 0 and bounds[-1] == q.shape[1] and len(bounds) > 2:
+        # packed documents, one at a time (block-diagonal): memory O(longest document^2), not O(T^2)
+        return torch.cat([
+            naive_attention(q[:, a:b], k[:, a:b], v[:, a:b], variant=variant, scale=scale, causal=causal,
+                            attention_mask=attention_mask, eps=eps, sink=sink)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ], dim=1)
     B, Tq, HQ, K = q.shape
     Tk, H = k.shape[1], k.shape[2]
     G = HQ // H
@@ -120,3 +129,4 @@ def naive_attention(
         p = e / torch.where(den > 0, den, torch.ones_like(den))
     o = torch.einsum("bhqt,bthv->bqhv", p, vf).to(q.dtype)  # [B, Tq, HQ, V]
     return (o, p) if return_weights else o
+
