@@ -102,7 +102,7 @@ def figures(out: Path, runs: dict[str, list[dict]]) -> dict:
         ax.plot(steps, smooth(loss, 25), style, color=colors[variant], label=name)
     for variant in colors:
         for seed in seeds:
-            for other, ls in (("fp32attn", "-"), ("fp32", ":")):
+            for other, ls in (("fp32attn", "-" if not seed else "--"), ("fp32", ":" if not seed else "-.")):
                 a, b = runs.get(run_name(variant, "bf16", seed)), runs.get(run_name(variant, other, seed))
                 if a and b:
                     n = min(len(a), len(b))
