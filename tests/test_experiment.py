@@ -113,7 +113,8 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     (out / "softmax" / "analysis" / "report.json").unlink()
     assert experiment.main([str(toy_file), "--out", str(out), "--reuse", "--set", "train.training.steps=5"]) == 0
     rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 4, 5]  # steps 4 and 5 logged again after the resume
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # the resume replaced steps 4 and 5, each logged once
+    assert [r["loss"] for r in rows] == losses  # and repeated them exactly
     assert [r["loss"] for r in experiment.read_metrics(train)] == losses
     assert (out / "softmax" / "analysis" / "report.json").is_file()
 
