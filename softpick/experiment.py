@@ -154,8 +154,9 @@ def read_metrics(dump: Path) -> list[dict]:
     path = dump / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
-    return [rows[step] for step in sorted(rows)]
+    from softpick.analysis.live import read_rows
+
+    return read_rows(path)
 
 
 def plot_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -212,7 +213,11 @@ def write_summary(config: dict, out: Path, results: dict[str, dict], reports: di
     found = claims(reports)
     if found:
         lines += ["", "## The paper's claims at this scale", ""] + [f"- {c}" for c in found]
-    lines += ["", "![learning curves](learning_curves.png)", "",
+    lines += ["", "![learning curves](learning_curves.png)", ""]
+    if (out / "live_metrics.png").is_file():
+        lines += ["The paper's metrics during training (`--metrics.analysis_freq`), all layers and per layer:", "",
+                  "![live metrics](live_metrics.png)", "", "![live metrics per layer](live_metrics_layers.png)", ""]
+    lines += [
               "Per-layer tables and plots of every metric: [comparison/comparison.md](comparison/comparison.md); "
               "each variant's own report: `VARIANT/analysis/report.md`.", ""]
     path = out / "README.md"
@@ -241,6 +246,7 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
     """Train, analyse and compare every variant (or train and analyse only ``only``, without a
     comparison); returns the summary path (None with ``only``)."""
     from softpick.analysis.cli import analyze, analyze_options
+    from softpick.analysis.live import plot_live_metrics
     from softpick.analysis.report import Report, write_comparison
     from softpick.train.config import to_argv
 
@@ -288,6 +294,7 @@ def run(config: dict, argv: list[str], reuse: bool = False, only: list[str] | No
         return None
     write_comparison(reports, out / "comparison")
     plot_learning_curves(curves, out / "learning_curves.png")
+    plot_live_metrics(curves, out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     summary = write_summary(config, out, results, reports, argv)
     print(f"wrote {summary}")

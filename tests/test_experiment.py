@@ -67,7 +67,8 @@ def toy_file(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     out = tmp_path / "out"
-    assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=5"]) == 0
+    assert experiment.main([str(toy_file), "--out", str(out), "--set", "train.training.steps=5",
+                            "--set", "train.metrics.analysis_freq=2"]) == 0
     for name in ("softpick", "softmax"):
         config = json.loads((out / name / "model_config.json").read_text())
         assert config["attn_type"] == name and config["hidden_size"] == 32
@@ -84,6 +85,11 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     assert "The paper's claims at this scale" in summary and "No attention sinks" in summary
     assert (out / "learning_curves.png").stat().st_size > 0
     assert (out / "comparison" / "comparison.md").is_file()
+    # the live metrics of --metrics.analysis_freq: plotted for every variant, here and in the comparison
+    assert "analysis/sink_rate" in rows[1] and "analysis/sink_rate" not in rows[0]
+    for folder in (out, out / "comparison"):
+        assert (folder / "live_metrics.png").stat().st_size > 0 and (folder / "live_metrics_layers.png").is_file()
+    assert "live_metrics.png" in summary and "live_metrics.png" in (out / "comparison" / "comparison.md").read_text()
 
     # --reuse keeps the trained variants (and their timings) and rewrites the summary
     first = json.loads((out / "results.json").read_text())
@@ -108,7 +114,8 @@ def test_experiment_trains_analyses_and_compares(toy_file, tmp_path):
     (out / "softmax" / "analysis" / "report.json").unlink()
     assert experiment.main([str(toy_file), "--out", str(out), "--reuse", "--set", "train.training.steps=5"]) == 0
     rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 4, 5]  # steps 4 and 5 logged again after the resume
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # the resume replaced steps 4 and 5, each logged once
+    assert [r["loss"] for r in rows] == losses  # and repeated them exactly
     assert [r["loss"] for r in experiment.read_metrics(train)] == losses
     assert (out / "softmax" / "analysis" / "report.json").is_file()
 

@@ -8,8 +8,9 @@
 - :mod:`~softpick.analysis.evaluation` — lm-evaluation-harness tasks (``compute_lm_eval``)
 - :mod:`~softpick.analysis.passkey` — passkey retrieval (``compute_passkey``)
 
-:mod:`~softpick.analysis.collect` runs the forward passes (hooks, one layer's attention map at a
-time), :mod:`~softpick.analysis.data` reads and pads text, :mod:`~softpick.analysis.report` holds
+:mod:`~softpick.analysis.collect` runs the forward passes (the hooks and reductions of
+:mod:`softpick.models.probes`, shared with the live metrics of training; one layer's attention map at a
+time), :mod:`~softpick.analysis.live` plots those live metrics, :mod:`~softpick.analysis.data` reads and pads text, :mod:`~softpick.analysis.report` holds
 the ``Report`` (one reader and one writer of report.json/report.md) and the plots,
 :mod:`~softpick.analysis.cli` is ``softpick analyze`` (``analyze(model_dir, options) -> Report``) and
 ``softpick compare``.

@@ -6,7 +6,8 @@ norm. Over all its elements x at real (non-pad) positions of all samples:
 - ``kurtosis`` is Pearson's (non-excess) kurtosis E[(x - mu)^4] / sigma^4 (3 for a Gaussian), as in
   the massive-activation literature and the softpick paper; ``excess_kurtosis`` = kurtosis - 3.
   Power sums are accumulated in float64 around a shift (the first batch's mean), so the result does
-  not depend on batching beyond float rounding.
+  not depend on batching beyond float rounding (:class:`softpick.models.probes.Moments`, shared with
+  the live metrics of training).
 - ``max_abs``, ``min``, ``max``: the extreme values;
 - ``top``: the k largest |x| with their sample, position, channel and token;
 - ``max_to_median``: max |x| / median |x|. The median comes from a histogram of log10 |x| with
@@ -24,6 +25,7 @@ from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import valid_positions
+from softpick.models.probes import Moments
 
 LOG10_RANGE = (-12.0, 8.0)
 LOG10_BINS = 4000
@@ -40,25 +42,16 @@ class ActivationObserver:
 
     def on_hidden(self, layer: int, hidden: torch.Tensor, batch: Batch) -> None:
         valid = valid_positions(batch)  # [B, T]
-        x = hidden[valid].double()  # [N, D]
+        x = hidden[valid]  # [N, D]
         st = self.stats.get(layer)
         if st is None:
             st = self.stats[layer] = {
-                "shift": float(x.mean()),
-                "n": 0,
-                "sums": torch.zeros(4, dtype=torch.float64),
-                "min": math.inf,
-                "max": -math.inf,
+                "moments": Moments(),
                 "hist": torch.zeros(LOG10_BINS, dtype=torch.float64),
                 "top": [],
             }
-        y = x - st["shift"]
-        powers = torch.stack([y.sum(), (y**2).sum(), (y**3).sum(), (y**4).sum()]).cpu()
-        st["sums"] += powers
-        st["n"] += x.numel()
-        st["min"] = min(st["min"], float(x.min()))
-        st["max"] = max(st["max"], float(x.max()))
-        logmag = x.abs().clamp(min=10.0 ** LOG10_RANGE[0]).log10().float()
+        st["moments"].add(x)
+        logmag = x.double().abs().clamp(min=10.0 ** LOG10_RANGE[0]).log10().float()
         st["hist"] += torch.histc(logmag, LOG10_BINS, *LOG10_RANGE).double().cpu()
         self._update_top(st, hidden, valid, batch)
 
@@ -88,13 +81,11 @@ class ActivationObserver:
         per_layer = []
         for l in layers:
             st = self.stats[l]
-            n = st["n"]
-            s1, s2, s3, s4 = (v / n for v in st["sums"].tolist())
-            m2 = s2 - s1**2
-            m4 = s4 - 4 * s1 * s3 + 6 * s1**2 * s2 - 3 * s1**4
-            kurt = m4 / m2**2 if m2 > 0 else float("nan")
-            max_abs = max(abs(st["min"]), abs(st["max"]))
-            median = _histogram_median(st["hist"], n)
+            moments = st["moments"]
+            mean, m2, _ = moments.central
+            kurt = moments.kurtosis
+            max_abs = moments.max_abs
+            median = _histogram_median(st["hist"], moments.n)
             top = [dict(e) for e in st["top"]]
             if tokenizer is not None:
                 for e in top:
@@ -104,10 +95,10 @@ class ActivationObserver:
                     "layer": l,
                     "kurtosis": kurt,
                     "excess_kurtosis": kurt - 3.0,
-                    "mean": st["shift"] + s1,
+                    "mean": mean,
                     "std": math.sqrt(max(m2, 0.0)),
-                    "min": st["min"],
-                    "max": st["max"],
+                    "min": moments.min,
+                    "max": moments.max,
                     "max_abs": max_abs,
                     "median_abs": median,
                     "max_to_median": max_abs / median if median > 0 else float("inf"),

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from softpick.errors import BadValue, MissingFile
+from softpick.analysis.live import plot_live_metrics, training_rows  # noqa: E402
 
 PER_LAYER_PLOTS = (
     # file name, section, key, title, y label, y scale (see _scale_y)
@@ -464,6 +464,7 @@ def write_comparison(reports: dict[str, Report], out: str | Path) -> list[Path]:
                 for n in lengths]
         lines += ["", "## Passkey accuracy", ""] + _table(["prompt tokens", *labels], rows)
     plots = write_plots(reports, out)
+    plots += plot_live_metrics({label: training_rows(r.model["path"]) for label, r in reports.items()}, out)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     (out / "comparison.json").write_text(json_text({"reports": {label: r.to_dict() for label, r in reports.items()}}))

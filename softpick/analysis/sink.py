@@ -4,7 +4,8 @@ For layer l and head h, ``mass[l][h]`` is the attention weight on each sample's 
 averaged over every real query of every sample (sums and counts are accumulated over batches and
 divided once, so the batch size does not matter; the authors' script divides the sum of per-batch
 means by the number of samples). A head is a sink head when ``mass > eps``; the sink rate is the
-share of sink heads over all (layer, head), as a percentage.
+share of sink heads over all (layer, head), as a percentage. The first-token mass is computed by
+:func:`softpick.models.probes.first_token_mass`, shared with the live metrics of training.
 
 Sinks also form on tokens other than the first (delimiters, a BOS inside packed text). For every
 head the observer also sums the attention that keys of each token id receive, leaving out each
@@ -27,8 +28,9 @@ from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
 from softpick.analysis.masks import first_positions, valid_positions
+from softpick.models.probes import DEFAULT_SINK_EPS, first_token_mass
 
-DEFAULT_SINK_EPS = 0.3
+__all__ = ["DEFAULT_SINK_EPS", "SinkObserver", "compute_sink_rate"]
 
 
 class SinkObserver:
@@ -44,12 +46,10 @@ class SinkObserver:
 
     def on_attention(self, layer: int, weights: torch.Tensor, batch: Batch) -> None:
         B, H, T, _ = weights.shape  # [B, H, T, T]
-        first = first_positions(batch).view(B, 1, 1, 1).expand(B, H, T, 1)
-        on_first = weights.gather(-1, first).squeeze(-1).double()  # [B, H, T]
+        total, queries = first_token_mass(weights, batch.attention_mask)  # [H], the shared definition
+        self.mass[layer] = self.mass.get(layer, 0) + total.cpu()
+        self.queries[layer] = self.queries.get(layer, 0) + queries
         valid = valid_positions(batch)[:, None, :]  # [B, 1, T]
-        total = (on_first * valid).sum(dim=(0, 2)).cpu()  # [H]
-        self.mass[layer] = self.mass.get(layer, 0) + total
-        self.queries[layer] = self.queries.get(layer, 0) + int(valid.sum())
         # attention each key receives from the real queries, first positions and padding left out
         keys = valid_positions(batch).clone()  # [B, T]
         keys[torch.arange(B, device=keys.device), first_positions(batch)] = False

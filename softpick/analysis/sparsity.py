@@ -3,8 +3,9 @@
 Counted over every entry with key <= query (diagonal included) where both positions are real
 tokens; an entry is zero when its weight is <= ``threshold`` (default 1e-5, the authors' value).
 Sums are accumulated over batches, so padding and batch size do not change the result. Softmax in
-float16/bfloat16 also produces "zeros" by underflow: compare models at the same dtype. Sigmoid
-attention (unnormalised, never exactly 0) is counted the same way: weights at or below the threshold.
+float16/bfloat16 also produces "zeros" by underflow: compare models at the same dtype. The count is
+:func:`softpick.models.probes.zero_entries`, shared with the live metrics of training. Sigmoid attention
+(unnormalised, never exactly 0) is counted the same way: weights at or below the threshold.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from torch import nn
 from softpick.errors import BadValue
 from softpick.analysis.collect import run_pass
 from softpick.analysis.data import Batch
-from softpick.analysis.masks import attention_entries
+from softpick.models.probes import DEFAULT_ZERO_THRESHOLD, zero_entries
 
-DEFAULT_ZERO_THRESHOLD = 1e-5
+__all__ = ["DEFAULT_ZERO_THRESHOLD", "SparsityObserver", "compute_sparsity"]
 
 
 class SparsityObserver:
@@ -31,10 +32,9 @@ class SparsityObserver:
         self.entries: dict[int, int] = {}  # layer -> counted entries per head
 
     def on_attention(self, layer: int, weights: torch.Tensor, batch: Batch) -> None:
-        entries = attention_entries(batch)  # [B, 1, T, T]
-        zeros = ((weights <= self.threshold) & entries).sum(dim=(0, 2, 3)).cpu()  # [H]
-        self.zeros[layer] = self.zeros.get(layer, 0) + zeros
-        self.entries[layer] = self.entries.get(layer, 0) + int(entries.sum())
+        zeros, entries = zero_entries(weights, batch.attention_mask, self.threshold)  # [H], the shared definition
+        self.zeros[layer] = self.zeros.get(layer, 0) + zeros.cpu()
+        self.entries[layer] = self.entries.get(layer, 0) + entries
 
     def result(self) -> dict:
         layers = sorted(self.zeros)

@@ -175,6 +175,11 @@ class Metrics:
     peak_flops: float | None = opt(
         None, "Peak bf16 dense FLOP/s of one device for MFU; default from a table by GPU name"
     )
+    analysis_freq: int = opt(
+        0, "Every N steps log sink rate, first-token mass, sparsity, max |activation| and kurtosis per layer "
+        "on a held-out batch (as softpick analyze); 0 = off"
+    )
+    analysis_samples: int = opt(8, "Documents in the held-out batch of metrics.analysis_freq")
 
 
 @dataclass

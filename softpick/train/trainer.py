@@ -179,10 +179,22 @@ class Trainer:
         except BaseException:
             self._release()
             raise
+        self.live_analysis = self._live_analysis()
         self.throughput = Throughput(self.flops_fn, peak_flops(self.device, config.metrics.peak_flops),
                                      split=self.dims.tp)
         if self.rank == 0:
             self._log_setup()
+
+    def _live_analysis(self) -> Any:
+        """The probe of ``--metrics.analysis_freq`` (None when off)."""
+        cfg = self.config.metrics
+        if cfg.analysis_freq <= 0:
+            return None
+        from softpick.train.live_analysis import LiveAnalysis
+
+        tp_group = self.mesh["tp"].get_group() if self.dims.tp_enabled else None
+        return LiveAnalysis(self.config.training, self.tokenizer, samples=cfg.analysis_samples, seed=self.seed,
+                            device=self.device, tp_group=tp_group)
 
     def _on_rank0(self, fn: Any) -> Any:
         """``fn()`` on rank 0 (None elsewhere); a UserError there is raised on every rank, so no rank
@@ -461,11 +473,13 @@ class Trainer:
                 self.state["step"] = step
                 self.state["tokens"] += sum(b["input_ids"].numel() for b in batches) * self.dims.dp_degree
                 self.metrics.step()
-                if step % cfg.metrics.log_freq == 0 or step == tr.steps:
+                probed = self.live_analysis is not None and step % cfg.metrics.analysis_freq == 0
+                if step % cfg.metrics.log_freq == 0 or step == tr.steps or probed:
                     self.metrics.log(step, {
                         "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                         **self.throughput.report(), "memory_gib": peak_memory_gib(self.device),
                         "tokens": self.state["tokens"], "skipped": self.state["skipped"],
+                        **(self.live_analysis(self.model, self._autocast()) if probed else {}),
                     })
                 saved = self.checkpointer.maybe_save(step, last=step == tr.steps)
                 if saved is not None and cfg.checkpoint.convert_to_hf_on_save:
