@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from softpick.analysis.live import plot_live_metrics, training_rows  # noqa: E402
+from softpick.errors import BadValue, MissingFile  # noqa: E402
 
 PER_LAYER_PLOTS = (
     # file name, section, key, title, y label, y scale (see _scale_y)
