@@ -68,10 +68,11 @@ def test_triton_training_kernels_match_naive(case):
         assert_close(f"{name} {label}", r, out)
 
 
-# (name, B, Tq, Tk, H, HQ, D, padding, splits)
+# (name, B, Tq, Tk, H, HQ, D, padding: None / "left" / "empty" (the last row sees no key), splits)
 KV_CACHE = [
-    ("decode-split", 2, 1, 100, 2, 2, 32, False, 3),
-    ("chunk-prefill-gqa-pad", 2, 5, 50, 1, 2, 32, True, 2),
+    ("decode-split", 2, 1, 100, 2, 2, 32, None, 3),
+    ("chunk-prefill-gqa-pad", 2, 5, 50, 1, 2, 32, "left", 2),
+    ("empty-row", 2, 3, 40, 1, 2, 16, "empty", 2),
 ]
 
 
@@ -83,15 +84,19 @@ def test_kv_cache_kernels_match_naive(case, causal):
     q = torch.randn(B, Tq, HQ, D, device=DEVICE).to(DTYPE)
     k, v = (torch.randn(B, Tk, H, D, device=DEVICE).to(DTYPE) for _ in range(2))
     mask = None
-    if padding:  # left padding, a different length per row
+    if padding:  # left padding, a different length per row; "empty": the last row has no real key
         mask = torch.ones(B, Tk, dtype=torch.long, device=DEVICE)
         for b in range(B):
             mask[b, : 3 + 4 * b] = 0
+        if padding == "empty":
+            mask[-1] = 0
     out = decode_attention(q, k, v, variant="sigmoid", scale=None, causal=causal, attention_mask=mask, eps=1e-6,
                            splits=splits, sigmoid_bias=BIAS)
     ref = naive_attention(q.double(), k.double(), v.double(), variant="sigmoid", causal=causal,
                           attention_mask=mask, sigmoid_bias=BIAS)
     assert_close(f"{name} sigmoid", ref, out)
+    if padding == "empty":
+        assert out[-1].abs().max() == 0  # no key, no weight: o = 0 (sigmoid would give 1/2 to a masked key)
     with torch.no_grad():  # the registry sends these inputs to the same kernels
         spec = AttentionSpec("sigmoid", sigmoid_bias=BIAS)
         assert select(spec, AttentionInputs(q, k, v, causal=causal, attention_mask=mask), "triton").name == "triton-kv-cache"
