@@ -91,15 +91,15 @@ class Tap:
         self.fp32, self.q, self.k, self.dq = fp32, [], [], {}
 
     def wrap(self, op):
-        def tapped(q, k, v, **kwargs):
+        def tapped(q, k, v, spec, **kwargs):
             if len(self.q) < self.layers:  # the first forward; recomputation (checkpointing) is not recorded
                 index = len(self.q)
                 self.q.append(q.detach())
                 self.k.append(k.detach())
-                self.scale = kwargs.get("scale")
+                self.scale = spec.scale
                 if q.requires_grad:
                     q.register_hook(lambda g, i=index: self.dq.__setitem__(i, g.detach()))
-            return (exact_fp32(op) if self.fp32 else op)(q, k, v, **kwargs)
+            return (exact_fp32(op) if self.fp32 else op)(q, k, v, spec, **kwargs)
 
         return tapped
 
@@ -108,36 +108,36 @@ def exact_fp32(op):
     """The attention op run exactly in fp32: q, k, v (and a sink) upcast, the naive op, autocast off;
     o comes back in q's dtype. Inside a bf16-autocast model this is "exact fp32 attention"."""
 
-    def fp32(q, k, v, **kwargs):
+    def fp32(q, k, v, spec, **kwargs):
         dtype = q.dtype
         with torch.autocast(q.device.type, enabled=False):
             kwargs = {**kwargs, "impl": "naive"}
             if kwargs.get("sink") is not None:
                 kwargs["sink"] = kwargs["sink"].float()
-            return op(q.float(), k.float(), v.float(), **kwargs).to(dtype)
+            return op(q.float(), k.float(), v.float(), spec, **kwargs).to(dtype)
 
     return fp32
 
 
 @contextlib.contextmanager
+def _attend_through(wrapper):
+    """Every model of :mod:`softpick.models.modeling_softpick` calls ``wrapper(attend)`` instead of
+    ``attend(q, k, v, spec, **kwargs)`` meanwhile."""
+    saved = modeling_softpick.attend
+    modeling_softpick.attend = wrapper(saved)
+    try:
+        yield
+    finally:
+        modeling_softpick.attend = saved
+
+
 def fp32_attention():
     """Every model built from :mod:`softpick.models.modeling_softpick` attends in exact fp32 meanwhile."""
-    saved = dict(modeling_softpick.ATTENTION_OPS)
-    modeling_softpick.ATTENTION_OPS.update({name: exact_fp32(op) for name, op in saved.items()})
-    try:
-        yield
-    finally:
-        modeling_softpick.ATTENTION_OPS.update(saved)
+    return _attend_through(exact_fp32)
 
 
-@contextlib.contextmanager
 def tapped_ops(tap: Tap):
-    saved = dict(modeling_softpick.ATTENTION_OPS)
-    modeling_softpick.ATTENTION_OPS.update({name: tap.wrap(op) for name, op in saved.items()})
-    try:
-        yield
-    finally:
-        modeling_softpick.ATTENTION_OPS.update(saved)
+    return _attend_through(tap.wrap)
 
 
 def set_impl(model: torch.nn.Module, impl: str | None) -> None:

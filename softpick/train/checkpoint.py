@@ -55,7 +55,7 @@ from softpick.errors import UserError
 from softpick.train import integrity, outputs
 from softpick.train.config import Checkpoint
 from softpick.train.parallel import TORCH_DTYPES
-from softpick.train.stops import find_os_error, write_failure
+from softpick.train.stops import find_cause, find_os_error, write_failure
 
 logger = logging.getLogger("softpick.train")
 
@@ -196,22 +196,6 @@ def _unused(path: Path) -> Path:
     return out
 
 
-def _user_error(error: BaseException) -> UserError | None:
-    """A UserError behind ``error`` (itself, a cause or context, or a rank's failure in a CheckpointException)."""
-    todo, seen = [error], set()
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
-        todo += [e.__cause__, e.__context__]
-        for failure in (getattr(e, "failures", None) or {}).values():
-            todo.append(failure[0] if isinstance(failure, tuple) else failure)
-    return None
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
@@ -257,7 +241,7 @@ def load_state(path: Path, state: dict[str, Any]) -> None:
     try:
         dcp.load(state, checkpoint_id=str(path))
     except BaseException as err:  # DCP wraps every rank's failure in a CheckpointException
-        cause = _user_error(err)
+        cause = find_cause(err, UserError)
         if cause is not None:
             raise cause from None
         if isinstance(err, (KeyboardInterrupt, SystemExit)):

@@ -22,8 +22,11 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 from softpick.errors import UserError
+
+E = TypeVar("E", bound=BaseException)
 
 
 class RunStopped(UserError):
@@ -73,9 +76,9 @@ def write_failure(error: OSError, folder: Path, step: int, kept: str) -> Checkpo
     )
 
 
-def find_os_error(error: BaseException) -> OSError | None:
-    """The OSError behind ``error``: itself, a cause or context, or one rank's failure that torch's
-    ``CheckpointException`` wraps."""
+def find_cause(error: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` error behind ``error``: itself, a cause or context, or one rank's failure that
+    torch's ``CheckpointException`` wraps."""
     seen: set[int] = set()
     todo = [error]
     while todo:
@@ -83,12 +86,17 @@ def find_os_error(error: BaseException) -> OSError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError):
+        if isinstance(e, kind):
             return e
         todo += [e.__cause__, e.__context__]
         for failure in (getattr(e, "failures", None) or {}).values():  # CheckpointException: rank -> error
             todo.append(failure[0] if isinstance(failure, tuple) else failure)
     return None
+
+
+def find_os_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error`` (:func:`find_cause`)."""
+    return find_cause(error, OSError)
 
 
 class StopSignals:
