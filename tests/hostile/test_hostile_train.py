@@ -13,7 +13,7 @@ import tempfile
 import pytest
 import torch
 from hostile_utils import refused, run, tree_hashes
-from train_utils import read_metrics
+from train_utils import nan_grad_norm_from_call, read_metrics
 
 import softpick.train.trainer as trainer_mod
 from softpick.train.checkpoint import pick_checkpoint, step_dirs
@@ -29,17 +29,6 @@ def _signal_at_call(n: int, monkeypatch, signum=signal.SIGTERM) -> None:
         if len(calls) == n:
             os.kill(os.getpid(), signum)  # arrives mid-step: the step still completes
         return real(params, max_norm)
-
-    monkeypatch.setattr(trainer_mod, "clip_grad_norm_", fake)
-
-
-def _nan_from_call(n: int, monkeypatch) -> None:
-    real, calls = trainer_mod.clip_grad_norm_, []
-
-    def fake(params, max_norm):
-        calls.append(1)
-        norm = real(params, max_norm)
-        return torch.full_like(norm, float("nan")) if len(calls) >= n else norm
 
     monkeypatch.setattr(trainer_mod, "clip_grad_norm_", fake)
 
@@ -114,7 +103,7 @@ def test_a_misspelt_model_key_is_refused_with_the_closest_one(inputs, args, caps
 
 
 def test_every_step_skipped_fails_and_exports_nothing(args, capsys, tmp_path, monkeypatch):
-    _nan_from_call(1, monkeypatch)
+    nan_grad_norm_from_call(1, monkeypatch)
     dump = tmp_path / "run"
     refused(capsys, ["train", *args(dump, "--training.skip_nan_inf", "--training.skip_nan_inf_limit", "0", steps=3)],
             3, "every one of the 3 steps of this run was skipped")

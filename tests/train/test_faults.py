@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_utils import model_config, read_metrics, train_args
+from train_utils import model_config, nan_grad_norm_from_call, read_metrics, train_args
 
 import softpick.train.trainer as trainer_mod
 from softpick.errors import UserError, run_command
@@ -138,19 +138,8 @@ def test_load_step_checks(assets, run4, tmp_path, capsys):
     assert "past training.steps=3" in (line := one_error_line(capsys)) and "above 4" in line
 
 
-def _nan_from_call(n: int, monkeypatch) -> None:
-    real, calls = trainer_mod.clip_grad_norm_, []
-
-    def fake(params, max_norm):
-        calls.append(1)
-        norm = real(params, max_norm)
-        return torch.full_like(norm, float("nan")) if len(calls) >= n else norm
-
-    monkeypatch.setattr(trainer_mod, "clip_grad_norm_", fake)
-
-
 def test_nan_stops_the_run_without_a_checkpoint(assets, tmp_path, monkeypatch, capsys):
-    _nan_from_call(3, monkeypatch)
+    nan_grad_norm_from_call(3, monkeypatch)
     dump = tmp_path / "run"
     assert main(train_args(assets, dump, *CKPT, steps=6)) == 3
     line = one_error_line(capsys)
@@ -160,7 +149,7 @@ def test_nan_stops_the_run_without_a_checkpoint(assets, tmp_path, monkeypatch, c
 
 
 def test_skip_limit_stops_and_metrics_stay_strict_json(assets, tmp_path, monkeypatch, capsys):
-    _nan_from_call(2, monkeypatch)
+    nan_grad_norm_from_call(2, monkeypatch)
     dump = tmp_path / "run"
     args = train_args(assets, dump, "--training.skip_nan_inf", "--training.skip_nan_inf_limit", "3", steps=8)
     assert main(args) == 3

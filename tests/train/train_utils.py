@@ -11,6 +11,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
+
+import softpick.train.trainer as trainer
+
 SEQ_LEN = 32
 DOC_WORDS = SEQ_LEN - 2
 VOCAB_WORDS = 60
@@ -68,3 +72,15 @@ def train_args(assets: dict[str, Path], dump: Path, *extra: str, steps: int = 6)
 def read_metrics(dump: Path) -> list[dict]:
     path = dump / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def nan_grad_norm_from_call(n: int, monkeypatch) -> None:
+    """From the n-th call on, the trainer's gradient clipping reports a NaN norm (the gradients stay real)."""
+    real, calls = trainer.clip_grad_norm_, []
+
+    def fake(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.full_like(norm, float("nan")) if len(calls) >= n else norm
+
+    monkeypatch.setattr(trainer, "clip_grad_norm_", fake)
