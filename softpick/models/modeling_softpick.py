@@ -130,13 +130,14 @@ class FusedLinear:
         self.weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum out, in]
         has_bias = linears[0].bias is not None
         self.bias = torch.cat([lin.bias.detach() for lin in linears]) if has_bias else None
+        for lin, name, block in self._blocks():
+            getattr(lin, name).data = block
+
+    def _blocks(self) -> Iterator[tuple[nn.Linear, str, torch.Tensor]]:
+        """(linear, "weight" or "bias", its row block of the fused tensor) for every parameter fused."""
         for name, fused in (("weight", self.weight), ("bias", self.bias)):
-            if fused is None:
-                continue
-            start = 0
-            for lin, size in zip(linears, self.sizes):
-                getattr(lin, name).data = fused[start:start + size]
-                start += size
+            if fused is not None:
+                yield from zip(self.linears, (name,) * len(self.linears), fused.split(self.sizes))
 
     @staticmethod
     def fusable(linears: Sequence[nn.Linear]) -> bool:
@@ -152,16 +153,11 @@ class FusedLinear:
 
     def valid(self) -> bool:
         """True while every linear's weight and bias are still the views made at construction."""
-        for name, fused in (("weight", self.weight), ("bias", self.bias)):
-            if fused is None:
-                continue
-            start = 0
-            for lin, size in zip(self.linears, self.sizes):
-                param = getattr(lin, name)
-                if (param is None or param.dtype != fused.dtype or param.device != fused.device
-                        or param.data_ptr() != fused[start].data_ptr() or param.shape[0] != size):
-                    return False
-                start += size
+        for lin, name, block in self._blocks():
+            param = getattr(lin, name)
+            if (param is None or param.dtype != block.dtype or param.device != block.device
+                    or param.data_ptr() != block.data_ptr() or param.shape != block.shape):
+                return False
         return True
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
