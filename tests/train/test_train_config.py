@@ -159,6 +159,16 @@ def test_shipped_job_files_parse():
     assert (root / tiny.model.config).is_file()
 
 
+def test_the_tiny_job_file_runs_from_any_folder(tmp_path, monkeypatch):
+    """A new user's `softpick train --job.config_file <repo>/configs/tiny_cpu.toml` from another folder
+    finds the model config (it is named beside the toml)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    toml = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.toml"
+    assert Path(parse_args(["--job.config_file", str(toml)]).model.config).is_file()
+
+
 def test_from_dict_is_the_command_line_typed():
     """The typed entry (demo, experiment) gives what its flags give, with the same checks."""
     from softpick.train.config import to_argv
