@@ -57,6 +57,7 @@ VARIANTS = {
     "softmax_ssmax": {"attn_type": "softmax", "ssmax": True},
     "softmax_gate": {"attn_type": "softmax", "output_gate": "elementwise"},
     "softpick_gate": {"attn_type": "softpick", "output_gate": "headwise"},
+    "sigmoid": {"attn_type": "sigmoid"},
 }
 TOY = dict(model_type="softpick_transformer", vocab_size=2048, hidden_size=128, intermediate_size=384,
            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
